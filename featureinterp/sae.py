@@ -1,0 +1,110 @@
+"""SAEs in sae-lens format: loading, validation, and reading the residual stream they were trained on.
+
+Released sae-lens SAEs were trained on TransformerLens hook points. TransformerLens loads a model
+with ``center_writing_weights=True`` by default; for LayerNorm models (GPT-2) that makes every
+write to the residual stream mean-free, so its ``hook_resid_post`` equals the Hugging Face hidden
+state minus its per-token mean (LayerNorm subtracts the mean anyway, so nothing downstream
+changes). ``LoadedSae.encode`` applies that transform whenever the SAE's metadata says the model
+was processed that way; RMSNorm models (Gemma, Llama, SmolLM2) are never centred by
+TransformerLens. ``tests/test_sae.py`` pins equality with sae-lens's ``run_with_cache_with_saes``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
+from featureinterp.models import decoder_layers, layer_from_hook_name
+
+__all__ = ["LoadedSae", "load_sae_from_disk", "load_sae_pretrained", "check_features", "uses_layernorm"]
+
+logger = logging.getLogger(__name__)
+
+_TL_CLASSES = (None, "HookedTransformer", "HookedSAETransformer")
+
+
+def uses_layernorm(model: torch.nn.Module) -> bool:
+    """True when the blocks normalise with LayerNorm (mean-subtracting), as GPT-2 does."""
+    return any(isinstance(m, torch.nn.LayerNorm) for m in decoder_layers(model)[0].modules())
+
+
+@dataclass
+class LoadedSae:
+    """An sae-lens SAE bound to one layer of one subject model."""
+
+    sae: torch.nn.Module
+    layer: int
+    center: bool
+    """Subtract the per-token residual mean before encoding (TransformerLens centred writing weights)."""
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.sae.cfg.d_sae)
+
+    @torch.no_grad()
+    def encode(self, resid: torch.Tensor, features: Sequence[int] | None = None) -> torch.Tensor:
+        """Latent activations (``hook_sae_acts_post``) for a residual tensor [..., d_model] -> [..., F]."""
+        x = resid - resid.mean(-1, keepdim=True) if self.center else resid
+        acts = self.sae.encode(x.to(self.sae.W_enc.dtype))
+        return acts if features is None else acts[..., list(features)]
+
+    @classmethod
+    def bind(cls, sae: torch.nn.Module, model: torch.nn.Module, layer: int) -> "LoadedSae":
+        meta = sae.cfg.metadata
+        hook = meta.get("hook_name")
+        if hook is not None and layer_from_hook_name(hook) != layer:
+            raise ConfigError(f"SAE reads hook {hook!r} but was requested for layer {layer}")
+        d_model = getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd", None)
+        if d_model is not None and sae.cfg.d_in != d_model:
+            raise ConfigError(
+                f"SAE for layer {layer} expects d_in={sae.cfg.d_in} but the model's width is {d_model}"
+            )
+        kwargs = meta.get("model_from_pretrained_kwargs") or {}
+        center = (
+            meta.get("model_class_name") in _TL_CLASSES
+            and bool(kwargs.get("center_writing_weights", True))
+            and uses_layernorm(model)
+        )
+        return cls(sae=sae.eval(), layer=layer, center=center)
+
+
+def check_features(features: Sequence[int], d_sae: int, layer: int) -> None:
+    bad = [f for f in features if not 0 <= f < d_sae]
+    if bad:
+        raise ConfigError(
+            f"feature index {bad[0]} is outside the SAE of layer {layer} (width {d_sae}: 0..{d_sae - 1}); "
+            "fix the preset's features"
+        )
+
+
+def load_sae_from_disk(path: Path | str, device: str = "cpu"):
+    """An SAE saved with sae-lens's ``save_model`` (cfg.json + sae_weights.safetensors)."""
+    from sae_lens import SAE
+
+    path = Path(path)
+    missing = [f for f in ("cfg.json", "sae_weights.safetensors") if not (path / f).exists()]
+    if missing:
+        raise CorruptFileError(f"SAE folder {path} lacks {', '.join(missing)}: rematerialize the 'sae' asset")
+    try:
+        return SAE.load_from_disk(path, device=device)
+    except Exception as err:  # safetensors/json/sae-lens raise assorted types for a damaged file
+        raise CorruptFileError(f"SAE at {path} is unreadable ({err}): rematerialize the 'sae' asset") from err
+
+
+def load_sae_pretrained(release: str, sae_id: str, device: str = "cpu"):
+    """A released SAE through sae-lens (needs the hub or a warm Hugging Face cache)."""
+    from sae_lens import SAE
+
+    try:
+        return SAE.from_pretrained(release, sae_id, device=device)
+    except Exception as err:  # offline: OSError, HF errors, ValueError from sae-lens lookups
+        raise UnavailableError(
+            f"cannot load SAE {release!r} / {sae_id!r}: {err.__class__.__name__}: {str(err)[:200]}. "
+            "Released SAEs need the Hugging Face hub (unset HF_HUB_OFFLINE) or a warm cache; "
+            "the offline default is FEATUREINTERP_PRESET=embedded"
+        ) from err

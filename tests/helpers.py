@@ -1,0 +1,40 @@
+"""Builders for tests: tiny random-weight transformers models and SAEs (no hub, no files)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def tiny_llama(n_layers: int = 4, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)  # test-local model construction; library code never seeds globally
+    cfg = LlamaConfig(
+        vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_gpt2(n_layers: int = 3, seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=101, n_embd=32, n_layer=n_layers, n_head=4, n_positions=64)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def random_sae(d_in: int, d_sae: int = 64, k: int = 8, layer: int = 1, seed: int = 0, metadata: dict | None = None):
+    """A TopK sae-lens SAE with random weights and a small negative-biased encoder (sparse but alive)."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    meta = {"hook_name": f"blocks.{layer}.hook_resid_post", "model_class_name": "AutoModelForCausalLM"}
+    meta.update(metadata or {})
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, metadata=SAEMetadata(**meta)))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=gen) / d_in**0.5)
+        sae.W_dec.copy_(torch.randn(d_sae, d_in, generator=gen) / d_in**0.5)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=gen) * 0.1)
+    return sae.eval()
