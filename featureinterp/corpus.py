@@ -20,7 +20,7 @@ import numpy as np
 from featureinterp.config import CorpusSpec
 from featureinterp.errors import ConfigError, UnavailableError
 
-__all__ = ["load_documents", "token_rows", "decode_rows"]
+__all__ = ["load_documents", "token_rows", "decode_rows", "bos_token_id", "build_tokens", "check_token_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,3 +160,37 @@ def decode_rows(tokenizer, rows: np.ndarray, skip_first: bool) -> list[str]:
     """Row texts (without the BOS column when ``skip_first``)."""
     rows = np.asarray(rows)[:, 1:] if skip_first else np.asarray(rows)
     return tokenizer.batch_decode(rows.tolist())
+
+
+def bos_token_id(tokenizer, bos_token: str | None) -> int:
+    """Id of the row-start token: ``bos_token`` if given, else the tokenizer's BOS."""
+    if bos_token is not None:
+        tid = tokenizer.convert_tokens_to_ids(bos_token)
+        if tid is None or tokenizer.convert_ids_to_tokens(tid) != bos_token:
+            raise ConfigError(f"BOS token {bos_token!r} is not in the tokenizer's vocabulary")
+        return int(tid)
+    if tokenizer.bos_token_id is None:
+        raise ConfigError("the tokenizer has no BOS token: set the preset's model.bos_token or prepend_bos=False")
+    return int(tokenizer.bos_token_id)
+
+
+def build_tokens(preset, tokenizer) -> np.ndarray:
+    """The preset's token rows ``[n_rows, row_len]`` (int32): load, filter, cut, sample."""
+    docs = load_documents(preset.corpus, seed=preset.seed)
+    bos = bos_token_id(tokenizer, preset.model.bos_token) if preset.prepend_bos else None
+    return token_rows(docs, tokenizer, preset.seq_len, preset.n_rows, bos, seed=preset.seed)
+
+
+def check_token_rows(rows: np.ndarray, n_rows: int, row_len: int, bos_id: int | None, special_ids) -> list[str]:
+    """Problems with a token table (empty list when it is well formed)."""
+    problems = []
+    if rows.shape != (n_rows, row_len):
+        problems.append(f"shape {rows.shape} != expected {(n_rows, row_len)}")
+        return problems
+    body = rows[:, 1:] if bos_id is not None else rows
+    if bos_id is not None and not (rows[:, 0] == bos_id).all():
+        problems.append(f"{int((rows[:, 0] != bos_id).sum())} rows do not start with BOS id {bos_id}")
+    n_special = int(np.isin(body, np.asarray(sorted(special_ids))).any(axis=1).sum())
+    if n_special:
+        problems.append(f"{n_special} rows contain a special token after position 0")
+    return problems

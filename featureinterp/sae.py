@@ -21,7 +21,7 @@ import torch
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
 from featureinterp.models import decoder_layers, layer_from_hook_name
 
-__all__ = ["LoadedSae", "load_sae_from_disk", "load_sae_pretrained", "check_features", "uses_layernorm"]
+__all__ = ["LoadedSae", "load_layer_sae", "load_sae_from_disk", "load_sae_pretrained", "check_features", "uses_layernorm"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,3 +108,14 @@ def load_sae_pretrained(release: str, sae_id: str, device: str = "cpu"):
             "Released SAEs need the Hugging Face hub (unset HF_HUB_OFFLINE) or a warm cache; "
             "the offline default is FEATUREINTERP_PRESET=embedded"
         ) from err
+
+
+def load_layer_sae(ref: dict, model: torch.nn.Module, layer: int, device: str = "cpu") -> LoadedSae:
+    """Load the SAE an ``sae`` asset recorded (``{"path": ...}`` or ``{"release", "sae_id"}``)."""
+    if "path" in ref:
+        sae = load_sae_from_disk(ref["path"], device=device)
+    elif "release" in ref:
+        sae = load_sae_pretrained(ref["release"], ref["sae_id"], device=device)
+    else:
+        raise CorruptFileError(f"SAE reference for layer {layer} names neither a path nor a release: {ref}")
+    return LoadedSae.bind(sae, model, layer)

@@ -22,7 +22,7 @@ from featureinterp.models import hook_name, residuals
 from featureinterp.progress import Progress
 from featureinterp.storage import atomic_dir
 
-__all__ = ["SaeTrainResult", "collect_residuals", "train_topk_sae", "save_sae"]
+__all__ = ["SaeTrainResult", "collect_residuals", "train_topk_sae", "save_sae", "sae_metadata", "train_layer_saes"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,8 +178,7 @@ def sae_metadata(model_name: str, layer: int, prepend_bos: bool, context_size: i
         "hook_head_index": None,
         "prepend_bos": prepend_bos,
         "context_size": context_size,
-        "model_class_name": "AutoModelForCausalLM",
-        "model_from_pretrained_kwargs": {"center_writing_weights": False},
+        "model_class_name": "AutoModelForCausalLM",  # raw transformers hidden states: never centred
     }
 
 
@@ -189,3 +188,22 @@ def save_sae(sae: torch.nn.Module, path: Path | str) -> Path:
     with atomic_dir(path) as tmp:
         sae.save_model(tmp)
     return path
+
+
+def train_layer_saes(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    preset,
+    layers: list[int],
+    out_dir: Path,
+    log: Callable[[str], None] | None = None,
+) -> dict[int, tuple[Path, SaeTrainResult]]:
+    """Train and save one SAE per layer; residuals for all layers come from one forward pass."""
+    cfg = preset.sae.train
+    res = collect_residuals(model, tokens, layers, cfg.n_tokens, preset.batch_size, preset.prepend_bos, log)
+    out = {}
+    for layer in layers:
+        meta = sae_metadata(preset.model.name, layer, preset.prepend_bos, tokens.shape[1])
+        result = train_topk_sae(res.pop(layer), cfg, meta, log)
+        out[layer] = (save_sae(result.sae, Path(out_dir) / f"L{layer:02d}"), result)
+    return out

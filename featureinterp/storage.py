@@ -13,13 +13,25 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from featureinterp.errors import CorruptFileError
 
-__all__ = ["atomic_dir", "atomic_file", "save_arrays", "load_arrays", "array_hash"]
+__all__ = ["ArrayBundle", "atomic_dir", "atomic_file", "save_arrays", "load_arrays", "array_hash"]
+
+
+@dataclass
+class ArrayBundle:
+    """Named arrays plus a JSON-able metadata dict: the unit every array-valued stage stores."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
 
 
 @contextmanager

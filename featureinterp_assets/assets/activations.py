@@ -1,0 +1,117 @@
+"""Per-layer GPU stages: the SAE of each layer and the studied features' activations.
+
+Both are partitioned by layer and run as a single run over a range of layers (backfills, the
+`featureinterp run` command), so one forward pass serves every layer of the run.
+"""
+
+
+import numpy as np
+
+import dagster as dg
+
+from featureinterp.activations import sae_activations as compute_sae_activations
+from featureinterp.config import layer_key, parse_layer_key
+from featureinterp.models import check_layers
+from featureinterp.sae import load_layer_sae, load_sae_pretrained
+from featureinterp.sae_training import train_layer_saes
+from featureinterp.storage import ArrayBundle
+from featureinterp_assets.constants import GROUP_ACTIVATIONS, POOL_GPU, STORAGE_IO
+from featureinterp_assets.resources import PresetResource
+
+
+def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.AssetsDefinition]:
+    @dg.asset(
+        partitions_def=layers,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=GROUP_ACTIVATIONS,
+        io_manager_key=STORAGE_IO,
+        pool=POOL_GPU,
+        code_version="1",
+        kinds={"pytorch"},
+    )
+    def sae(context: dg.AssetExecutionContext, corpus_tokens, preset: PresetResource) -> dict:
+        """The layer's SAE in sae-lens format: trained here (embedded presets) or a released one.
+
+        Trained SAEs report explained variance, L0 and the dead-latent fraction; their latents are
+        ordered so the live ones come first (so studied features F0000... are live).
+        """
+        spec = preset.spec()
+        layer_ids = [parse_layer_key(k) for k in context.partition_keys]
+        model, _ = preset.model_and_tokenizer()
+        check_layers(model, layer_ids)
+        refs = {}
+        if spec.sae.source == "train":
+            trained = train_layer_saes(
+                model, corpus_tokens["tokens"], spec, layer_ids, preset.storage_dir() / "sae_files", context.log.info
+            )
+            for layer, (path, r) in trained.items():
+                refs[layer_key(layer)] = {
+                    "path": str(path),
+                    "explained_variance": r.explained_variance,
+                    "l0": r.l0,
+                    "dead_fraction": r.dead_fraction,
+                    "live_latents": r.live_count,
+                    "d_sae": int(r.sae.cfg.d_sae),
+                }
+        else:
+            for layer in layer_ids:
+                sae_id = spec.sae.sae_id(layer)
+                loaded = load_sae_pretrained(spec.sae.release, sae_id, device="cpu")
+                refs[layer_key(layer)] = {"release": spec.sae.release, "sae_id": sae_id, "d_sae": int(loaded.cfg.d_sae)}
+        for key, ref in refs.items():
+            context.add_asset_metadata({k: v for k, v in ref.items() if k != "path"} | {"source": spec.sae.source}, partition_key=key)
+        return refs
+
+    @dg.asset(
+        partitions_def=layers,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=GROUP_ACTIVATIONS,
+        io_manager_key=STORAGE_IO,
+        pool=POOL_GPU,
+        code_version="1",
+        kinds={"pytorch", "numpy"},
+        check_specs=[
+            dg.AssetCheckSpec("activations_finite", asset="sae_activations", blocking=True),
+            dg.AssetCheckSpec("studied_features_alive", asset="sae_activations"),
+        ],
+    )
+    def sae_activations(context: dg.AssetExecutionContext, corpus_tokens, sae: dict, preset: PresetResource):
+        """Studied features' activations on every row and position, feature-major [F, N, T] float16.
+
+        One forward pass per batch for all layers of the run, stopped after the deepest layer.
+        Metadata: per-feature max, firing frequency and firing rows; dead features are listed
+        (and the `studied_features_alive` check warns) instead of failing the run.
+        """
+        spec = preset.spec()
+        model, _ = preset.model_and_tokenizer()
+        saes = {parse_layer_key(k): load_layer_sae(ref, model, parse_layer_key(k), preset.torch_device) for k, ref in sae.items()}
+        results = compute_sae_activations(
+            model, saes, corpus_tokens["tokens"], spec.features, spec.batch_size, spec.prepend_bos, context.log.info
+        )
+        out, dead, finite = {}, {}, True
+        for layer, r in results.items():
+            key = layer_key(layer)
+            out[key] = ArrayBundle(
+                {"acts": r.acts, "max": r.max, "token_freq": r.token_freq, "row_count": r.row_count},
+                {"layer": layer, "features": r.features},
+            )
+            finite &= bool(np.isfinite(r.max).all())
+            dead[key] = r.dead()
+            table = "| feature | max | token freq | rows firing |\n|---|---|---|---|\n" + "\n".join(
+                f"| F{f:04d} | {m:.3g} | {q:.2e} | {c:,} |" for f, m, q, c in zip(r.features, r.max, r.token_freq, r.row_count)
+            )
+            context.add_asset_metadata(
+                {"features": dg.MetadataValue.md(table), "dead_features": str(dead[key] or "none"), "rows": r.acts.shape[1]},
+                partition_key=key,
+            )
+        yield dg.Output(out)
+        yield dg.AssetCheckResult(check_name="activations_finite", passed=finite)
+        n_dead = sum(len(v) for v in dead.values())
+        yield dg.AssetCheckResult(
+            check_name="studied_features_alive",
+            passed=n_dead == 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"dead": str({k: v for k, v in dead.items() if v} or "none"), "studied": len(spec.features)},
+        )
+
+    return [sae, sae_activations]

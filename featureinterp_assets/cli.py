@@ -1,0 +1,95 @@
+"""`featureinterp` command: register layers and materialize the main lineage stage by stage.
+
+A single Dagster CLI run cannot span assets with different partition definitions
+(unpartitioned tokens, per-layer activations, ...), so `featureinterp run` launches one run per
+stage on the persistent instance in $DAGSTER_HOME; every run shows in `dagster dev` afterwards.
+Stages already materialized are skipped (reruns resume); `--force` rebuilds them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from featureinterp.config import PRESET_ENV, get_preset
+from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
+
+
+def _instance() -> dg.DagsterInstance:
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path.cwd() / ".dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.get()
+
+
+def _run(defs: dg.Definitions, instance, selection: list[str], tags: dict | None = None, partition_key=None):
+    print(f"--> materializing {', '.join(selection)}" + (f" [{partition_key or tags}]" if partition_key or tags else ""), flush=True)
+    result = dg.materialize(
+        list(defs.assets),
+        selection=selection,
+        instance=instance,
+        resources=defs.resources,
+        tags=tags,
+        partition_key=partition_key,
+        raise_on_error=False,
+    )
+    if not result.success:
+        raise SystemExit(f"run {result.run_id} failed: see `dagster dev` (Runs) or the log above")
+    return result
+
+
+def run(preset_name: str | None, force: bool) -> None:
+    from featureinterp_assets.definitions import build_definitions
+    from featureinterp_assets.partitions import register_layers
+
+    preset = get_preset(preset_name)
+    os.environ[PRESET_ENV] = preset.name
+    defs = build_definitions(preset)
+    instance = _instance()
+    added = register_layers(instance, preset)
+    print(f"preset {preset.name}: layers {', '.join(preset.layer_keys)}" + (f" (registered {', '.join(added)})" if added else ""))
+
+    if force or instance.get_latest_materialization_event(dg.AssetKey("corpus_tokens")) is None:
+        _run(defs, instance, ["corpus_tokens"])
+    todo = [
+        k
+        for k in preset.layer_keys
+        if force or any(k not in instance.get_materialized_partitions(dg.AssetKey(a)) for a in ("sae", "sae_activations"))
+    ]
+    if todo:  # one run for all layers: one forward pass serves them all
+        keys = preset.layer_keys
+        lo, hi = keys.index(todo[0]), keys.index(todo[-1])
+        tags = {ASSET_PARTITION_RANGE_START_TAG: keys[lo], ASSET_PARTITION_RANGE_END_TAG: keys[hi]}
+        _run(defs, instance, ["sae", "sae_activations"], tags=tags)
+    print(f"done: {preset.name} lineage materialized; browse it with `dagster dev` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="featureinterp", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="materialize the main lineage of a preset")
+    p_run.add_argument("--preset", help=f"preset name (default: ${PRESET_ENV} or 'embedded')")
+    p_run.add_argument("--force", action="store_true", help="rebuild stages that already exist")
+    p_layers = sub.add_parser("layers", help="register the preset's layers as dynamic partitions")
+    p_layers.add_argument("--preset")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        if args.command == "run":
+            run(args.preset, args.force)
+        else:
+            from featureinterp_assets.partitions import register_layers
+
+            preset = get_preset(args.preset)
+            print("registered:", register_layers(_instance(), preset) or "nothing new")
+    except (ConfigError, UnavailableError, CorruptFileError) as err:
+        sys.exit(f"featureinterp: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+"""Group, pool and tag names shared by the Dagster layer."""
+
+GROUP_CORPUS = "corpus"
+GROUP_ACTIVATIONS = "activations"
+
+POOL_GPU = "gpu"
+"""Concurrency pool of steps that hold the subject model; set its limit to the number of GPUs."""
+
+STORAGE_IO = "storage"
+"""IO manager key of the array/JSON store under $FEATUREINTERP_HOME/storage/<preset>."""

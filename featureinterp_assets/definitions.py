@@ -1,0 +1,43 @@
+"""The Dagster code location: `dagster dev` and `dagster asset materialize -m featureinterp_assets.definitions`.
+
+The preset is chosen by $FEATUREINTERP_PRESET (default `embedded`), data lives under
+$FEATUREINTERP_HOME (default ./.featureinterp).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from featureinterp.config import Preset, data_home, get_preset
+from featureinterp_assets.assets.activations import build_activation_assets
+from featureinterp_assets.assets.corpus import corpus_tokens
+from featureinterp_assets.constants import STORAGE_IO
+from featureinterp_assets.io_managers import StorageIOManager
+from featureinterp_assets.partitions import layer_partitions
+from featureinterp_assets.resources import default_preset_resource
+from featureinterp_assets.sensors import build_new_layers_sensor
+
+
+def build_definitions(preset: Preset, home=None) -> dg.Definitions:
+    home = home or data_home()
+    layers = layer_partitions(preset)
+    assets = [corpus_tokens, *build_activation_assets(layers)]
+    layer_job = dg.define_asset_job(
+        "layer_job",
+        selection=dg.AssetSelection.assets("sae", "sae_activations"),
+        partitions_def=layers,
+        description="SAE and activations for one layer (what the new-layer sensor launches).",
+    )
+    return dg.Definitions(
+        assets=assets,
+        jobs=[layer_job],
+        sensors=[build_new_layers_sensor(preset, layer_job)],
+        resources={
+            "preset": default_preset_resource(preset, home),
+            STORAGE_IO: StorageIOManager(base_dir=str(home / "storage" / preset.name)),
+        },
+        executor=dg.in_process_executor,  # one process per run: the model loads once per run
+    )
+
+
+defs = build_definitions(get_preset())

@@ -1,0 +1,67 @@
+"""One IO manager for the project's stored values: arrays (.npy folders) and small JSON records.
+
+Paths are ``<base>/<asset key>/<partition key>``; a multi-dimension key ``F0003|L06`` becomes the
+folders ``F0003/L06``. Partitioned assets always exchange ``{partition_key: value}`` dicts, so an
+asset body is the same whether a run covers one layer or a range of them (single-run backfills).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from featureinterp.errors import CorruptFileError
+from featureinterp.storage import ArrayBundle, atomic_dir, load_arrays, save_arrays
+
+_UNPARTITIONED = "__all__"
+
+
+class StorageIOManager(dg.ConfigurableIOManager):
+    """Stores ArrayBundle values as memory-mappable .npy folders and dicts as JSON, atomically."""
+
+    base_dir: str
+
+    def _path(self, asset_key: dg.AssetKey, partition_key: str | None) -> Path:
+        part = (partition_key or _UNPARTITIONED).replace("|", "/")
+        return Path(self.base_dir).joinpath(*asset_key.path, part)
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        if obj is None:
+            return
+        if context.has_asset_partitions:
+            keys = list(context.asset_partition_keys)
+            if not isinstance(obj, dict) or set(obj) != set(keys):
+                got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+                raise TypeError(f"{context.asset_key.to_user_string()}: expected values for partitions {keys}, got {got}")
+            for key in keys:
+                _write(self._path(context.asset_key, key), obj[key])
+        else:
+            _write(self._path(context.asset_key, None), obj)
+
+    def load_input(self, context: dg.InputContext):
+        key = context.asset_key
+        if context.has_asset_partitions:
+            return {k: _read(self._path(key, k)) for k in context.asset_partition_keys}
+        return _read(self._path(key, None))
+
+
+def _write(path: Path, value) -> None:
+    if isinstance(value, ArrayBundle):
+        save_arrays(path, value.arrays, value.meta)
+    elif isinstance(value, dict):
+        with atomic_dir(path) as tmp:
+            (tmp / "value.json").write_text(json.dumps(value, indent=1, default=str))
+    else:
+        raise TypeError(f"StorageIOManager stores ArrayBundle or dict values, not {type(value).__name__}")
+
+
+def _read(path: Path):
+    if (path / "value.json").exists():
+        return json.loads((path / "value.json").read_text())
+    arrays, meta = load_arrays(path)
+    return ArrayBundle(arrays, meta)
+
+
+__all__ = ["StorageIOManager", "CorruptFileError"]

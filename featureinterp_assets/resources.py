@@ -1,0 +1,61 @@
+"""Resources: the preset and the subject model it names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import torch
+from pydantic import PrivateAttr
+
+from featureinterp.config import Preset, get_preset
+from featureinterp.models import load_subject_model, load_tokenizer, resolve_device
+
+
+class PresetResource(dg.ConfigurableResource):
+    """The active preset (see featureinterp/config.py) and its subject model, loaded once per run.
+
+    Select the preset with $FEATUREINTERP_PRESET; data lives under $FEATUREINTERP_HOME.
+    """
+
+    name: str
+    """Preset name: embedded, embedded-tiny, gpt2-small, gemma-2-9b, llama-3.1-8b."""
+    home: str
+    """Root folder for cached models, trained SAEs and stored asset values."""
+    device: str = "auto"
+    """Torch device for the subject model: auto (CUDA when present), cpu, cuda, cuda:1..."""
+    torch_threads: int = 0
+    """CPU threads for torch; 0 keeps torch's default."""
+
+    _model = PrivateAttr(default=None)
+
+    def spec(self) -> Preset:
+        return get_preset(self.name)
+
+    @property
+    def torch_device(self) -> str:
+        return resolve_device(self.device)
+
+    def storage_dir(self) -> Path:
+        return Path(self.home) / "storage" / self.name
+
+    def model_and_tokenizer(self):
+        """(model, tokenizer), loaded on first use and kept for the rest of the run."""
+        if self._model is None:
+            if self.torch_threads:
+                torch.set_num_threads(self.torch_threads)
+            self._model = load_subject_model(self.spec().model, Path(self.home) / "models", self.device)
+        return self._model
+
+    def tokenizer(self):
+        if self._model is not None:
+            return self._model[1]
+        return load_tokenizer(self.spec().model, Path(self.home) / "models")
+
+    def teardown_after_execution(self, context) -> None:
+        self._model = None
+
+
+def default_preset_resource(preset: Preset, home: Path) -> PresetResource:
+    return PresetResource(name=preset.name, home=str(home), device=os.environ.get("FEATUREINTERP_DEVICE", "auto"))
