@@ -25,6 +25,7 @@ __all__ = [
     "SaeSpec",
     "SaeTrainConfig",
     "data_home",
+    "models_dir",
     "get_preset",
     "layer_key",
     "feature_key",
@@ -34,6 +35,7 @@ __all__ = [
 
 PRESET_ENV = "FEATUREINTERP_PRESET"
 HOME_ENV = "FEATUREINTERP_HOME"
+MODELS_ENV = "FEATUREINTERP_MODELS"
 
 
 @dataclass(frozen=True)
@@ -252,6 +254,11 @@ def get_preset(name: str | None = None) -> Preset:
             f"unknown preset {name!r} (from {'$' + PRESET_ENV if os.environ.get(PRESET_ENV) == name else 'argument'}); "
             f"choose one of: {', '.join(sorted(PRESETS))}"
         ) from None
+
+
+def models_dir() -> Path:
+    """Cache of converted subject models ($FEATUREINTERP_MODELS, else <data home>/models)."""
+    return Path(os.environ.get(MODELS_ENV) or data_home() / "models").resolve()
 
 
 def data_home() -> Path:

@@ -6,9 +6,11 @@ $FEATUREINTERP_HOME (default ./.featureinterp).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 
-from featureinterp.config import Preset, data_home, get_preset
+from featureinterp.config import Preset, data_home, get_preset, models_dir
 from featureinterp_assets.assets.activations import build_activation_assets
 from featureinterp_assets.assets.corpus import corpus_tokens
 from featureinterp_assets.constants import STORAGE_IO
@@ -18,8 +20,9 @@ from featureinterp_assets.resources import default_preset_resource
 from featureinterp_assets.sensors import build_new_layers_sensor
 
 
-def build_definitions(preset: Preset, home=None) -> dg.Definitions:
-    home = home or data_home()
+def build_definitions(preset: Preset, home: Path | None = None, models: Path | None = None) -> dg.Definitions:
+    """All definitions for ``preset``; stored values under ``home``, converted models under ``models``."""
+    home = Path(home or data_home())
     layers = layer_partitions(preset)
     assets = [corpus_tokens, *build_activation_assets(layers)]
     layer_job = dg.define_asset_job(
@@ -33,7 +36,7 @@ def build_definitions(preset: Preset, home=None) -> dg.Definitions:
         jobs=[layer_job],
         sensors=[build_new_layers_sensor(preset, layer_job)],
         resources={
-            "preset": default_preset_resource(preset, home),
+            "preset": default_preset_resource(preset, home, Path(models or models_dir())),
             STORAGE_IO: StorageIOManager(base_dir=str(home / "storage" / preset.name)),
         },
         executor=dg.in_process_executor,  # one process per run: the model loads once per run

@@ -22,16 +22,21 @@ class PresetResource(dg.ConfigurableResource):
     name: str
     """Preset name: embedded, embedded-tiny, gpt2-small, gemma-2-9b, llama-3.1-8b."""
     home: str
-    """Root folder for cached models, trained SAEs and stored asset values."""
+    """Root folder for trained SAEs and stored asset values."""
+    models_dir: str
+    """Cache of converted subject models (shared by presets and test runs)."""
     device: str = "auto"
     """Torch device for the subject model: auto (CUDA when present), cpu, cuda, cuda:1..."""
     torch_threads: int = 0
     """CPU threads for torch; 0 keeps torch's default."""
+    features: list[int] | None = None
+    """SAE latent indices to study instead of the preset's (None keeps the preset's)."""
 
     _model = PrivateAttr(default=None)
 
     def spec(self) -> Preset:
-        return get_preset(self.name)
+        preset = get_preset(self.name)
+        return preset if self.features is None else preset.replace(features=tuple(self.features))
 
     @property
     def torch_device(self) -> str:
@@ -45,17 +50,23 @@ class PresetResource(dg.ConfigurableResource):
         if self._model is None:
             if self.torch_threads:
                 torch.set_num_threads(self.torch_threads)
-            self._model = load_subject_model(self.spec().model, Path(self.home) / "models", self.device)
+            self._model = load_subject_model(self.spec().model, Path(self.models_dir), self.device)
         return self._model
 
     def tokenizer(self):
         if self._model is not None:
             return self._model[1]
-        return load_tokenizer(self.spec().model, Path(self.home) / "models")
+        return load_tokenizer(self.spec().model, Path(self.models_dir))
 
     def teardown_after_execution(self, context) -> None:
         self._model = None
 
 
-def default_preset_resource(preset: Preset, home: Path) -> PresetResource:
-    return PresetResource(name=preset.name, home=str(home), device=os.environ.get("FEATUREINTERP_DEVICE", "auto"))
+def default_preset_resource(preset: Preset, home: Path, models: Path) -> PresetResource:
+    return PresetResource(
+        name=preset.name,
+        home=str(home),
+        models_dir=str(models),
+        features=None if preset == get_preset(preset.name) else list(preset.features),
+        device=os.environ.get("FEATUREINTERP_DEVICE", "auto"),
+    )

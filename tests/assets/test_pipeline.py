@@ -1,0 +1,95 @@
+"""Real Dagster runs of the foundation chain on the embedded-tiny preset (real model, real SAE training)."""
+
+import dagster as dg
+import numpy as np
+import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from featureinterp.config import get_preset
+from featureinterp.sae import load_sae_from_disk
+from featureinterp.storage import load_arrays
+from featureinterp_assets.definitions import build_definitions
+from featureinterp_assets.partitions import layer_partitions, register_layers
+
+pytestmark = pytest.mark.slow
+PRESET = get_preset("embedded-tiny")
+
+
+def _materialize(defs, instance, selection, **kwargs):
+    return dg.materialize(
+        list(defs.assets), selection=selection, instance=instance, resources=defs.resources, raise_on_error=False, **kwargs
+    )
+
+
+def _failure(result) -> str:
+    events = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert events, "the run was expected to fail"
+    err = events[0].step_failure_data.error
+    return "\n".join(e.message for e in (err, err.cause) if e is not None)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, model_cache):
+    home = tmp_path_factory.mktemp("home")
+    defs = build_definitions(PRESET, home=home, models=model_cache)
+    with dg.instance_for_test() as instance:
+        assert register_layers(instance, PRESET) == ["L03", "L06"]
+        assert _materialize(defs, instance, ["corpus_tokens"]).success
+        tags = {ASSET_PARTITION_RANGE_START_TAG: "L03", ASSET_PARTITION_RANGE_END_TAG: "L06"}
+        result = _materialize(defs, instance, ["sae", "sae_activations"], tags=tags)
+        assert result.success, _failure(result)
+        yield defs, instance, home / "storage" / PRESET.name, result
+
+
+def test_chain_writes_every_layer_in_one_run(built):
+    defs, instance, storage, result = built
+    tokens, meta = load_arrays(storage / "corpus_tokens" / "__all__")
+    assert tokens["tokens"].shape == (2000, 33) and len(meta["hash"]) == 16
+    for key in ("L03", "L06"):
+        acts, _ = load_arrays(storage / "sae_activations" / key)
+        assert acts["acts"].shape == (3, 2000, 33) and acts["acts"].dtype == np.float16
+        assert (acts["max"] > 0).all()  # live features first: none of F0000..F0002 is dead
+        assert np.isclose(acts["max"], acts["acts"][:, :, 1:].astype(np.float32).max(axis=(1, 2)), rtol=1e-2).all()
+    mats = {
+        (e.asset_key.to_user_string(), e.partition)
+        for e in result.get_asset_materialization_events()
+        for e in [e.event_specific_data.materialization]
+    }
+    assert mats == {(a, k) for a in ("sae", "sae_activations") for k in ("L03", "L06")}
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"activations_finite": True, "studied_features_alive": True}
+
+
+def test_sae_metadata_reports_reconstruction(built):
+    defs, instance, storage, _ = built
+    event = instance.get_latest_materialization_event(dg.AssetKey("sae"))
+    md = event.asset_materialization.metadata
+    assert {"explained_variance", "l0", "dead_fraction", "live_latents"} <= set(md)
+    assert 0.3 < md["explained_variance"].value <= 1 and md["l0"].value <= 16
+    ref = __import__("json").loads((storage / "sae" / "L03" / "value.json").read_text())
+    assert load_sae_from_disk(ref["path"]).cfg.d_sae == 4 * 576
+
+
+def test_single_layer_rerun_is_deterministic(built):
+    defs, instance, storage, _ = built
+    before = np.array(load_arrays(storage / "sae_activations" / "L06")[0]["acts"])
+    assert _materialize(defs, instance, ["sae_activations"], partition_key="L06").success
+    after = load_arrays(storage / "sae_activations" / "L06")[0]["acts"]
+    assert np.array_equal(before, after)
+
+
+def test_layer_outside_the_model_fails_alone_with_its_name(built):
+    defs, instance, storage, _ = built
+    instance.add_dynamic_partitions(layer_partitions(PRESET).name, ["L99"])
+    result = _materialize(defs, instance, ["sae"], partition_key="L99")
+    assert not result.success
+    assert "layer 99 is outside the model" in _failure(result)
+    assert (storage / "sae" / "L03" / "value.json").exists()  # other partitions untouched
+    assert not (storage / "sae" / "L99").exists()
+
+
+def test_feature_beyond_sae_width_fails_with_its_index(built, model_cache, tmp_path):
+    defs, instance, storage, _ = built
+    bad = build_definitions(PRESET.replace(features=(0, 99_999)), home=storage.parent.parent, models=model_cache)
+    result = _materialize(bad, instance, ["sae_activations"], partition_key="L03")
+    assert not result.success and "feature index 99999 is outside the SAE of layer 3" in _failure(result)

@@ -1,0 +1,50 @@
+"""Shared fixtures. Everything runs offline: the hub is never contacted."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+# Converted models survive between test runs here (inside the checkout, git-ignored), so only the
+# first run of a fresh clone pays the GGUF conversion.
+CACHE = Path(os.environ.get("FEATUREINTERP_TEST_CACHE", REPO / ".cache" / "tests"))
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> Path:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return CACHE / "models"
+
+
+@pytest.fixture(scope="session")
+def embedded_model(model_cache):
+    """SmolLM2-135M-Instruct (the embedded preset's subject model) and its tokenizer."""
+    from featureinterp.config import get_preset
+    from featureinterp.models import load_subject_model
+
+    return load_subject_model(get_preset("embedded").model, model_cache, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def embedded_rows(embedded_model):
+    """A few hundred real token rows of the embedded corpus."""
+    from featureinterp.config import get_preset
+
+    from featureinterp.corpus import build_tokens
+
+    preset = get_preset("embedded-tiny").replace(n_rows=400)
+    return build_tokens(preset, embedded_model[1])
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -1,0 +1,48 @@
+import pytest
+
+from featureinterp.config import PRESETS, feature_key, get_preset, layer_key, parse_feature_key, parse_layer_key
+from featureinterp.errors import ConfigError
+
+
+def test_unknown_preset_names_the_value_and_the_choices():
+    with pytest.raises(ConfigError, match=r"unknown preset 'gpt5'.*embedded.*gemma-2-9b"):
+        get_preset("gpt5")
+
+
+def test_preset_env_var_selects(monkeypatch):
+    monkeypatch.setenv("FEATUREINTERP_PRESET", "gpt2-small")
+    assert get_preset().name == "gpt2-small"
+    monkeypatch.setenv("FEATUREINTERP_PRESET", "nope")
+    with pytest.raises(ConfigError, match="FEATUREINTERP_PRESET"):
+        get_preset()
+
+
+def test_default_is_embedded(monkeypatch):
+    monkeypatch.delenv("FEATUREINTERP_PRESET", raising=False)
+    assert get_preset().name == "embedded"
+
+
+def test_paper_presets_carry_their_sae_releases():
+    assert get_preset("gemma-2-9b").sae.sae_id(20) == "layer_20/width_16k/canonical"
+    assert get_preset("llama-3.1-8b").sae.sae_id(7) == "l7r_8x"
+    assert get_preset("gpt2-small").sae.sae_id(3) == "blocks.3.hook_resid_post"
+    for preset in PRESETS.values():
+        assert preset.row_len == 33 and len(set(preset.layer_keys)) == len(preset.layers)
+
+
+def test_keys_round_trip_and_sort_numerically():
+    keys = [layer_key(i) for i in (2, 10, 30)]
+    assert sorted(keys) == keys and [parse_layer_key(k) for k in keys] == [2, 10, 30]
+    assert parse_feature_key(feature_key(7)) == 7 and feature_key(7) == "F0007"
+    with pytest.raises(ConfigError, match="'X3'"):
+        parse_layer_key("X3")
+    with pytest.raises(ConfigError, match="'F'"):
+        parse_feature_key("F")
+
+
+def test_bad_preset_values_are_rejected():
+    base = get_preset("embedded")
+    with pytest.raises(ConfigError, match="layers must not be empty"):
+        base.replace(layers=())
+    with pytest.raises(ConfigError, match="negative layer"):
+        base.replace(layers=(-1,))
