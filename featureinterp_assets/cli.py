@@ -17,7 +17,8 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from featureinterp.config import PRESET_ENV, get_preset
+from featureinterp.config import PRESET_ENV, get_preset, models_dir
+from featureinterp.models import load_tokenizer
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
 
 
@@ -39,7 +40,10 @@ def _run(defs: dg.Definitions, instance, selection: list[str], tags: dict | None
         raise_on_error=False,
     )
     if not result.success:
-        raise SystemExit(f"run {result.run_id} failed: see `dagster dev` (Runs) or the log above")
+        failures = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+        err = failures[0].step_failure_data.error if failures else None
+        reason = (err.cause or err).message.strip() if err else "see the log above"
+        raise SystemExit(f"featureinterp: run {result.run_id} failed: {reason}")
     return result
 
 
@@ -49,7 +53,8 @@ def run(preset_name: str | None, force: bool) -> None:
 
     preset = get_preset(preset_name)
     os.environ[PRESET_ENV] = preset.name
-    defs = build_definitions(preset)
+    load_tokenizer(preset.model, models_dir())  # fail fast, with one clear line, when offline
+    defs = build_definitions(preset)  # $FEATUREINTERP_HOME / $FEATUREINTERP_MODELS
     instance = _instance()
     added = register_layers(instance, preset)
     print(f"preset {preset.name}: layers {', '.join(preset.layer_keys)}" + (f" (registered {', '.join(added)})" if added else ""))
