@@ -35,7 +35,7 @@ class FeatureActivations:
     """[F] rows where the feature fires on at least one token."""
 
     def dead(self) -> list[int]:
-        return [f for f, m in zip(self.features, self.max) if not m > 0]
+        return [f for f, m in zip(self.features, self.max, strict=False) if not m > 0]
 
 
 @torch.no_grad()

@@ -18,19 +18,19 @@ from typing import Literal
 from featureinterp.errors import ConfigError
 
 __all__ = [
+    "PRESETS",
     "CorpusSpec",
     "ModelSpec",
     "Preset",
-    "PRESETS",
     "SaeSpec",
     "SaeTrainConfig",
     "data_home",
-    "models_dir",
+    "feature_key",
     "get_preset",
     "layer_key",
-    "feature_key",
-    "parse_layer_key",
+    "models_dir",
     "parse_feature_key",
+    "parse_layer_key",
 ]
 
 PRESET_ENV = "FEATUREINTERP_PRESET"
@@ -142,7 +142,7 @@ class Preset:
         if any(f < 0 for f in self.features):
             raise ConfigError(f"preset {self.name!r}: negative feature index in {self.features}")
 
-    def replace(self, **changes) -> "Preset":
+    def replace(self, **changes) -> Preset:
         return dataclasses.replace(self, **changes)
 
     @property
@@ -228,7 +228,7 @@ PRESETS: dict[str, Preset] = {
             sae_id_format="layer_{layer}/width_16k/canonical",
         ),
         corpus=CorpusSpec(source="hf_dataset", path="monology/pile-uncopyrighted"),
-        layers=tuple(range(0, 42)),
+        layers=tuple(range(42)),
         n_rows=100_000,
         batch_size=12,
     ),

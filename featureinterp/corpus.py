@@ -20,13 +20,13 @@ import numpy as np
 from featureinterp.config import CorpusSpec
 from featureinterp.errors import ConfigError, UnavailableError
 
-__all__ = ["load_documents", "token_rows", "decode_rows", "bos_token_id", "build_tokens", "check_token_rows"]
+__all__ = ["bos_token_id", "build_tokens", "check_token_rows", "decode_rows", "load_documents", "token_rows"]
 
 logger = logging.getLogger(__name__)
 
 ANARCHISM_HTML = "/usr/share/doc/anarchism/html"
 FORTUNES_DIR = "/usr/share/games/fortunes"
-_P_RE = re.compile(r"<p[^>]*>(.*?)</p>", re.S | re.I)
+_P_RE = re.compile(r"<p[^>]*>(.*?)</p>", re.DOTALL | re.IGNORECASE)
 _TAG_RE = re.compile(r"<[^>]+>")
 _WS_RE = re.compile(r"\s+")
 MIN_WORDS = 8
@@ -40,7 +40,9 @@ def _clean(text: str) -> str:
 def _debian_documents() -> Iterator[str]:
     html_files = sorted(glob.glob(f"{ANARCHISM_HTML}/*.html"))
     fortune_files = sorted(
-        p for p in glob.glob(f"{FORTUNES_DIR}/*") if Path(p).is_file() and "." not in Path(p).name and Path(p).name not in _SKIP_FORTUNES
+        p
+        for p in glob.glob(f"{FORTUNES_DIR}/*")
+        if Path(p).is_file() and "." not in Path(p).name and Path(p).name not in _SKIP_FORTUNES
     )
     if not html_files or not fortune_files:
         raise UnavailableError(
@@ -170,7 +172,9 @@ def bos_token_id(tokenizer, bos_token: str | None) -> int:
             raise ConfigError(f"BOS token {bos_token!r} is not in the tokenizer's vocabulary")
         return int(tid)
     if tokenizer.bos_token_id is None:
-        raise ConfigError("the tokenizer has no BOS token: set the preset's model.bos_token or prepend_bos=False")
+        raise ConfigError(
+            "the tokenizer has no BOS token: set the preset's model.bos_token or prepend_bos=False"
+        )
     return int(tokenizer.bos_token_id)
 
 
@@ -181,7 +185,9 @@ def build_tokens(preset, tokenizer) -> np.ndarray:
     return token_rows(docs, tokenizer, preset.seq_len, preset.n_rows, bos, seed=preset.seed)
 
 
-def check_token_rows(rows: np.ndarray, n_rows: int, row_len: int, bos_id: int | None, special_ids) -> list[str]:
+def check_token_rows(
+    rows: np.ndarray, n_rows: int, row_len: int, bos_id: int | None, special_ids
+) -> list[str]:
     """Problems with a token table (empty list when it is well formed)."""
     problems = []
     if rows.shape != (n_rows, row_len):

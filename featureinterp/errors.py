@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "UnavailableError", "CorruptFileError"]
+__all__ = ["ConfigError", "CorruptFileError", "UnavailableError"]
 
 
 class ConfigError(ValueError):

@@ -42,7 +42,7 @@ def _prefix_cache(full, d: int, config):
     from transformers import DynamicCache
 
     cache = DynamicCache(config=config)
-    for src, dst in zip(full.layers, cache.layers):
+    for src, dst in zip(full.layers, cache.layers, strict=False):
         if not src.is_initialized:
             break
         dst.lazy_initialization(src.keys, src.values)

@@ -8,10 +8,10 @@ runs every batch to the logits and caches every hook: paper-method.md section 11
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 from collections.abc import Sequence
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -21,20 +21,26 @@ from featureinterp.errors import ConfigError, UnavailableError
 from featureinterp.storage import atomic_dir
 
 __all__ = [
-    "load_subject_model",
-    "load_tokenizer",
     "check_layers",
     "decoder_layers",
-    "resolve_device",
-    "residuals",
     "hook_name",
     "layer_from_hook_name",
+    "load_subject_model",
+    "load_tokenizer",
+    "residuals",
+    "resolve_device",
 ]
 
 logger = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.layers")
+_LAYER_PATHS = (
+    "model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "transformer.layers",
+)
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 
 

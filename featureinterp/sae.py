@@ -21,7 +21,14 @@ import torch
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
 from featureinterp.models import decoder_layers, layer_from_hook_name
 
-__all__ = ["LoadedSae", "load_layer_sae", "load_sae_from_disk", "load_sae_pretrained", "check_features", "uses_layernorm"]
+__all__ = [
+    "LoadedSae",
+    "check_features",
+    "load_layer_sae",
+    "load_sae_from_disk",
+    "load_sae_pretrained",
+    "uses_layernorm",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +61,7 @@ class LoadedSae:
         return acts if features is None else acts[..., list(features)]
 
     @classmethod
-    def bind(cls, sae: torch.nn.Module, model: torch.nn.Module, layer: int) -> "LoadedSae":
+    def bind(cls, sae: torch.nn.Module, model: torch.nn.Module, layer: int) -> LoadedSae:
         meta = sae.cfg.metadata
         hook = meta.get("hook_name")
         if hook is not None and layer_from_hook_name(hook) != layer:

@@ -22,7 +22,14 @@ from featureinterp.models import hook_name, residuals
 from featureinterp.progress import Progress
 from featureinterp.storage import atomic_dir
 
-__all__ = ["SaeTrainResult", "collect_residuals", "train_topk_sae", "save_sae", "sae_metadata", "train_layer_saes"]
+__all__ = [
+    "SaeTrainResult",
+    "collect_residuals",
+    "sae_metadata",
+    "save_sae",
+    "train_layer_saes",
+    "train_topk_sae",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from featureinterp.errors import CorruptFileError
 
-__all__ = ["ArrayBundle", "atomic_dir", "atomic_file", "save_arrays", "load_arrays", "array_hash"]
+__all__ = ["ArrayBundle", "array_hash", "atomic_dir", "atomic_file", "load_arrays", "save_arrays"]
 
 
 @dataclass

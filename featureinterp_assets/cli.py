@@ -18,8 +18,8 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from featureinterp.config import PRESET_ENV, get_preset, models_dir
-from featureinterp.models import load_tokenizer
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
+from featureinterp.models import load_tokenizer
 
 
 def _instance() -> dg.DagsterInstance:
@@ -29,7 +29,11 @@ def _instance() -> dg.DagsterInstance:
 
 
 def _run(defs: dg.Definitions, instance, selection: list[str], tags: dict | None = None, partition_key=None):
-    print(f"--> materializing {', '.join(selection)}" + (f" [{partition_key or tags}]" if partition_key or tags else ""), flush=True)
+    print(
+        f"--> materializing {', '.join(selection)}"
+        + (f" [{partition_key or tags}]" if partition_key or tags else ""),
+        flush=True,
+    )
     result = dg.materialize(
         list(defs.assets),
         selection=selection,
@@ -57,21 +61,29 @@ def run(preset_name: str | None, force: bool) -> None:
     defs = build_definitions(preset)  # $FEATUREINTERP_HOME / $FEATUREINTERP_MODELS
     instance = _instance()
     added = register_layers(instance, preset)
-    print(f"preset {preset.name}: layers {', '.join(preset.layer_keys)}" + (f" (registered {', '.join(added)})" if added else ""))
+    print(
+        f"preset {preset.name}: layers {', '.join(preset.layer_keys)}"
+        + (f" (registered {', '.join(added)})" if added else "")
+    )
 
     if force or instance.get_latest_materialization_event(dg.AssetKey("corpus_tokens")) is None:
         _run(defs, instance, ["corpus_tokens"])
     todo = [
         k
         for k in preset.layer_keys
-        if force or any(k not in instance.get_materialized_partitions(dg.AssetKey(a)) for a in ("sae", "sae_activations"))
+        if force
+        or any(
+            k not in instance.get_materialized_partitions(dg.AssetKey(a)) for a in ("sae", "sae_activations")
+        )
     ]
     if todo:  # one run for all layers: one forward pass serves them all
         keys = preset.layer_keys
         lo, hi = keys.index(todo[0]), keys.index(todo[-1])
         tags = {ASSET_PARTITION_RANGE_START_TAG: keys[lo], ASSET_PARTITION_RANGE_END_TAG: keys[hi]}
         _run(defs, instance, ["sae", "sae_activations"], tags=tags)
-    print(f"done: {preset.name} lineage materialized; browse it with `dagster dev` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    print(
+        f"done: {preset.name} lineage materialized; browse it with `dagster dev` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

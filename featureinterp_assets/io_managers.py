@@ -34,7 +34,9 @@ class StorageIOManager(dg.ConfigurableIOManager):
             keys = list(context.asset_partition_keys)
             if not isinstance(obj, dict) or set(obj) != set(keys):
                 got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-                raise TypeError(f"{context.asset_key.to_user_string()}: expected values for partitions {keys}, got {got}")
+                raise TypeError(
+                    f"{context.asset_key.to_user_string()}: expected values for partitions {keys}, got {got}"
+                )
             for key in keys:
                 _write(self._path(context.asset_key, key), obj[key])
         else:
@@ -64,4 +66,4 @@ def _read(path: Path):
     return ArrayBundle(arrays, meta)
 
 
-__all__ = ["StorageIOManager", "CorruptFileError"]
+__all__ = ["CorruptFileError", "StorageIOManager"]

@@ -1,6 +1,5 @@
 """Automation: pick up layers added to the preset."""
 
-
 import dagster as dg
 
 from featureinterp.config import Preset

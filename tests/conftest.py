@@ -10,8 +10,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 # Converted models survive between test runs here (inside the checkout, git-ignored), so only the
@@ -38,7 +38,6 @@ def embedded_model(model_cache):
 def embedded_rows(embedded_model):
     """A few hundred real token rows of the embedded corpus."""
     from featureinterp.config import get_preset
-
     from featureinterp.corpus import build_tokens
 
     preset = get_preset("embedded-tiny").replace(n_rows=400)

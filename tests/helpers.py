@@ -10,8 +10,13 @@ def tiny_llama(n_layers: int = 4, seed: int = 0):
 
     torch.manual_seed(seed)  # test-local model construction; library code never seeds globally
     cfg = LlamaConfig(
-        vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=101,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     return LlamaForCausalLM(cfg).eval()
 
@@ -24,7 +29,9 @@ def tiny_gpt2(n_layers: int = 3, seed: int = 0):
     return GPT2LMHeadModel(cfg).eval()
 
 
-def random_sae(d_in: int, d_sae: int = 64, k: int = 8, layer: int = 1, seed: int = 0, metadata: dict | None = None):
+def random_sae(
+    d_in: int, d_sae: int = 64, k: int = 8, layer: int = 1, seed: int = 0, metadata: dict | None = None
+):
     """A TopK sae-lens SAE with random weights and a small negative-biased encoder (sparse but alive)."""
     from sae_lens import TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata

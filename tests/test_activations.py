@@ -2,14 +2,15 @@ import numpy as np
 import torch
 
 from featureinterp.activations import sae_activations
-from featureinterp.models import residuals
 from featureinterp.sae import LoadedSae
 from tests.helpers import random_sae, tiny_llama
 
 
 def test_values_and_statistics_match_direct_encoding():
     model = tiny_llama(n_layers=4)
-    saes = {layer: LoadedSae.bind(random_sae(32, layer=layer, seed=layer), model, layer) for layer in (1, 2)}  # not the last layer: its hidden state is normed
+    saes = {
+        layer: LoadedSae.bind(random_sae(32, layer=layer, seed=layer), model, layer) for layer in (1, 2)
+    }  # not the last layer: its hidden state is normed
     rows = torch.randint(2, 101, (10, 9), generator=torch.Generator().manual_seed(0)).numpy()
     rows[:, 0] = 1
     features = [0, 5, 9]

@@ -31,7 +31,18 @@ def env(tmp_path, model_cache):
 
 def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
     storage = tmp_path / "home" / "storage" / "embedded-tiny"
-    first = _run([BIN / "dagster", "asset", "materialize", "-m", "featureinterp_assets.definitions", "--select", "corpus_tokens"], env)
+    first = _run(
+        [
+            BIN / "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "featureinterp_assets.definitions",
+            "--select",
+            "corpus_tokens",
+        ],
+        env,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     assert (storage / "corpus_tokens" / "__all__" / "tokens.npy").exists()
     stamp = (storage / "corpus_tokens" / "__all__" / "tokens.npy").stat().st_mtime_ns
@@ -48,8 +59,17 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
     assert again.returncode == 0 and "materializing" not in again.stdout  # nothing left to do
 
     one = _run(
-        [BIN / "dagster", "asset", "materialize", "-m", "featureinterp_assets.definitions",
-         "--select", "sae_activations", "--partition", "L06"],
+        [
+            BIN / "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "featureinterp_assets.definitions",
+            "--select",
+            "sae_activations",
+            "--partition",
+            "L06",
+        ],
         env,
     )
     assert one.returncode == 0, one.stderr[-3000:]
@@ -58,6 +78,8 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
 def test_bad_preset_and_offline_paper_preset_give_one_clear_line(env):
     bad = _run([BIN / "featureinterp", "run", "--preset", "nope"], env, timeout=120)
     assert bad.returncode != 0 and "unknown preset 'nope'" in bad.stderr and "Traceback" not in bad.stderr
-    offline = _run([BIN / "featureinterp", "run", "--preset", "gemma-2-9b"], {**env, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    offline = _run(
+        [BIN / "featureinterp", "run", "--preset", "gemma-2-9b"], {**env, "HF_HUB_OFFLINE": "1"}, timeout=120
+    )
     assert offline.returncode != 0 and "Traceback" not in offline.stderr
     assert "google/gemma-2-9b" in offline.stderr and "needs the" in offline.stderr

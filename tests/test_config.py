@@ -1,6 +1,13 @@
 import pytest
 
-from featureinterp.config import PRESETS, feature_key, get_preset, layer_key, parse_feature_key, parse_layer_key
+from featureinterp.config import (
+    PRESETS,
+    feature_key,
+    get_preset,
+    layer_key,
+    parse_feature_key,
+    parse_layer_key,
+)
 from featureinterp.errors import ConfigError
 
 

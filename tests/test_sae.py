@@ -16,13 +16,25 @@ def _hooked_gpt2(hf, center: bool):
     from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
 
     cfg = HookedTransformerConfig(
-        n_layers=3, d_model=32, d_head=8, n_heads=4, d_mlp=128, d_vocab=101, n_ctx=64,
-        act_fn="gelu_new", normalization_type="LN", original_architecture="GPT2LMHeadModel", eps=1e-5,
+        n_layers=3,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        d_mlp=128,
+        d_vocab=101,
+        n_ctx=64,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        original_architecture="GPT2LMHeadModel",
+        eps=1e-5,
     )
     tl = HookedSAETransformer(cfg)
     tl.load_and_process_state_dict(
-        convert_gpt2_weights(hf, cfg), fold_ln=True, center_writing_weights=center,
-        center_unembed=True, fold_value_biases=True,
+        convert_gpt2_weights(hf, cfg),
+        fold_ln=True,
+        center_writing_weights=center,
+        center_unembed=True,
+        fold_value_biases=True,
     )
     return tl
 
@@ -51,7 +63,9 @@ def test_rms_models_are_never_centred():
 
 
 def test_bind_rejects_mismatches():
-    with pytest.raises(ConfigError, match="reads hook 'blocks.1.hook_resid_post' but was requested for layer 2"):
+    with pytest.raises(
+        ConfigError, match="reads hook 'blocks.1.hook_resid_post' but was requested for layer 2"
+    ):
         LoadedSae.bind(random_sae(32, layer=1), tiny_llama(), 2)
     with pytest.raises(ConfigError, match="d_in=16 but the model's width is 32"):
         LoadedSae.bind(random_sae(16, layer=1), tiny_llama(), 1)

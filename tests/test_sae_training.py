@@ -11,7 +11,9 @@ def test_trained_sae_reloads_with_sae_lens_and_reconstructs(embedded_model, embe
     model = embedded_model[0]
     res = collect_residuals(model, embedded_rows, [5], n_tokens=12_000, batch_size=32, skip_first=True)[5]
     assert res.shape == (12_000, 576)
-    cfg = SaeTrainConfig(expansion=2, k=16, n_tokens=12_000, epochs=3, batch_tokens=512, live_freq=(1e-3, 0.2))
+    cfg = SaeTrainConfig(
+        expansion=2, k=16, n_tokens=12_000, epochs=3, batch_tokens=512, live_freq=(1e-3, 0.2)
+    )
     result = train_topk_sae(res, cfg, sae_metadata("SmolLM2-135M-Instruct", 5, True, 33))
     assert result.explained_variance > 0.5, result  # a working SAE, not noise
     assert result.l0 <= 16 and 0 <= result.dead_fraction < 1

@@ -4,10 +4,8 @@ Both are partitioned by layer and run as a single run over a range of layers (ba
 `featureinterp run` command), so one forward pass serves every layer of the run.
 """
 
-
-import numpy as np
-
 import dagster as dg
+import numpy as np
 
 from featureinterp.activations import sae_activations as compute_sae_activations
 from featureinterp.config import layer_key, parse_layer_key
@@ -42,7 +40,12 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
         refs = {}
         if spec.sae.source == "train":
             trained = train_layer_saes(
-                model, corpus_tokens["tokens"], spec, layer_ids, preset.storage_dir() / "sae_files", context.log.info
+                model,
+                corpus_tokens["tokens"],
+                spec,
+                layer_ids,
+                preset.storage_dir() / "sae_files",
+                context.log.info,
             )
             for layer, (path, r) in trained.items():
                 refs[layer_key(layer)] = {
@@ -57,9 +60,15 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
             for layer in layer_ids:
                 sae_id = spec.sae.sae_id(layer)
                 loaded = load_sae_pretrained(spec.sae.release, sae_id, device="cpu")
-                refs[layer_key(layer)] = {"release": spec.sae.release, "sae_id": sae_id, "d_sae": int(loaded.cfg.d_sae)}
+                refs[layer_key(layer)] = {
+                    "release": spec.sae.release,
+                    "sae_id": sae_id,
+                    "d_sae": int(loaded.cfg.d_sae),
+                }
         for key, ref in refs.items():
-            context.add_asset_metadata({k: v for k, v in ref.items() if k != "path"} | {"source": spec.sae.source}, partition_key=key)
+            context.add_asset_metadata(
+                {k: v for k, v in ref.items() if k != "path"} | {"source": spec.sae.source}, partition_key=key
+            )
         return refs
 
     @dg.asset(
@@ -84,9 +93,18 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
         """
         spec = preset.spec()
         model, _ = preset.model_and_tokenizer()
-        saes = {parse_layer_key(k): load_layer_sae(ref, model, parse_layer_key(k), preset.torch_device) for k, ref in sae.items()}
+        saes = {
+            parse_layer_key(k): load_layer_sae(ref, model, parse_layer_key(k), preset.torch_device)
+            for k, ref in sae.items()
+        }
         results = compute_sae_activations(
-            model, saes, corpus_tokens["tokens"], spec.features, spec.batch_size, spec.prepend_bos, context.log.info
+            model,
+            saes,
+            corpus_tokens["tokens"],
+            spec.features,
+            spec.batch_size,
+            spec.prepend_bos,
+            context.log.info,
         )
         out, dead, finite = {}, {}, True
         for layer, r in results.items():
@@ -98,10 +116,15 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
             finite &= bool(np.isfinite(r.max).all())
             dead[key] = r.dead()
             table = "| feature | max | token freq | rows firing |\n|---|---|---|---|\n" + "\n".join(
-                f"| F{f:04d} | {m:.3g} | {q:.2e} | {c:,} |" for f, m, q, c in zip(r.features, r.max, r.token_freq, r.row_count)
+                f"| F{f:04d} | {m:.3g} | {q:.2e} | {c:,} |"
+                for f, m, q, c in zip(r.features, r.max, r.token_freq, r.row_count, strict=False)
             )
             context.add_asset_metadata(
-                {"features": dg.MetadataValue.md(table), "dead_features": str(dead[key] or "none"), "rows": r.acts.shape[1]},
+                {
+                    "features": dg.MetadataValue.md(table),
+                    "dead_features": str(dead[key] or "none"),
+                    "rows": r.acts.shape[1],
+                },
                 partition_key=key,
             )
         yield dg.Output(out)
@@ -111,7 +134,10 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
             check_name="studied_features_alive",
             passed=n_dead == 0,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"dead": str({k: v for k, v in dead.items() if v} or "none"), "studied": len(spec.features)},
+            metadata={
+                "dead": str({k: v for k, v in dead.items() if v} or "none"),
+                "studied": len(spec.features),
+            },
         )
 
     return [sae, sae_activations]

@@ -1,6 +1,5 @@
 """The tokenized corpus every later stage reads."""
 
-
 import dagster as dg
 
 from featureinterp.corpus import bos_token_id, build_tokens, check_token_rows, decode_rows
@@ -42,5 +41,8 @@ def corpus_tokens(context: dg.AssetExecutionContext, preset: PresetResource):
     yield dg.AssetCheckResult(
         check_name="rows_well_formed",
         passed=not problems,
-        metadata={"problems": "; ".join(problems) or "none", "expected_shape": str((spec.n_rows, spec.row_len))},
+        metadata={
+            "problems": "; ".join(problems) or "none",
+            "expected_shape": str((spec.n_rows, spec.row_len)),
+        },
     )

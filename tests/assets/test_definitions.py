@@ -19,7 +19,10 @@ def test_every_preset_builds_definitions_offline(name, tmp_path):
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     parts = graph.get(dg.AssetKey("sae_activations")).partitions_def
-    assert isinstance(parts, dg.DynamicPartitionsDefinition) and name.replace("-", "_").replace(".", "_") in parts.name
+    assert (
+        isinstance(parts, dg.DynamicPartitionsDefinition)
+        and name.replace("-", "_").replace(".", "_") in parts.name
+    )
 
 
 def test_gpu_assets_share_the_gpu_pool_and_single_run_backfills():

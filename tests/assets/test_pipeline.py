@@ -17,7 +17,12 @@ PRESET = get_preset("embedded-tiny")
 
 def _materialize(defs, instance, selection, **kwargs):
     return dg.materialize(
-        list(defs.assets), selection=selection, instance=instance, resources=defs.resources, raise_on_error=False, **kwargs
+        list(defs.assets),
+        selection=selection,
+        instance=instance,
+        resources=defs.resources,
+        raise_on_error=False,
+        **kwargs,
     )
 
 
@@ -49,7 +54,9 @@ def test_chain_writes_every_layer_in_one_run(built):
         acts, _ = load_arrays(storage / "sae_activations" / key)
         assert acts["acts"].shape == (3, 2000, 33) and acts["acts"].dtype == np.float16
         assert (acts["max"] > 0).all()  # live features first: none of F0000..F0002 is dead
-        assert np.isclose(acts["max"], acts["acts"][:, :, 1:].astype(np.float32).max(axis=(1, 2)), rtol=1e-2).all()
+        assert np.isclose(
+            acts["max"], acts["acts"][:, :, 1:].astype(np.float32).max(axis=(1, 2)), rtol=1e-2
+        ).all()
     mats = {
         (e.asset_key.to_user_string(), e.partition)
         for e in result.get_asset_materialization_events()
@@ -90,6 +97,8 @@ def test_layer_outside_the_model_fails_alone_with_its_name(built):
 
 def test_feature_beyond_sae_width_fails_with_its_index(built, model_cache, tmp_path):
     defs, instance, storage, _ = built
-    bad = build_definitions(PRESET.replace(features=(0, 99_999)), home=storage.parent.parent, models=model_cache)
+    bad = build_definitions(
+        PRESET.replace(features=(0, 99_999)), home=storage.parent.parent, models=model_cache
+    )
     result = _materialize(bad, instance, ["sae_activations"], partition_key="L03")
     assert not result.success and "feature index 99999 is outside the SAE of layer 3" in _failure(result)
