@@ -34,6 +34,30 @@ class ArrayBundle:
         return self.arrays[name]
 
 
+@dataclass
+class TableBundle:
+    """A polars table plus a JSON-able metadata dict (records, explanations, scores)."""
+
+    frame: "pl.DataFrame"  # noqa: F821 (polars imported lazily)
+    meta: dict = field(default_factory=dict)
+
+
+def save_table(path: Path | str, frame, meta: Mapping | None = None) -> None:
+    """Store a polars frame as ``table.parquet`` plus ``meta.json``, atomically."""
+    with atomic_dir(path) as tmp:
+        frame.write_parquet(tmp / "table.parquet")
+        (tmp / "meta.json").write_text(json.dumps(dict(meta or {}), indent=1, default=str))
+
+
+def load_table(path: Path | str) -> TableBundle:
+    import polars as pl
+
+    path = Path(path)
+    if not (path / "table.parquet").exists():
+        raise CorruptFileError(f"no stored table at {path}: rematerialize the asset")
+    return TableBundle(pl.read_parquet(path / "table.parquet"), json.loads((path / "meta.json").read_text()))
+
+
 @contextmanager
 def atomic_file(path: Path | str) -> Iterator[Path]:
     """Yield a temp path beside ``path``; it replaces ``path`` only if the block succeeds."""

@@ -2,6 +2,7 @@
 
 GROUP_CORPUS = "corpus"
 GROUP_ACTIVATIONS = "activations"
+GROUP_RECORDS = "records"
 
 POOL_GPU = "gpu"
 """Concurrency pool of steps that hold the subject model; set its limit to the number of GPUs."""

@@ -6,6 +6,7 @@ $FEATUREINTERP_HOME (default ./.featureinterp).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -13,10 +14,11 @@ import dagster as dg
 from featureinterp.config import Preset, data_home, get_preset, models_dir
 from featureinterp_assets.assets.activations import build_activation_assets
 from featureinterp_assets.assets.corpus import corpus_tokens
+from featureinterp_assets.assets.records import build_records_assets, corpus_embeddings
 from featureinterp_assets.constants import STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
-from featureinterp_assets.partitions import layer_partitions
-from featureinterp_assets.resources import default_preset_resource
+from featureinterp_assets.partitions import feature_partitions, layer_partitions
+from featureinterp_assets.resources import LanceDBResource, default_preset_resource
 from featureinterp_assets.sensors import build_new_layers_sensor
 
 
@@ -24,7 +26,12 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
     """All definitions for ``preset``; stored values under ``home``, converted models under ``models``."""
     home = Path(home or data_home())
     layers = layer_partitions(preset)
-    assets = [corpus_tokens, *build_activation_assets(layers)]
+    assets = [
+        corpus_tokens,
+        *build_activation_assets(layers),
+        corpus_embeddings,
+        *build_records_assets(layers, feature_partitions(preset)),
+    ]
     layer_job = dg.define_asset_job(
         "layer_job",
         selection=dg.AssetSelection.assets("sae", "sae_activations"),
@@ -37,6 +44,7 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
         sensors=[build_new_layers_sensor(preset, layer_job)],
         resources={
             "preset": default_preset_resource(preset, home, Path(models or models_dir())),
+            "lancedb": LanceDBResource(uri=os.environ.get("FEATUREINTERP_LANCEDB") or str(home / "lancedb" / preset.name)),
             STORAGE_IO: StorageIOManager(base_dir=str(home / "storage" / preset.name)),
         },
         executor=dg.in_process_executor,  # one process per run: the model loads once per run

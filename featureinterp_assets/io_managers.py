@@ -1,8 +1,10 @@
 """One IO manager for the project's stored values: arrays (.npy folders) and small JSON records.
 
 Paths are ``<base>/<asset key>/<partition key>``; a multi-dimension key ``F0003|L06`` becomes the
-folders ``F0003/L06``. Partitioned assets always exchange ``{partition_key: value}`` dicts, so an
-asset body is the same whether a run covers one layer or a range of them (single-run backfills).
+folders ``F0003/L06``. Inputs from partitioned assets always arrive as ``{partition_key: value}``
+dicts (``single()`` unwraps one), so an asset body is the same whether a run covers one layer or a
+range of them (single-run backfills). Outputs are ``{partition_key: value}`` for multi-partition
+runs, or the bare value when the run has one partition.
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from featureinterp.errors import CorruptFileError
-from featureinterp.storage import ArrayBundle, atomic_dir, load_arrays, save_arrays
+from featureinterp.storage import ArrayBundle, TableBundle, atomic_dir, load_arrays, load_table, save_arrays, save_table
 
 _UNPARTITIONED = "__all__"
 
 
 class StorageIOManager(dg.ConfigurableIOManager):
-    """Stores ArrayBundle values as memory-mappable .npy folders and dicts as JSON, atomically."""
+    """Stores ArrayBundle values as memory-mappable .npy folders, TableBundle as parquet, dicts as JSON; atomically."""
 
     base_dir: str
 
@@ -49,19 +50,30 @@ class StorageIOManager(dg.ConfigurableIOManager):
         return _read(self._path(key, None))
 
 
+def single(values: dict):
+    """The one value of a ``{partition_key: value}`` input (for same-partition or one-layer inputs)."""
+    if len(values) != 1:
+        raise ValueError(f"expected one upstream partition, got {sorted(values)}")
+    return next(iter(values.values()))
+
+
 def _write(path: Path, value) -> None:
     if isinstance(value, ArrayBundle):
         save_arrays(path, value.arrays, value.meta)
+    elif isinstance(value, TableBundle):
+        save_table(path, value.frame, value.meta)
     elif isinstance(value, dict):
         with atomic_dir(path) as tmp:
             (tmp / "value.json").write_text(json.dumps(value, indent=1, default=str))
     else:
-        raise TypeError(f"StorageIOManager stores ArrayBundle or dict values, not {type(value).__name__}")
+        raise TypeError(f"StorageIOManager stores ArrayBundle, TableBundle or dict values, not {type(value).__name__}")
 
 
 def _read(path: Path):
     if (path / "value.json").exists():
         return json.loads((path / "value.json").read_text())
+    if (path / "table.parquet").exists():
+        return load_table(path)
     arrays, meta = load_arrays(path)
     return ArrayBundle(arrays, meta)
 

@@ -70,3 +70,10 @@ def default_preset_resource(preset: Preset, home: Path, models: Path) -> PresetR
         features=None if preset == get_preset(preset.name) else list(preset.features),
         device=os.environ.get("FEATUREINTERP_DEVICE", "auto"),
     )
+
+
+class LanceDBResource(dg.ConfigurableResource):
+    """Where the corpus-embedding tables live: a local folder by default, or any LanceDB URI
+    (for example ``s3://bucket/path``)."""
+
+    uri: str

@@ -1,0 +1,255 @@
+"""Per-feature records: positives, six complementary sources, train/valid/test splits.
+
+Paper-method.md sections 1.5 and 2, with the original code's bugs fixed and reproducible behind
+``RecordParams.faithful``:
+
+- retrieval is a global top-k over the whole corpus (faithful: the paper's growing prefix scan);
+- every random draw comes from a generator seeded by (seed, preset, layer, feature) (the paper
+  resets the global seed, so "random" rows repeat across features);
+- no complementary list contains a positive, and random rows are drawn without replacement;
+- a source that cannot fill its rows stays short and says so (the paper silently substitutes
+  random rows), and the validation split is the validation slice (faithful: the train slice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from featureinterp.retrieval import CorpusIndex, mean_direction, prefix_scan_order, projected_scores, train_projection
+
+__all__ = [
+    "COMPLEMENTARY_SOURCES",
+    "NEGATIVE_SOURCES",
+    "SPLITS",
+    "RecordParams",
+    "Selection",
+    "feature_generator",
+    "select_rows",
+    "assign_splits",
+    "records_frame",
+    "check_records",
+    "CheckOutcome",
+]
+
+COMPLEMENTARY_SOURCES = (
+    "random",
+    "random_negative",
+    "similar",
+    "similar_negative",
+    "similar_projected",
+    "similar_negative_projected",
+)
+NEGATIVE_SOURCES = ("random_negative", "similar_negative", "similar_negative_projected")
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class RecordParams:
+    """Record sampling (paper defaults)."""
+
+    top_sample_n: int = 30
+    """Positives per feature."""
+    top_pool: int = 100
+    """Positives are drawn without replacement from this many top rows (by per-row max)."""
+    complementary_n: int = 30
+    """Rows per complementary source."""
+    special_n: int = 400
+    """Top rows whose embeddings define 'similar'."""
+    retrieve_n: int = 150
+    """First retrieval depth (doubled until the negatives fill up), as in the paper."""
+    max_tries: int = 10
+    per_split: int = 10
+    """Positives and rows of each complementary source per split."""
+    faithful: bool = False
+    """Reproduce the paper: prefix-scan retrieval and valid split == train slice."""
+
+
+def feature_generator(seed: int, preset: str, layer: int, feature: int) -> np.random.Generator:
+    """Independent, reproducible randomness per (preset, layer, feature); never a global seed."""
+    digest = hashlib.sha256(f"{seed}|{preset}|{layer}|{feature}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+@dataclass
+class Selection:
+    """Row indices chosen for one feature."""
+
+    positives: np.ndarray
+    sources: dict[str, np.ndarray]
+    special: np.ndarray
+    dead: bool = False
+    short: dict[str, int] = field(default_factory=dict)
+    """Sources with fewer than ``complementary_n`` rows -> rows found."""
+
+
+def _first(ranked: np.ndarray, exclude: np.ndarray, n: int, keep: np.ndarray | None = None) -> np.ndarray:
+    """First ``n`` rows of ``ranked`` not in ``exclude`` (and, if given, with ``keep[row]`` true)."""
+    mask = ~np.isin(ranked, exclude)
+    if keep is not None:
+        mask &= keep[ranked]
+    return ranked[mask][:n]
+
+
+def _similar_pair(rank_fn, n_rows: int, exclude: np.ndarray, negative: np.ndarray, p: RecordParams):
+    """(similar, similar_negative) from a ranking function ``rank_fn(depth) -> rows best first``,
+    deepening as the paper does until both lists are full or the corpus is exhausted."""
+    c = p.complementary_n
+    depth = p.retrieve_n
+    for _ in range(p.max_tries):
+        ranked = rank_fn(min(depth, n_rows))
+        sim, neg = _first(ranked, exclude, c), _first(ranked, exclude, c, negative)
+        if (len(sim) >= c and len(neg) >= c) or depth >= n_rows:
+            break
+        depth *= 2
+    return sim, neg
+
+
+def select_rows(
+    row_max: np.ndarray,
+    vectors: np.ndarray,
+    index: CorpusIndex | None,
+    params: RecordParams,
+    rng: np.random.Generator,
+) -> Selection:
+    """Choose positives and complementary rows for one feature.
+
+    ``row_max`` [N]: the feature's max activation per row (BOS excluded); ``vectors`` [N, d]:
+    normalised row embeddings; ``index``: the LanceDB index for the global plain search (None
+    falls back to exact in-memory scoring, which is what the index computes below its ANN size).
+    """
+    n = len(row_max)
+    c = params.complementary_n
+    order = np.argsort(-row_max, kind="stable")
+    firing = int((row_max > 0).sum())
+    if firing == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Selection(empty, {s: empty for s in COMPLEMENTARY_SOURCES}, empty, dead=True,
+                         short={s: 0 for s in COMPLEMENTARY_SOURCES})
+    negative = row_max <= 0
+    pool = order[: min(params.top_pool, firing)]
+    positives = rng.choice(pool, size=min(params.top_sample_n, len(pool)), replace=False)
+    special = order[: min(params.special_n, firing)]
+
+    others = np.setdiff1d(np.arange(n), positives)
+    sources = {
+        "random": rng.choice(others, size=min(c, len(others)), replace=False),
+        "random_negative": rng.permutation(np.flatnonzero(negative))[:c],
+    }
+    direction = mean_direction(vectors[special])
+    if params.faithful:
+        scores = vectors @ direction
+        plain = lambda depth: prefix_scan_order(scores, depth)  # noqa: E731
+    elif index is not None:
+        plain = lambda depth: index.search(direction, depth)  # noqa: E731
+    else:
+        full = np.argsort(-(vectors @ direction), kind="stable")
+        plain = lambda depth: full[:depth]  # noqa: E731
+    sources["similar"], sources["similar_negative"] = _similar_pair(plain, n, positives, negative, params)
+
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    proj_scores = projected_scores(vectors, vectors[special], train_projection(vectors[special], vectors, gen))
+    if params.faithful:
+        projected = lambda depth: prefix_scan_order(proj_scores, depth)  # noqa: E731
+    else:
+        full_proj = np.argsort(-proj_scores, kind="stable")
+        projected = lambda depth: full_proj[:depth]  # noqa: E731
+    sources["similar_projected"], sources["similar_negative_projected"] = _similar_pair(
+        projected, n, positives, negative, params
+    )
+    sources = {k: np.asarray(v, dtype=np.int64) for k, v in sources.items()}
+    short = {k: len(v) for k, v in sources.items() if len(v) < c}
+    return Selection(np.asarray(positives, dtype=np.int64), sources, special, short=short)
+
+
+def assign_splits(sel: Selection, params: RecordParams) -> list[tuple[int, str, int, str | None]]:
+    """(row, source, rank, split) for every chosen row; splits interleave ranks (k, k+3, k+6, ...).
+
+    Interleaving gives each split a comparable similarity-rank profile. Rows past 3 * per_split get
+    split None. Faithful mode gives 'valid' the train slice, as the paper's code does.
+    """
+    out = []
+    lists = {"positive": sel.positives, **sel.sources}
+    for source, rows in lists.items():
+        split_of = {}
+        for k, split in enumerate(SPLITS):
+            kk = 0 if (params.faithful and split == "valid") else k
+            for rank in range(kk, min(len(rows), 3 * params.per_split), 3):
+                split_of.setdefault(rank, []).append(split)
+        for rank, row in enumerate(rows.tolist()):
+            for split in split_of.get(rank, [None]):
+                out.append((row, source, rank, split))
+    return out
+
+
+def records_frame(assignments, tokens: np.ndarray, acts: np.ndarray, tokenizer, skip_first: bool):
+    """The records table: one line per (row, source, split) with per-token strings and activations.
+
+    ``tokens`` [N, T] and ``acts`` [N, T] (this feature) include the BOS column, which is dropped
+    here when ``skip_first``.
+    """
+    import polars as pl
+
+    start = int(skip_first)
+    rows = np.array([a[0] for a in assignments], dtype=np.int64)
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    ids = np.asarray(tokens[uniq, start:])
+    pieces = tokenizer.batch_decode(ids.reshape(-1, 1).tolist()) if len(uniq) else []
+    per_row = [pieces[i * ids.shape[1] : (i + 1) * ids.shape[1]] for i in range(len(uniq))]
+    values = np.asarray(acts[uniq, start:], dtype=np.float32)
+    return pl.DataFrame(
+        {
+            "row": rows,
+            "source": [a[1] for a in assignments],
+            "rank": np.array([a[2] for a in assignments], dtype=np.int32),
+            "split": [a[3] for a in assignments],
+            "tokens": [per_row[i] for i in inverse],
+            "acts": [values[i].tolist() for i in inverse],
+            "row_max": values.max(axis=1)[inverse] if len(uniq) else np.zeros(0, np.float32),
+        },
+        schema_overrides={"tokens": pl.List(pl.String), "acts": pl.List(pl.Float32), "row_max": pl.Float32},
+    )
+
+
+@dataclass
+class CheckOutcome:
+    name: str
+    passed: bool
+    blocking: bool
+    """True: an invariant (the records are wrong); False: a quality warning."""
+    detail: str
+
+
+def check_records(frame, row_max: np.ndarray, params: RecordParams) -> list[CheckOutcome]:
+    """Invariants of a records table, judged against the feature's true per-row maxima ``row_max``."""
+    import polars as pl
+
+    c = params.complementary_n
+    lists = frame.filter(pl.col("rank") >= 0).unique(["row", "source"])
+    counts = {s: lists.filter(pl.col("source") == s).height for s in ("positive", *COMPLEMENTARY_SOURCES)}
+    short = {s: n for s, n in counts.items() if s != "positive" and n < c}
+    neg_rows = lists.filter(pl.col("source").is_in(NEGATIVE_SOURCES))["row"].to_numpy()
+    firing_negs = sorted(set(neg_rows[row_max[neg_rows] > 0].tolist()))
+    pos = set(lists.filter(pl.col("source") == "positive")["row"].to_list())
+    leaked = sorted(pos & set(lists.filter(pl.col("source") != "positive")["row"].to_list()))
+    by_split = {s: set(frame.filter(pl.col("split") == s)["row"].to_list()) for s in SPLITS}
+    overlap = {
+        f"{a}&{b}": len(by_split[a] & by_split[b]) for i, a in enumerate(SPLITS) for b in SPLITS[i + 1 :]
+    }
+    overlap = {k: v for k, v in overlap.items() if v}
+    max_act = float(row_max.max()) if len(row_max) else 0.0
+    return [
+        CheckOutcome("source_counts", not short, False, f"counts {counts}; short: {short or 'none'}"),
+        CheckOutcome("negatives_non_activating", not firing_negs, True, f"firing rows in negative sources: {firing_negs[:10] or 'none'}"),
+        CheckOutcome("no_positive_leak", not leaked, True, f"positives in complementary sources: {leaked[:10] or 'none'}"),
+        CheckOutcome(
+            "splits_disjoint",
+            params.faithful or not overlap,
+            True,
+            f"overlapping rows between splits: {overlap or 'none'}" + (" (faithful: valid = train slice)" if params.faithful else ""),
+        ),
+        CheckOutcome("feature_alive", max_act > 0, False, f"max activation {max_act:.4g}"),
+    ]

@@ -1,0 +1,182 @@
+"""Records stage: corpus embeddings in LanceDB, per-feature records and holistic activations."""
+
+import re
+
+import dagster as dg
+import numpy as np
+
+from featureinterp.config import parse_feature_key, parse_layer_key
+from featureinterp.corpus import decode_rows
+from featureinterp.holistic import holistic_activations as compute_holistic
+from featureinterp.records import RecordParams, assign_splits, check_records, feature_generator, records_frame, select_rows
+from featureinterp.retrieval import CorpusIndex, embed_texts, load_embedder
+from featureinterp.sae import load_layer_sae
+from featureinterp.storage import ArrayBundle, TableBundle
+from featureinterp_assets.constants import GROUP_RECORDS, POOL_GPU, STORAGE_IO
+from featureinterp_assets.io_managers import single
+from featureinterp_assets.resources import LanceDBResource, PresetResource
+
+RECORD_CHECKS = ["source_counts", "negatives_non_activating", "no_positive_leak", "splits_disjoint", "feature_alive"]
+
+
+class RecordsConfig(dg.Config):
+    """Record sampling; defaults are the paper's values with its bugs fixed."""
+
+    faithful: bool = False
+    """Reproduce the paper's code: prefix-scan retrieval and a validation split equal to the train slice."""
+    top_sample_n: int = 30
+    complementary_n: int = 30
+    special_n: int = 400
+    per_split: int = 10
+
+    def params(self) -> RecordParams:
+        return RecordParams(
+            top_sample_n=self.top_sample_n,
+            complementary_n=self.complementary_n,
+            special_n=self.special_n,
+            per_split=self.per_split,
+            faithful=self.faithful,
+        )
+
+
+@dg.asset(group_name=GROUP_RECORDS, io_manager_key=STORAGE_IO, code_version="1", kinds={"lancedb"})
+def corpus_embeddings(
+    context: dg.AssetExecutionContext, corpus_tokens, preset: PresetResource, lancedb: LanceDBResource
+) -> dict:
+    """Every token row decoded (without BOS) and embedded with sentence-transformers, in a LanceDB table.
+
+    The table name carries the token hash and the embedding model, so re-materializing the same
+    corpus with the same model reuses the table instead of re-embedding.
+    """
+    spec = preset.spec()
+    name = f"rows_{corpus_tokens.meta['hash']}_{re.sub(r'[^A-Za-z0-9]+', '_', spec.embedding_model)}"
+    texts = decode_rows(preset.tokenizer(), corpus_tokens["tokens"], skip_first=spec.prepend_bos)
+    embedder = None
+
+    def embed(chunk):
+        nonlocal embedder
+        embedder = embedder or load_embedder(spec.embedding_model, preset.torch_device)
+        return embed_texts(embedder, chunk)
+
+    index, built = CorpusIndex.build(lancedb.uri, name, texts, embed, log=context.log.info)
+    context.add_output_metadata(
+        {
+            "rows": len(index),
+            "table": name,
+            "embedding_model": spec.embedding_model,
+            "search": "IVF-PQ index + exact re-rank" if index.has_ann_index else "exact (flat)",
+            "re_embedded": built,
+        }
+    )
+    return {"uri": lancedb.uri, "table": name, "rows": len(index)}
+
+
+def build_records_assets(
+    layers: dg.DynamicPartitionsDefinition, features: dg.StaticPartitionsDefinition
+) -> list[dg.AssetsDefinition]:
+    layer_x_feature = dg.MultiPartitionsDefinition({"layer": layers, "feature": features})
+    by_layer = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="layer")
+
+    @dg.asset(
+        partitions_def=layer_x_feature,
+        group_name=GROUP_RECORDS,
+        io_manager_key=STORAGE_IO,
+        code_version="1",
+        kinds={"polars", "parquet"},
+        ins={"sae_activations": dg.AssetIn(partition_mapping=by_layer)},
+        check_specs=[dg.AssetCheckSpec(name, asset="records") for name in RECORD_CHECKS],
+    )
+    def records(
+        context: dg.AssetExecutionContext,
+        config: RecordsConfig,
+        corpus_tokens,
+        sae_activations: dict,
+        corpus_embeddings: dict,
+        preset: PresetResource,
+    ):
+        """The feature's records: 30 positives (from the top 100 rows) and 30 rows from each of six
+        complementary sources (random, random-negative, similar, similar-negative and their projected
+        variants), with train/valid/test splits of 10 + 10 per source. Similar rows come from a
+        global search over the whole corpus in LanceDB.
+        """
+        spec = preset.spec()
+        keys = context.partition_key.keys_by_dimension
+        layer, feature = parse_layer_key(keys["layer"]), parse_feature_key(keys["feature"])
+        acts_bundle = single(sae_activations)
+        f_idx = list(acts_bundle.meta["features"]).index(feature)
+        acts = np.asarray(acts_bundle["acts"][f_idx], dtype=np.float32)  # [N, T]
+        start = int(spec.prepend_bos)
+        row_max = acts[:, start:].max(axis=1)
+        index = CorpusIndex.open(corpus_embeddings["uri"], corpus_embeddings["table"])
+        params = config.params()
+        rng = feature_generator(spec.seed, spec.name, layer, feature)
+        sel = select_rows(row_max, index.vectors(), index, params, rng)
+        frame = records_frame(assign_splits(sel, params), corpus_tokens["tokens"], acts, preset.tokenizer(), bool(start))
+        meta = {"layer": layer, "feature": feature, "max_act": float(row_max.max()), "dead": sel.dead,
+                "short_sources": sel.short, "faithful": params.faithful}
+        counts = {"positive": len(sel.positives), **{s: len(v) for s, v in sel.sources.items()}}
+        context.add_output_metadata(
+            {
+                "counts": dg.MetadataValue.json(counts),
+                "max_act": meta["max_act"],
+                "dead": sel.dead,
+                "short_sources": dg.MetadataValue.json(sel.short),
+                "preview": dg.MetadataValue.md(records_preview(frame, meta["max_act"])),
+            }
+        )
+        yield dg.Output(TableBundle(frame, meta))
+        for outcome in check_records(frame, row_max, params):
+            yield dg.AssetCheckResult(
+                check_name=outcome.name,
+                passed=outcome.passed,
+                severity=dg.AssetCheckSeverity.ERROR if outcome.blocking else dg.AssetCheckSeverity.WARN,
+                metadata={"detail": outcome.detail},
+            )
+
+    @dg.asset(
+        partitions_def=layer_x_feature,
+        group_name=GROUP_RECORDS,
+        io_manager_key=STORAGE_IO,
+        pool=POOL_GPU,
+        code_version="1",
+        kinds={"pytorch", "numpy"},
+        ins={"sae": dg.AssetIn(partition_mapping=by_layer)},
+    )
+    def holistic_activations(
+        context: dg.AssetExecutionContext, records: dict, sae: dict, corpus_tokens, preset: PresetResource
+    ) -> ArrayBundle:
+        """Exact drop-one-token (holistic) activations of the feature on every row its records show.
+
+        H_d = mean_t a_t(x) - mean_t a_t(x without token d); the 0..5 display normaliser
+        `max_holistic` is the maximum over the rows computed here.
+        """
+        spec = preset.spec()
+        keys = context.partition_key.keys_by_dimension
+        layer, feature = parse_layer_key(keys["layer"]), parse_feature_key(keys["feature"])
+        model, _ = preset.model_and_tokenizer()
+        loaded = load_layer_sae(single(sae), model, layer, preset.torch_device)
+        rows = np.unique(single(records).frame["row"].to_numpy())
+        tokens = np.asarray(corpus_tokens["tokens"])[rows]
+        h = compute_holistic(
+            model, loaded, tokens, [feature], spec.batch_size, spec.prepend_bos, log=context.log.info
+        )[0]
+        max_h = float(h.max()) if len(rows) else 0.0
+        context.add_output_metadata({"rows": len(rows), "max_holistic": max_h})
+        return ArrayBundle({"rows": rows, "holistic": h}, {"max_holistic": max_h})
+
+    return [records, holistic_activations]
+
+
+def records_preview(frame, max_act: float, n: int = 4) -> str:
+    """Markdown: the top positive rows with activating tokens in bold (activation / max in brackets)."""
+    import polars as pl
+
+    lines = []
+    pos = frame.filter(pl.col("source") == "positive").unique("row").sort("row_max", descending=True).head(n)
+    for r in pos.iter_rows(named=True):
+        toks = [
+            f"**{t.strip() or repr(t)}**[{a / max_act:.1f}]" if a > 0 and max_act > 0 else t
+            for t, a in zip(r["tokens"], r["acts"], strict=True)
+        ]
+        lines.append(f"- row {r['row']} (max {r['row_max']:.3g}): " + "".join(toks).replace("\n", " "))
+    return "\n".join(lines) or "_no positive records (dead feature)_"
