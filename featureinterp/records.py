@@ -235,11 +235,17 @@ def check_records(frame, row_max: np.ndarray, params: RecordParams) -> list[Chec
     firing_negs = sorted(set(neg_rows[row_max[neg_rows] > 0].tolist()))
     pos = set(lists.filter(pl.col("source") == "positive")["row"].to_list())
     leaked = sorted(pos & set(lists.filter(pl.col("source") != "positive")["row"].to_list()))
-    by_split = {s: set(frame.filter(pl.col("split") == s)["row"].to_list()) for s in SPLITS}
-    overlap = {
-        f"{a}&{b}": len(by_split[a] & by_split[b]) for i, a in enumerate(SPLITS) for b in SPLITS[i + 1 :]
-    }
-    overlap = {k: v for k, v in overlap.items() if v}
+    # An experiment uses the positives plus one complementary source, so splits must be disjoint
+    # within every (positives + source) set; one row may serve two sources (a similar-negative is
+    # also similar), which never meet in one experiment.
+    overlap = {}
+    for source in COMPLEMENTARY_SOURCES:
+        used = frame.filter(pl.col("source").is_in(["positive", source]))
+        by_split = {s: set(used.filter(pl.col("split") == s)["row"].to_list()) for s in SPLITS}
+        for i, a in enumerate(SPLITS):
+            for b in SPLITS[i + 1 :]:
+                if n_shared := len(by_split[a] & by_split[b]):
+                    overlap[f"{source}:{a}&{b}"] = n_shared
     max_act = float(row_max.max()) if len(row_max) else 0.0
     return [
         CheckOutcome("source_counts", not short, False, f"counts {counts}; short: {short or 'none'}"),

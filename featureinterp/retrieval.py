@@ -156,7 +156,6 @@ class CorpusIndex:
     def search(self, query: np.ndarray, k: int, nprobes: int = 20) -> np.ndarray:
         """Row ids of the ``k`` rows with the largest inner product with ``query``, best first."""
         q = self.table.search(np.asarray(query, dtype=np.float32)).distance_type("dot").limit(k)
-        q = q.select(["row"]).disable_scoring_autoprojection()
         if self.has_ann_index:
             q = q.nprobes(nprobes).ef(max(2 * k, 64))
         return q.to_arrow().column("row").to_numpy()

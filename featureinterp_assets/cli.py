@@ -81,6 +81,16 @@ def run(preset_name: str | None, force: bool) -> None:
         lo, hi = keys.index(todo[0]), keys.index(todo[-1])
         tags = {ASSET_PARTITION_RANGE_START_TAG: keys[lo], ASSET_PARTITION_RANGE_END_TAG: keys[hi]}
         _run(defs, instance, ["sae", "sae_activations"], tags=tags)
+    if force or instance.get_latest_materialization_event(dg.AssetKey("corpus_embeddings")) is None:
+        _run(defs, instance, ["corpus_embeddings"])
+    done = {
+        a: set(instance.get_materialized_partitions(dg.AssetKey(a))) for a in ("records", "holistic_activations")
+    }
+    for layer in preset.layer_keys:
+        for feature in preset.feature_keys:
+            key = dg.MultiPartitionKey({"layer": layer, "feature": feature})
+            if force or any(key not in keys for keys in done.values()):
+                _run(defs, instance, ["records", "holistic_activations"], partition_key=key)
     print(
         f"done: {preset.name} lineage materialized; browse it with `dagster dev` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})"
     )
