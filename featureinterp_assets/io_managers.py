@@ -33,13 +33,16 @@ class StorageIOManager(dg.ConfigurableIOManager):
             return
         if context.has_asset_partitions:
             keys = list(context.asset_partition_keys)
-            if not isinstance(obj, dict) or set(obj) != set(keys):
+            if isinstance(obj, dict) and set(obj) == set(keys):
+                for key in keys:
+                    _write(self._path(context.asset_key, key), obj[key])
+            elif len(keys) == 1:
+                _write(self._path(context.asset_key, keys[0]), obj)
+            else:
                 got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
                 raise TypeError(
                     f"{context.asset_key.to_user_string()}: expected values for partitions {keys}, got {got}"
                 )
-            for key in keys:
-                _write(self._path(context.asset_key, key), obj[key])
         else:
             _write(self._path(context.asset_key, None), obj)
 

@@ -115,16 +115,16 @@ def build_records_assets(
         meta = {"layer": layer, "feature": feature, "max_act": float(row_max.max()), "dead": sel.dead,
                 "short_sources": sel.short, "faithful": params.faithful}
         counts = {"positive": len(sel.positives), **{s: len(v) for s, v in sel.sources.items()}}
-        context.add_output_metadata(
-            {
+        yield dg.Output(
+            TableBundle(frame, meta),
+            metadata={
                 "counts": dg.MetadataValue.json(counts),
                 "max_act": meta["max_act"],
                 "dead": sel.dead,
                 "short_sources": dg.MetadataValue.json(sel.short),
                 "preview": dg.MetadataValue.md(records_preview(frame, meta["max_act"])),
-            }
+            },
         )
-        yield dg.Output(TableBundle(frame, meta))
         for outcome in check_records(frame, row_max, params):
             yield dg.AssetCheckResult(
                 check_name=outcome.name,

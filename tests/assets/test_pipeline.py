@@ -102,3 +102,52 @@ def test_feature_beyond_sae_width_fails_with_its_index(built, model_cache, tmp_p
     )
     result = _materialize(bad, instance, ["sae_activations"], partition_key="L03")
     assert not result.success and "feature index 99999 is outside the SAE of layer 3" in _failure(result)
+
+
+@pytest.fixture(scope="module")
+def recorded(built):
+    defs, instance, storage, _ = built
+    assert _materialize(defs, instance, ["corpus_embeddings"]).success
+    key = dg.MultiPartitionKey({"layer": "L03", "feature": "F0001"})
+    result = _materialize(defs, instance, ["records", "holistic_activations"], partition_key=key)
+    assert result.success, _failure(result)
+    return defs, instance, storage, result
+
+
+def test_records_partition_has_every_source_and_passing_checks(recorded):
+    import polars as pl
+
+    from featureinterp.storage import load_table
+
+    _, instance, storage, result = recorded
+    table = load_table(storage / "records" / "F0001" / "L03")
+    counts = dict(table.frame.unique(["row", "source"]).group_by("source").len().iter_rows())
+    assert counts["positive"] == 30 and table.meta["feature"] == 1 and table.meta["layer"] == 3
+    assert set(counts) == {"positive", "random", "random_negative", "similar", "similar_negative",
+                           "similar_projected", "similar_negative_projected"}
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    blocking = ("negatives_non_activating", "no_positive_leak", "splits_disjoint")
+    assert all(checks[name] for name in blocking) and checks["feature_alive"]
+    md = instance.get_latest_materialization_event(dg.AssetKey("records")).asset_materialization.metadata
+    assert "**" in md["preview"].value and md["counts"].value["positive"] == 30
+    # the activations stored with the records are the feature's own (BOS dropped)
+    acts, _ = load_arrays(storage / "sae_activations" / "L03")
+    first = table.frame.filter(pl.col("source") == "positive").row(0, named=True)
+    np.testing.assert_allclose(first["acts"], acts["acts"][1, first["row"], 1:].astype(np.float32), rtol=1e-6)
+
+    holistic, meta = load_arrays(storage / "holistic_activations" / "F0001" / "L03")
+    assert np.array_equal(holistic["rows"], np.unique(table.frame["row"].to_numpy()))
+    assert holistic["holistic"].shape == (len(holistic["rows"]), 33) and meta["max_holistic"] > 0
+
+
+def test_records_rerun_is_deterministic_and_reuses_the_embeddings(recorded):
+    from featureinterp.storage import load_table
+
+    defs, instance, storage, _ = recorded
+    before = load_table(storage / "records" / "F0001" / "L03").frame
+    assert _materialize(defs, instance, ["corpus_embeddings"]).success
+    md = instance.get_latest_materialization_event(dg.AssetKey("corpus_embeddings")).asset_materialization.metadata
+    assert md["re_embedded"].value is False
+    key = dg.MultiPartitionKey({"layer": "L03", "feature": "F0001"})
+    assert _materialize(defs, instance, ["records"], partition_key=key).success
+    assert load_table(storage / "records" / "F0001" / "L03").frame.equals(before)
