@@ -59,7 +59,9 @@ def load_embedder(name: str, device: str = "cpu"):
 
 def embed_texts(embedder, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
     """[len(texts), d] float32, L2-normalised."""
-    vecs = embedder.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+    vecs = embedder.encode(
+        list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
     return np.asarray(vecs, dtype=np.float32)
 
 
