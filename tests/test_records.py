@@ -142,3 +142,11 @@ def test_each_check_fails_on_broken_records(synthetic):
     short = frame.filter(~((pl.col("source") == "similar") & (pl.col("rank") > 20)))
     assert _failing(short, row_max) == {"source_counts"}
     assert "feature_alive" in _failing(frame, np.zeros_like(row_max))
+
+
+def test_dead_feature_records_are_empty_and_flagged(synthetic):
+    sel = select_rows(np.zeros(N, np.float32), synthetic[1], None, RecordParams(), feature_generator(0, "t", 0, 0))
+    frame = _frame((np.zeros(N, np.float32), synthetic[1]), sel)
+    assert frame.height == 0
+    failing = {o.name: o.blocking for o in check_records(frame, np.zeros(N, np.float32), RecordParams()) if not o.passed}
+    assert failing == {"source_counts": False, "feature_alive": False}  # warnings, not errors
