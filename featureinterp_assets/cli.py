@@ -25,6 +25,7 @@ from featureinterp.models import load_tokenizer
 def _instance() -> dg.DagsterInstance:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path.cwd() / ".dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").touch()  # default local (SQLite) instance; see the README for Postgres
     return dg.DagsterInstance.get()
 
 

@@ -175,7 +175,9 @@ def records_preview(frame, max_act: float, n: int = 4) -> str:
     pos = frame.filter(pl.col("source") == "positive").unique("row").sort("row_max", descending=True).head(n)
     for r in pos.iter_rows(named=True):
         toks = [
-            f"**{t.strip() or repr(t)}**[{a / max_act:.1f}]" if a > 0 and max_act > 0 else t
+            f"{t[: len(t) - len(t.lstrip())]}**{t.strip() or repr(t)}**[{a / max_act:.1f}]"
+            if a > 0 and max_act > 0
+            else t
             for t, a in zip(r["tokens"], r["acts"], strict=True)
         ]
         lines.append(f"- row {r['row']} (max {r['row_max']:.3g}): " + "".join(toks).replace("\n", " "))
