@@ -1,0 +1,185 @@
+"""All-at-once simulation with a local causal LM (paper-method.md section 5).
+
+The prompt is a shared header (instructions and few-shot examples), then the explanation (one
+rule), then one record as ``token<TAB>unknown`` lines. The simulator's expected activation for a
+token is ``sum_d d * p(d) / sum_d p(d)`` over the digit tokens 0..5, read from the logits at the
+TAB position (the next token after the TAB is where the model writes the value).
+
+Input ids are assembled piece by piece (header, rule, then each token's text, TAB, placeholder,
+newline, each tokenized on its own), so the readout positions are known by construction: record
+tokens never need to be re-aligned with the simulator's tokenizer, whatever the subject model's
+tokenizer was.
+
+Speed: the header is prefilled once and the rule once per rule; every record batch reuses those
+key/value tensors read-only (views expanded to the batch, no copies), with right padding, a mask
+covering header + suffix, and explicit positions. Only the readout rows go through the LM head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from featureinterp.errors import ConfigError
+from featureinterp.formatting import MAX_VALUE, UNKNOWN, escape_token
+
+__all__ = ["SimulatorPrompt", "LocalSimulator", "expected_values", "DEFAULT_PROMPT"]
+
+
+@dataclass(frozen=True)
+class SimulatorPrompt:
+    """Our own prompt text (not the paper's wording)."""
+
+    instructions: str = (
+        "A feature of a language model responds to some tokens of a text. Given a short explanation of the "
+        "feature, predict its activation on every token, as an integer from 0 (silent) to 5 (strongest). "
+        "Each line shows one token, a tab, and the feature's activation on that token. Most tokens are 0.\n"
+    )
+    examples: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = (
+        (
+            "the names of months",
+            (("We", 0), (" met", 0), (" in", 0), (" March", 5), (" and", 0), (" again", 0), (" in", 0),
+             (" June", 4), (".", 0)),
+        ),
+        (
+            "words about water and the sea",
+            (("The", 0), (" boat", 2), (" drifted", 0), (" over", 0), (" the", 0), (" ocean", 5), (" waves", 4),
+             (" at", 0), (" night", 0)),
+        ),
+    )
+
+    def header(self) -> str:
+        parts = [self.instructions]
+        for explanation, lines in self.examples:
+            body = "\n".join(f"{escape_token(t)}\t{v}" for t, v in lines)
+            parts.append(f"\nExplanation: {explanation}\n<start>\n{body}\n<end>\n")
+        return "".join(parts)
+
+
+DEFAULT_PROMPT = SimulatorPrompt()
+
+
+def expected_values(digit_logits: torch.Tensor) -> torch.Tensor:
+    """[..., 6] logits of the tokens '0'..'5' -> expected value (the distribution renormalised to digits)."""
+    probs = torch.softmax(digit_logits.float(), dim=-1)
+    return probs @ torch.arange(MAX_VALUE + 1, dtype=torch.float32, device=probs.device)
+
+
+class LocalSimulator:
+    """Simulate feature activations with a transformers causal LM on records given as token strings."""
+
+    def __init__(self, model, tokenizer, prompt: SimulatorPrompt = DEFAULT_PROMPT, batch_size: int = 8):
+        self.model, self.tok, self.prompt, self.batch_size = model.eval(), tokenizer, prompt, batch_size
+        self.device = next(model.parameters()).device
+        self.digit_ids = [self._single_id(str(d)) for d in range(MAX_VALUE + 1)]
+        self.tab_id = self._single_id("\t")
+        self.unknown_ids = self._ids(UNKNOWN)
+        self.newline_ids = self._ids("\n")
+        self.header_ids = self._ids(self.prompt.header())
+        self._header_cache = None
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _single_id(self, text: str) -> int:
+        ids = self._ids(text)
+        if len(ids) != 1:
+            raise ConfigError(f"simulator tokenizer splits {text!r} into {len(ids)} tokens; it needs one token")
+        return ids[0]
+
+    def record_ids(self, tokens: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Ids of one record block and the positions (within it) of each token's TAB."""
+        ids = self._ids("<start>\n")
+        positions = []
+        for token in tokens:
+            ids += self._ids(escape_token(token)) if token else []
+            positions.append(len(ids))
+            ids += [self.tab_id, *self.unknown_ids, *self.newline_ids]
+        ids += self._ids("<end>\n")
+        return ids, positions
+
+    def rule_ids(self, explanation: str) -> list[int]:
+        return self._ids(f"\nExplanation: {explanation}\n")
+
+    # -- forward helpers -------------------------------------------------------------------------
+    def _base(self):
+        prefix = getattr(self.model, "base_model_prefix", None)
+        return getattr(self.model, prefix) if prefix else self.model
+
+    def _digit_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of the six digit tokens for hidden states [..., d] (LM head on these rows only)."""
+        head = self.model.get_output_embeddings()
+        weight = head.weight[self.digit_ids]
+        logits = hidden @ weight.T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[self.digit_ids]
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    @torch.no_grad()
+    def _prefill(self, ids: list[int], cache=None):
+        from transformers import DynamicCache
+
+        cache = cache if cache is not None else DynamicCache(config=self.model.config)
+        start = cache.get_seq_length()
+        x = torch.tensor([ids], device=self.device)
+        pos = torch.arange(start, start + len(ids), device=self.device)[None]
+        self._base()(input_ids=x, position_ids=pos, cache=cache, use_cache=True)
+        return cache
+
+    def _expanded(self, cache, batch: int):
+        """A new cache whose layers are batch-expanded views of ``cache`` (which stays untouched)."""
+        from transformers import DynamicCache
+
+        out = DynamicCache(config=self.model.config)
+        for src, dst in zip(cache.layers, out.layers, strict=False):
+            if not src.is_initialized:
+                break
+            dst.lazy_initialization(src.keys, src.values)
+            dst.keys = src.keys.expand(batch, -1, -1, -1)
+            dst.values = src.values.expand(batch, -1, -1, -1)
+        return out
+
+    def _header(self):
+        if self._header_cache is None:
+            self._header_cache = self._prefill(self.header_ids)
+        return self._header_cache
+
+    @torch.no_grad()
+    def simulate(self, explanation: str, records: Sequence[Sequence[str]], cached: bool = True) -> list[np.ndarray]:
+        """Expected activation (0..5) of every token of every record under one explanation."""
+        rule = self.rule_ids(explanation)
+        blocks = [self.record_ids(tokens) for tokens in records]
+        if not cached:
+            return [self._simulate_uncached(self.header_ids + rule, ids, pos) for ids, pos in blocks]
+        from transformers import DynamicCache
+
+        rule_cache = self._prefill(rule, self._expanded(self._header(), 1)) if rule else self._header()
+        prefix_len = rule_cache.get_seq_length()
+        out: list[np.ndarray] = []
+        for lo in range(0, len(blocks), self.batch_size):
+            chunk = blocks[lo : lo + self.batch_size]
+            b, length = len(chunk), max(len(ids) for ids, _ in chunk)
+            pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+            x = torch.full((b, length), pad, dtype=torch.long, device=self.device)
+            mask = torch.zeros((b, prefix_len + length), dtype=torch.long, device=self.device)
+            mask[:, :prefix_len] = 1
+            for i, (ids, _) in enumerate(chunk):
+                x[i, : len(ids)] = torch.tensor(ids, device=self.device)
+                mask[i, prefix_len : prefix_len + len(ids)] = 1
+            pos = (prefix_len + torch.arange(length, device=self.device)).expand(b, -1)
+            cache = self._expanded(rule_cache, b) if isinstance(rule_cache, DynamicCache) else rule_cache
+            hidden = self._base()(input_ids=x, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)[0]
+            for i, (_, positions) in enumerate(chunk):
+                idx = torch.tensor(positions, device=self.device, dtype=torch.long)
+                out.append(expected_values(self._digit_logits(hidden[i, idx])).cpu().numpy())
+        return out
+
+    def _simulate_uncached(self, prefix: list[int], ids: list[int], positions: list[int]) -> np.ndarray:
+        x = torch.tensor([prefix + ids], device=self.device)
+        hidden = self._base()(input_ids=x, use_cache=False)[0][0]
+        idx = torch.tensor([len(prefix) + p for p in positions], device=self.device, dtype=torch.long)
+        return expected_values(self._digit_logits(hidden[idx])).cpu().numpy()
