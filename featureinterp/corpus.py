@@ -200,3 +200,10 @@ def check_token_rows(
     if n_special:
         problems.append(f"{n_special} rows contain a special token after position 0")
     return problems
+
+
+def tokens_hash(rows: np.ndarray, model_name: str, tokenizer) -> str:
+    """Content hash of a token table and the tokenizer that made it (the corpus's data version)."""
+    from featureinterp.storage import array_hash
+
+    return array_hash(rows, extra=f"{model_name}|{tokenizer.__class__.__name__}|{len(tokenizer)}")

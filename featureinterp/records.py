@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from featureinterp.retrieval import CorpusIndex, mean_direction, prefix_scan_order, projected_scores, train_projection
+from featureinterp.retrieval import (
+    CorpusIndex,
+    mean_direction,
+    prefix_scan_order,
+    projected_scores,
+    train_projection,
+)
 
 __all__ = [
     "COMPLEMENTARY_SOURCES",
@@ -127,8 +133,13 @@ def select_rows(
     firing = int((row_max > 0).sum())
     if firing == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return Selection(empty, {s: empty for s in COMPLEMENTARY_SOURCES}, empty, dead=True,
-                         short={s: 0 for s in COMPLEMENTARY_SOURCES})
+        return Selection(
+            empty,
+            {s: empty for s in COMPLEMENTARY_SOURCES},
+            empty,
+            dead=True,
+            short={s: 0 for s in COMPLEMENTARY_SOURCES},
+        )
     negative = row_max <= 0
     pool = order[: min(params.top_pool, firing)]
     positives = rng.choice(pool, size=min(params.top_sample_n, len(pool)), replace=False)
@@ -151,7 +162,9 @@ def select_rows(
     sources["similar"], sources["similar_negative"] = _similar_pair(plain, n, positives, negative, params)
 
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    proj_scores = projected_scores(vectors, vectors[special], train_projection(vectors[special], vectors, gen))
+    proj_scores = projected_scores(
+        vectors, vectors[special], train_projection(vectors[special], vectors, gen)
+    )
     if params.faithful:
         projected = lambda depth: prefix_scan_order(proj_scores, depth)  # noqa: E731
     else:
@@ -249,13 +262,24 @@ def check_records(frame, row_max: np.ndarray, params: RecordParams) -> list[Chec
     max_act = float(row_max.max()) if len(row_max) else 0.0
     return [
         CheckOutcome("source_counts", not short, False, f"counts {counts}; short: {short or 'none'}"),
-        CheckOutcome("negatives_non_activating", not firing_negs, True, f"firing rows in negative sources: {firing_negs[:10] or 'none'}"),
-        CheckOutcome("no_positive_leak", not leaked, True, f"positives in complementary sources: {leaked[:10] or 'none'}"),
+        CheckOutcome(
+            "negatives_non_activating",
+            not firing_negs,
+            True,
+            f"firing rows in negative sources: {firing_negs[:10] or 'none'}",
+        ),
+        CheckOutcome(
+            "no_positive_leak",
+            not leaked,
+            True,
+            f"positives in complementary sources: {leaked[:10] or 'none'}",
+        ),
         CheckOutcome(
             "splits_disjoint",
             params.faithful or not overlap,
             True,
-            f"overlapping rows between splits: {overlap or 'none'}" + (" (faithful: valid = train slice)" if params.faithful else ""),
+            f"overlapping rows between splits: {overlap or 'none'}"
+            + (" (faithful: valid = train slice)" if params.faithful else ""),
         ),
         CheckOutcome("feature_alive", max_act > 0, False, f"max activation {max_act:.4g}"),
     ]

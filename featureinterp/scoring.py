@@ -33,7 +33,9 @@ class Score:
     """Why the scores are NaN (None when they are defined)."""
 
 
-def score(true: Sequence[Sequence[float]] | np.ndarray, pred: Sequence[Sequence[float]] | np.ndarray) -> Score:
+def score(
+    true: Sequence[Sequence[float]] | np.ndarray, pred: Sequence[Sequence[float]] | np.ndarray
+) -> Score:
     """Score records: ``true[i]`` and ``pred[i]`` are one record's per-token values."""
     t = np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in true]) if len(true) else np.zeros(0)
     p = np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in pred]) if len(pred) else np.zeros(0)

@@ -41,13 +41,31 @@ class SimulatorPrompt:
     examples: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = (
         (
             "the names of months",
-            (("We", 0), (" met", 0), (" in", 0), (" March", 5), (" and", 0), (" again", 0), (" in", 0),
-             (" June", 4), (".", 0)),
+            (
+                ("We", 0),
+                (" met", 0),
+                (" in", 0),
+                (" March", 5),
+                (" and", 0),
+                (" again", 0),
+                (" in", 0),
+                (" June", 4),
+                (".", 0),
+            ),
         ),
         (
             "words about water and the sea",
-            (("The", 0), (" boat", 2), (" drifted", 0), (" over", 0), (" the", 0), (" ocean", 5), (" waves", 4),
-             (" at", 0), (" night", 0)),
+            (
+                ("The", 0),
+                (" boat", 2),
+                (" drifted", 0),
+                (" over", 0),
+                (" the", 0),
+                (" ocean", 5),
+                (" waves", 4),
+                (" at", 0),
+                (" night", 0),
+            ),
         ),
     )
 
@@ -87,7 +105,9 @@ class LocalSimulator:
     def _single_id(self, text: str) -> int:
         ids = self._ids(text)
         if len(ids) != 1:
-            raise ConfigError(f"simulator tokenizer splits {text!r} into {len(ids)} tokens; it needs one token")
+            raise ConfigError(
+                f"simulator tokenizer splits {text!r} into {len(ids)} tokens; it needs one token"
+            )
         return ids[0]
 
     def record_ids(self, tokens: Sequence[str]) -> tuple[list[int], list[int]]:
@@ -149,7 +169,9 @@ class LocalSimulator:
         return self._header_cache
 
     @torch.no_grad()
-    def simulate(self, explanation: str, records: Sequence[Sequence[str]], cached: bool = True) -> list[np.ndarray]:
+    def simulate(
+        self, explanation: str, records: Sequence[Sequence[str]], cached: bool = True
+    ) -> list[np.ndarray]:
         """Expected activation (0..5) of every token of every record under one explanation."""
         rule = self.rule_ids(explanation)
         blocks = [self.record_ids(tokens) for tokens in records]
@@ -172,7 +194,9 @@ class LocalSimulator:
                 mask[i, prefix_len : prefix_len + len(ids)] = 1
             pos = (prefix_len + torch.arange(length, device=self.device)).expand(b, -1)
             cache = self._expanded(rule_cache, b) if isinstance(rule_cache, DynamicCache) else rule_cache
-            hidden = self._base()(input_ids=x, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)[0]
+            hidden = self._base()(
+                input_ids=x, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
+            )[0]
             for i, (_, positions) in enumerate(chunk):
                 idx = torch.tensor(positions, device=self.device, dtype=torch.long)
                 out.append(expected_values(self._digit_logits(hidden[i, idx])).cpu().numpy())

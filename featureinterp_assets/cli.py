@@ -85,7 +85,8 @@ def run(preset_name: str | None, force: bool) -> None:
     if force or instance.get_latest_materialization_event(dg.AssetKey("corpus_embeddings")) is None:
         _run(defs, instance, ["corpus_embeddings"])
     done = {
-        a: set(instance.get_materialized_partitions(dg.AssetKey(a))) for a in ("records", "holistic_activations")
+        a: set(instance.get_materialized_partitions(dg.AssetKey(a)))
+        for a in ("records", "holistic_activations")
     }
     for layer in preset.layer_keys:
         for feature in preset.feature_keys:

@@ -44,7 +44,9 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
         sensors=[build_new_layers_sensor(preset, layer_job)],
         resources={
             "preset": default_preset_resource(preset, home, Path(models or models_dir())),
-            "lancedb": LanceDBResource(uri=os.environ.get("FEATUREINTERP_LANCEDB") or str(home / "lancedb" / preset.name)),
+            "lancedb": LanceDBResource(
+                uri=os.environ.get("FEATUREINTERP_LANCEDB") or str(home / "lancedb" / preset.name)
+            ),
             STORAGE_IO: StorageIOManager(base_dir=str(home / "storage" / preset.name)),
         },
         executor=dg.in_process_executor,  # one process per run: the model loads once per run

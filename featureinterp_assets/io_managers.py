@@ -14,7 +14,15 @@ from pathlib import Path
 
 import dagster as dg
 
-from featureinterp.storage import ArrayBundle, TableBundle, atomic_dir, load_arrays, load_table, save_arrays, save_table
+from featureinterp.storage import (
+    ArrayBundle,
+    TableBundle,
+    atomic_dir,
+    load_arrays,
+    load_table,
+    save_arrays,
+    save_table,
+)
 
 _UNPARTITIONED = "__all__"
 
@@ -69,7 +77,9 @@ def _write(path: Path, value) -> None:
         with atomic_dir(path) as tmp:
             (tmp / "value.json").write_text(json.dumps(value, indent=1, default=str))
     else:
-        raise TypeError(f"StorageIOManager stores ArrayBundle, TableBundle or dict values, not {type(value).__name__}")
+        raise TypeError(
+            f"StorageIOManager stores ArrayBundle, TableBundle or dict values, not {type(value).__name__}"
+        )
 
 
 def _read(path: Path):
@@ -81,4 +91,4 @@ def _read(path: Path):
     return ArrayBundle(arrays, meta)
 
 
-__all__ = ["CorruptFileError", "StorageIOManager"]
+__all__ = ["StorageIOManager", "single"]

@@ -36,7 +36,9 @@ def test_positives_come_from_the_top_pool(synthetic):
     row_max, _ = synthetic
     sel = _select(synthetic)
     top100 = set(np.argsort(-row_max, kind="stable")[:100].tolist())
-    assert len(sel.positives) == 30 == len(set(sel.positives.tolist())) and set(sel.positives.tolist()) <= top100
+    assert (
+        len(sel.positives) == 30 == len(set(sel.positives.tolist())) and set(sel.positives.tolist()) <= top100
+    )
 
 
 def test_sources_full_disjoint_from_positives_and_negatives_never_fire(synthetic):
@@ -51,7 +53,11 @@ def test_sources_full_disjoint_from_positives_and_negatives_never_fire(synthetic
         assert (row_max[sel.sources[source]] == 0).all(), source
     # similar rows really are the most similar (global exact ranking, positives removed)
     direction = _vecs_mean(synthetic[1][sel.special])
-    ranked = [r for r in np.argsort(-(synthetic[1] @ direction), kind="stable") if r not in set(sel.positives.tolist())]
+    ranked = [
+        r
+        for r in np.argsort(-(synthetic[1] @ direction), kind="stable")
+        if r not in set(sel.positives.tolist())
+    ]
     assert sel.sources["similar"].tolist() == ranked[:30]
 
 
@@ -61,12 +67,16 @@ def _vecs_mean(v):
 
 def test_seeded_per_feature_not_globally(synthetic):
     a, b, other = _select(synthetic, 3), _select(synthetic, 3), _select(synthetic, 4)
-    assert np.array_equal(a.sources["random"], b.sources["random"]) and np.array_equal(a.positives, b.positives)
+    assert np.array_equal(a.sources["random"], b.sources["random"]) and np.array_equal(
+        a.positives, b.positives
+    )
     assert not np.array_equal(a.sources["random"], other.sources["random"])  # the paper repeats these
 
 
 def test_dead_feature_gives_an_empty_selection(synthetic):
-    sel = select_rows(np.zeros(N, np.float32), synthetic[1], None, RecordParams(), feature_generator(0, "t", 0, 0))
+    sel = select_rows(
+        np.zeros(N, np.float32), synthetic[1], None, RecordParams(), feature_generator(0, "t", 0, 0)
+    )
     assert sel.dead and len(sel.positives) == 0 and sel.short == {s: 0 for s in COMPLEMENTARY_SOURCES}
 
 
@@ -80,7 +90,9 @@ def test_prefix_scan_finds_fewer_negatives_than_global_search():
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     kw = dict(max_tries=3)
     ours = select_rows(row_max, vecs, None, RecordParams(**kw), feature_generator(0, "t", 0, 0))
-    paper = select_rows(row_max, vecs, None, RecordParams(faithful=True, **kw), feature_generator(0, "t", 0, 0))
+    paper = select_rows(
+        row_max, vecs, None, RecordParams(faithful=True, **kw), feature_generator(0, "t", 0, 0)
+    )
     assert len(ours.sources["similar_negative"]) == 30
     assert len(paper.sources["similar_negative"]) < 30 and paper.short["similar_negative"] < 30
 
@@ -92,8 +104,15 @@ def test_splits_interleave_and_are_disjoint(synthetic):
         got = [(r, s) for r, s, _, sp in table if sp == split]
         assert sum(1 for _, s in got if s == "positive") == 10
         assert all(sum(1 for _, s in got if s == src) == 10 for src in COMPLEMENTARY_SOURCES)
-    ranks = {sp: [k for r, s, k, sp2 in table if sp2 == sp and s == "positive"] for sp in ("train", "valid", "test")}
-    assert ranks == {"train": list(range(0, 30, 3)), "valid": list(range(1, 30, 3)), "test": list(range(2, 30, 3))}
+    ranks = {
+        sp: [k for r, s, k, sp2 in table if sp2 == sp and s == "positive"]
+        for sp in ("train", "valid", "test")
+    }
+    assert ranks == {
+        "train": list(range(0, 30, 3)),
+        "valid": list(range(1, 30, 3)),
+        "test": list(range(2, 30, 3)),
+    }
     faithful = assign_splits(sel, RecordParams(faithful=True))
     valid = sorted(r for r, s, k, sp in faithful if sp == "valid")
     assert valid == sorted(r for r, s, k, sp in faithful if sp == "train")  # the paper's bug, on request
@@ -104,7 +123,8 @@ class _CharTokenizer:
         return [chr(97 + i[0] % 26) for i in ids]
 
 
-def _frame(synthetic, sel, params=RecordParams()):
+def _frame(synthetic, sel, params=None):
+    params = params or RecordParams()
     row_max, _ = synthetic
     tokens = np.tile(np.arange(9), (N, 1))
     acts = np.zeros((N, 9), np.float32)
@@ -129,15 +149,23 @@ def test_each_check_fails_on_broken_records(synthetic):
     frame = _frame(synthetic, sel)
     firing = int(np.flatnonzero(row_max > 0)[-1])
     broken_neg = frame.with_columns(
-        pl.when((pl.col("source") == "similar_negative") & (pl.col("rank") == 0)).then(firing).otherwise(pl.col("row")).alias("row")
+        pl.when((pl.col("source") == "similar_negative") & (pl.col("rank") == 0))
+        .then(firing)
+        .otherwise(pl.col("row"))
+        .alias("row")
     )
     assert _failing(broken_neg, row_max) >= {"negatives_non_activating"}
     pos = int(sel.positives[0])
     leak = frame.with_columns(
-        pl.when((pl.col("source") == "random") & (pl.col("rank") == 0)).then(pos).otherwise(pl.col("row")).alias("row")
+        pl.when((pl.col("source") == "random") & (pl.col("rank") == 0))
+        .then(pos)
+        .otherwise(pl.col("row"))
+        .alias("row")
     )
     assert "no_positive_leak" in _failing(leak, row_max)
-    overlap = pl.concat([frame, frame.filter(pl.col("split") == "train").head(3).with_columns(pl.lit("test").alias("split"))])
+    overlap = pl.concat(
+        [frame, frame.filter(pl.col("split") == "train").head(3).with_columns(pl.lit("test").alias("split"))]
+    )
     assert "splits_disjoint" in _failing(overlap, row_max)
     short = frame.filter(~((pl.col("source") == "similar") & (pl.col("rank") > 20)))
     assert _failing(short, row_max) == {"source_counts"}
@@ -145,8 +173,14 @@ def test_each_check_fails_on_broken_records(synthetic):
 
 
 def test_dead_feature_records_are_empty_and_flagged(synthetic):
-    sel = select_rows(np.zeros(N, np.float32), synthetic[1], None, RecordParams(), feature_generator(0, "t", 0, 0))
+    sel = select_rows(
+        np.zeros(N, np.float32), synthetic[1], None, RecordParams(), feature_generator(0, "t", 0, 0)
+    )
     frame = _frame((np.zeros(N, np.float32), synthetic[1]), sel)
     assert frame.height == 0
-    failing = {o.name: o.blocking for o in check_records(frame, np.zeros(N, np.float32), RecordParams()) if not o.passed}
+    failing = {
+        o.name: o.blocking
+        for o in check_records(frame, np.zeros(N, np.float32), RecordParams())
+        if not o.passed
+    }
     assert failing == {"source_counts": False, "feature_alive": False}  # warnings, not errors

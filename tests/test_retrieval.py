@@ -38,7 +38,10 @@ def _queries(vectors, n=8):
     rng = np.random.default_rng(0)
     specials = [mean_direction(vectors[rng.choice(len(vectors), 400, replace=False)]) for _ in range(n // 2)]
     # the query a feature makes: the mean direction of its 400 most similar rows to a seed row
-    seeds = [mean_direction(vectors[np.argsort(-(vectors @ vectors[i]))[:400]]) for i in rng.choice(len(vectors), n // 2)]
+    seeds = [
+        mean_direction(vectors[np.argsort(-(vectors @ vectors[i]))[:400]])
+        for i in rng.choice(len(vectors), n // 2)
+    ]
     return specials + seeds
 
 

@@ -6,7 +6,17 @@ from featureinterp.simulator import LocalSimulator, expected_values
 
 RECORDS = [
     [" The", " ocean", " was", " calm", "."],
-    [" In", " July", " we", " sailed", " the", " sea", "\n", " unknown", "\t"],  # escaped tab/newline, literal 'unknown'
+    [
+        " In",
+        " July",
+        " we",
+        " sailed",
+        " the",
+        " sea",
+        "\n",
+        " unknown",
+        "\t",
+    ],  # escaped tab/newline, literal 'unknown'
     [" hello"],
 ]
 
@@ -18,13 +28,22 @@ def tiny_sim(embedded_model):
 
     tok = embedded_model[1]
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+    )
     return LocalSimulator(LlamaForCausalLM(cfg).eval(), tok, batch_size=2)
 
 
 def test_expected_value_from_hand_made_logits():
-    logits = torch.tensor([[0.0] * 6, [-30.0] * 5 + [30.0], [30.0] + [-30.0] * 5, [0, 0, 0, 0, np.log(3.0), 0]])
+    logits = torch.tensor(
+        [[0.0] * 6, [-30.0] * 5 + [30.0], [30.0] + [-30.0] * 5, [0, 0, 0, 0, np.log(3.0), 0]]
+    )
     ev = expected_values(logits).numpy()
     assert ev[0] == pytest.approx(2.5) and ev[1] == pytest.approx(5.0) and ev[2] == pytest.approx(0.0)
     assert ev[3] == pytest.approx((0 + 1 + 2 + 3 + 4 * 3 + 5) / 8)
@@ -41,7 +60,9 @@ def test_readout_positions_are_the_tab_tokens(tiny_sim):
 def test_cached_padded_batches_equal_uncached(tiny_sim):
     cached = tiny_sim.simulate("words about the sea", RECORDS)  # batch 2: padded
     uncached = tiny_sim.simulate("words about the sea", RECORDS, cached=False)
-    one_by_one = LocalSimulator(tiny_sim.model, tiny_sim.tok, batch_size=1).simulate("words about the sea", RECORDS)
+    one_by_one = LocalSimulator(tiny_sim.model, tiny_sim.tok, batch_size=1).simulate(
+        "words about the sea", RECORDS
+    )
     for a, b, c in zip(cached, uncached, one_by_one, strict=True):
         assert a.shape == (len(b),) and np.abs(a - b).max() <= 1e-4 and np.abs(a - c).max() <= 1e-4
     assert all(((x >= 0) & (x <= 5)).all() for x in cached)

@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from featureinterp.corpus import bos_token_id, build_tokens, check_token_rows, decode_rows
-from featureinterp.storage import ArrayBundle, array_hash
+from featureinterp.corpus import bos_token_id, build_tokens, check_token_rows, decode_rows, tokens_hash
+from featureinterp.storage import ArrayBundle
 from featureinterp_assets.constants import GROUP_CORPUS, STORAGE_IO
 from featureinterp_assets.resources import PresetResource
 
@@ -25,7 +25,7 @@ def corpus_tokens(context: dg.AssetExecutionContext, preset: PresetResource):
     tok = preset.tokenizer()
     rows = build_tokens(spec, tok)
     bos = bos_token_id(tok, spec.model.bos_token) if spec.prepend_bos else None
-    digest = array_hash(rows, extra=f"{spec.model.name}|{tok.__class__.__name__}|{len(tok)}")
+    digest = tokens_hash(rows, spec.model.name, tok)
     preview = decode_rows(tok, rows[:8], skip_first=spec.prepend_bos)
     yield dg.Output(
         ArrayBundle({"tokens": rows}, {"hash": digest, "preset": spec.name, "bos_id": bos}),

@@ -1,22 +1,33 @@
 """Records stage: corpus embeddings in LanceDB, per-feature records and holistic activations."""
 
-import re
-
 import dagster as dg
 import numpy as np
 
 from featureinterp.config import parse_feature_key, parse_layer_key
 from featureinterp.corpus import decode_rows
 from featureinterp.holistic import holistic_activations as compute_holistic
-from featureinterp.records import RecordParams, assign_splits, check_records, feature_generator, records_frame, select_rows
-from featureinterp.retrieval import CorpusIndex, embed_texts, load_embedder
+from featureinterp.records import (
+    RecordParams,
+    assign_splits,
+    check_records,
+    feature_generator,
+    records_frame,
+    select_rows,
+)
+from featureinterp.retrieval import CorpusIndex, embed_texts, load_embedder, table_name
 from featureinterp.sae import load_layer_sae
 from featureinterp.storage import ArrayBundle, TableBundle
 from featureinterp_assets.constants import GROUP_RECORDS, POOL_GPU, STORAGE_IO
 from featureinterp_assets.io_managers import single
 from featureinterp_assets.resources import LanceDBResource, PresetResource
 
-RECORD_CHECKS = ["source_counts", "negatives_non_activating", "no_positive_leak", "splits_disjoint", "feature_alive"]
+RECORD_CHECKS = [
+    "source_counts",
+    "negatives_non_activating",
+    "no_positive_leak",
+    "splits_disjoint",
+    "feature_alive",
+]
 
 
 class RecordsConfig(dg.Config):
@@ -49,7 +60,7 @@ def corpus_embeddings(
     corpus with the same model reuses the table instead of re-embedding.
     """
     spec = preset.spec()
-    name = f"rows_{corpus_tokens.meta['hash']}_{re.sub(r'[^A-Za-z0-9]+', '_', spec.embedding_model)}"
+    name = table_name(corpus_tokens.meta["hash"], spec.embedding_model)
     texts = decode_rows(preset.tokenizer(), corpus_tokens["tokens"], skip_first=spec.prepend_bos)
     embedder = None
 
@@ -111,9 +122,17 @@ def build_records_assets(
         params = config.params()
         rng = feature_generator(spec.seed, spec.name, layer, feature)
         sel = select_rows(row_max, index.vectors(), index, params, rng)
-        frame = records_frame(assign_splits(sel, params), corpus_tokens["tokens"], acts, preset.tokenizer(), bool(start))
-        meta = {"layer": layer, "feature": feature, "max_act": float(row_max.max()), "dead": sel.dead,
-                "short_sources": sel.short, "faithful": params.faithful}
+        frame = records_frame(
+            assign_splits(sel, params), corpus_tokens["tokens"], acts, preset.tokenizer(), bool(start)
+        )
+        meta = {
+            "layer": layer,
+            "feature": feature,
+            "max_act": float(row_max.max()),
+            "dead": sel.dead,
+            "short_sources": sel.short,
+            "faithful": params.faithful,
+        }
         counts = {"positive": len(sel.positives), **{s: len(v) for s, v in sel.sources.items()}}
         yield dg.Output(
             TableBundle(frame, meta),
