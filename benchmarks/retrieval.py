@@ -52,6 +52,7 @@ def main() -> None:
     sub = vectors[:N_FEATURE_ROWS]
     params = RecordParams()
     filled = {"global": 0, "prefix": 0}
+    neg_similarity = {"global": [], "prefix": []}
     queries = []
     for f in range(N_FEATURES):
         if not (row_max[f] > 0).any():
@@ -72,6 +73,8 @@ def main() -> None:
         )
         filled["global"] += len(neg_global) >= 30
         filled["prefix"] += len(neg_prefix) >= 30
+        neg_similarity["global"].append(float(scores[neg_global].mean()))
+        neg_similarity["prefix"].append(float(scores[neg_prefix].mean()))
     n_live = len(queries)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,6 +109,10 @@ def main() -> None:
         },
         {
             "recall_at_30_min": round(float(np.min(recalls)), 3),
+            # how similar the similar-negatives are (mean cosine to the special rows): the point of
+            # the global search is harder negatives, not only fuller lists
+            "similar_negative_cosine_global": round(float(np.mean(neg_similarity["global"])), 4),
+            "similar_negative_cosine_prefix": round(float(np.mean(neg_similarity["prefix"])), 4),
             "features": n_live,
             "corpus_rows": len(vectors),
             "ms_per_query_numpy": round(1e3 * t_numpy, 2),
