@@ -73,8 +73,9 @@ def main() -> None:
         )
         filled["global"] += len(neg_global) >= 30
         filled["prefix"] += len(neg_prefix) >= 30
-        neg_similarity["global"].append(float(scores[neg_global].mean()))
-        neg_similarity["prefix"].append(float(scores[neg_prefix].mean()))
+        if len(neg_global) and len(neg_prefix):  # compare features where both found negatives
+            neg_similarity["global"].append(float(scores[neg_global].mean()))
+            neg_similarity["prefix"].append(float(scores[neg_prefix].mean()))
     n_live = len(queries)
 
     with tempfile.TemporaryDirectory() as tmp:
