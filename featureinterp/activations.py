@@ -62,7 +62,9 @@ def sae_activations(
     rows = {layer: np.zeros(f, dtype=np.int64) for layer in layers}
     progress = Progress(f"SAE activations (layers {', '.join(map(str, layers))})", n, log=log)
     for lo in range(0, n, batch_size):
-        ids = torch.as_tensor(tokens[lo : lo + batch_size], dtype=torch.long, device=device)
+        ids = torch.tensor(
+            tokens[lo : lo + batch_size], dtype=torch.long, device=device
+        )  # copy: inputs may be read-only memmaps
         res = residuals(model, ids, layers)
         for layer in layers:
             acts = saes[layer].encode(res[layer], features).float()  # [B, T, F]

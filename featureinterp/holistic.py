@@ -71,7 +71,9 @@ def holistic_activations(
     out = np.zeros((len(features), r, t), dtype=np.float32)
     progress = Progress("holistic activations", r, log=log)
     for lo in range(0, r, batch_size):
-        ids = torch.as_tensor(tokens[lo : lo + batch_size], dtype=torch.long, device=device)
+        ids = torch.tensor(
+            tokens[lo : lo + batch_size], dtype=torch.long, device=device
+        )  # copy: inputs may be read-only memmaps
         b = len(ids)
         full_cache = DynamicCache(config=model.config)
         resid = residuals(model, ids, [sae.layer], use_cache=True, cache=full_cache)[sae.layer]

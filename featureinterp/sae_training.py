@@ -68,7 +68,9 @@ def collect_residuals(
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     progress = Progress("SAE training activations", rows, log=log)
     for lo in range(0, rows, batch_size):
-        ids = torch.as_tensor(tokens[lo : lo + batch_size], dtype=torch.long, device=device)
+        ids = torch.tensor(
+            tokens[lo : lo + batch_size], dtype=torch.long, device=device
+        )  # copy: inputs may be read-only memmaps
         res = residuals(model, ids, layers)
         for layer in layers:
             out[layer].append(res[layer][:, start:].reshape(-1, res[layer].shape[-1]).float().cpu())
