@@ -20,7 +20,16 @@ import numpy as np
 
 from featureinterp.errors import CorruptFileError
 
-__all__ = ["ArrayBundle", "array_hash", "atomic_dir", "atomic_file", "load_arrays", "save_arrays"]
+__all__ = [
+    "ArrayBundle",
+    "TableBundle",
+    "array_hash",
+    "atomic_dir",
+    "load_arrays",
+    "load_table",
+    "save_arrays",
+    "save_table",
+]
 
 
 @dataclass
@@ -56,21 +65,6 @@ def load_table(path: Path | str) -> TableBundle:
     if not (path / "table.parquet").exists():
         raise CorruptFileError(f"no stored table at {path}: rematerialize the asset")
     return TableBundle(pl.read_parquet(path / "table.parquet"), json.loads((path / "meta.json").read_text()))
-
-
-@contextmanager
-def atomic_file(path: Path | str) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; it replaces ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @contextmanager

@@ -111,8 +111,7 @@ def build_records_assets(
         global search over the whole corpus in LanceDB.
         """
         spec = preset.spec()
-        keys = context.partition_key.keys_by_dimension
-        layer, feature = parse_layer_key(keys["layer"]), parse_feature_key(keys["feature"])
+        layer, feature = _layer_feature(context)
         acts_bundle = single(sae_activations)
         f_idx = list(acts_bundle.meta["features"]).index(feature)
         acts = np.asarray(acts_bundle["acts"][f_idx], dtype=np.float32)  # [N, T]
@@ -170,8 +169,7 @@ def build_records_assets(
         `max_holistic` is the maximum over the rows computed here.
         """
         spec = preset.spec()
-        keys = context.partition_key.keys_by_dimension
-        layer, feature = parse_layer_key(keys["layer"]), parse_feature_key(keys["feature"])
+        layer, feature = _layer_feature(context)
         model, _ = preset.model_and_tokenizer()
         loaded = load_layer_sae(single(sae), model, layer, preset.torch_device)
         rows = np.unique(single(records).frame["row"].to_numpy())
@@ -184,6 +182,12 @@ def build_records_assets(
         return ArrayBundle({"rows": rows, "holistic": h}, {"max_holistic": max_h})
 
     return [records, holistic_activations]
+
+
+def _layer_feature(context: dg.AssetExecutionContext) -> tuple[int, int]:
+    """(layer, feature) indices of a layer × feature partition."""
+    keys = context.partition_key.keys_by_dimension
+    return parse_layer_key(keys["layer"]), parse_feature_key(keys["feature"])
 
 
 def records_preview(frame, max_act: float, n: int = 4) -> str:
