@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from featureinterp.errors import ConfigError
+from featureinterp.explanations import Explanation
 from featureinterp.formatting import MAX_VALUE, UNKNOWN, escape_token
 
-__all__ = ["SimulatorPrompt", "LocalSimulator", "expected_values", "DEFAULT_PROMPT"]
+__all__ = ["SimulatorPrompt", "LocalSimulator", "expected_values", "alignment_stats", "DEFAULT_PROMPT"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,12 @@ class SimulatorPrompt:
         ),
     )
 
+    placeholder: str = UNKNOWN
+    """What stands in the value column of the lines being simulated. The paper uses ``unknown``;
+    a tiny model then mostly predicts ``unknown`` after every tab and its digit distribution is
+    noise, so the embedded preset uses ``0`` (the most common value), which keeps the model in
+    "writing digits" mode while each readout still happens before the placeholder is seen."""
+
     def header(self) -> str:
         parts = [self.instructions]
         for explanation, lines in self.examples:
@@ -86,6 +93,30 @@ def expected_values(digit_logits: torch.Tensor) -> torch.Tensor:
     return probs @ torch.arange(MAX_VALUE + 1, dtype=torch.float32, device=probs.device)
 
 
+def alignment_stats(tokenizer, records: Sequence[Sequence[str]]) -> dict[str, int]:
+    """How the subject tokens map onto the simulator's tokenizer.
+
+    Readout positions are exact by construction (each subject token is tokenized on its own), so
+    nothing can be misaligned; what can go wrong is a token the simulator cannot *see*: empty
+    strings and byte fragments decoded as U+FFFD. Those are counted here (and reported with every
+    score) rather than silently scored.
+    """
+    stats = {"tokens": 0, "multi_piece": 0, "empty": 0, "byte_fragment": 0, "literal_unknown": 0}
+    for tokens in records:
+        for token in tokens:
+            stats["tokens"] += 1
+            if not token:
+                stats["empty"] += 1
+                continue
+            if "\ufffd" in token:
+                stats["byte_fragment"] += 1
+            if token.strip().lower() == UNKNOWN:
+                stats["literal_unknown"] += 1
+            if len(tokenizer(escape_token(token), add_special_tokens=False)["input_ids"]) > 1:
+                stats["multi_piece"] += 1
+    return stats
+
+
 class LocalSimulator:
     """Simulate feature activations with a transformers causal LM on records given as token strings."""
 
@@ -94,7 +125,7 @@ class LocalSimulator:
         self.device = next(model.parameters()).device
         self.digit_ids = [self._single_id(str(d)) for d in range(MAX_VALUE + 1)]
         self.tab_id = self._single_id("\t")
-        self.unknown_ids = self._ids(UNKNOWN)
+        self.unknown_ids = self._ids(self.prompt.placeholder)
         self.newline_ids = self._ids("\n")
         self.header_ids = self._ids(self.prompt.header())
         self._header_cache = None
@@ -201,6 +232,20 @@ class LocalSimulator:
                 idx = torch.tensor(positions, device=self.device, dtype=torch.long)
                 out.append(expected_values(self._digit_logits(hidden[i, idx])).cpu().numpy())
         return out
+
+    def simulate_explanation(
+        self, explanation: Explanation, records: Sequence[Sequence[str]], cached: bool = True
+    ) -> list[np.ndarray]:
+        """Per token: the max over rules of the rule's expected value scaled by strength / 5
+        (section 5.4). A free-text explanation is one rule at full strength; no rules -> zeros."""
+        preds = [np.zeros(len(r)) for r in records]
+        for rule in explanation.rules:
+            if rule.strength <= 0 or not rule.activates_on.strip():
+                continue
+            scale = rule.strength / MAX_VALUE if explanation.structured else 1.0
+            for i, ev in enumerate(self.simulate(rule.activates_on, records, cached=cached)):
+                preds[i] = np.maximum(preds[i], ev * scale)
+        return preds
 
     def _simulate_uncached(self, prefix: list[int], ids: list[int], positions: list[int]) -> np.ndarray:
         x = torch.tensor([prefix + ids], device=self.device)

@@ -1,0 +1,155 @@
+"""Explanations: structured rule lists or one free-text rule (paper-method.md sections 4.1, 4.5, 5.4).
+
+A structured explanation is a list of rules ``{"activates_on": str, "strength": 0..5}``. The JSON
+schema below is what schema-constrained decoding enforces (local grammar, server
+``response_format``); ``parse_structured`` is the defensive path for replies that were not
+constrained: it extracts the outermost list (or a ``{"rules": [...]}`` object), repairs it with
+``json_repair``, and validates every rule strictly (a string strength or a list-valued
+``activates_on`` rejects the reply, as in the original), then applies the rule cap.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from featureinterp.formatting import MAX_VALUE
+
+__all__ = [
+    "Rule",
+    "Explanation",
+    "ParseError",
+    "explanation_schema",
+    "parse_structured",
+    "parse_explanation",
+]
+
+MAX_RULE_CHARS = 160
+"""Longest ``activates_on`` text the schema allows (keeps small models from rambling)."""
+
+
+class ParseError(ValueError):
+    """A reply that is not a valid explanation; the message says what was wrong."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    activates_on: str
+    strength: int = MAX_VALUE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"activates_on": self.activates_on, "strength": self.strength}
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Rules of one explanation. ``structured=False`` marks a free-text explanation (one rule,
+    simulated at full strength)."""
+
+    rules: tuple[Rule, ...]
+    structured: bool = True
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Where it came from (sample index, tree node, improvement note): kept for audit only."""
+
+    @classmethod
+    def text(cls, phrase: str) -> Explanation:
+        return cls((Rule(phrase.strip(), MAX_VALUE),), structured=False)
+
+    def to_json(self) -> str:
+        if not self.structured:
+            return self.rules[0].activates_on if self.rules else ""
+        return json.dumps([r.to_dict() for r in self.rules], ensure_ascii=False)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"structured": self.structured, "rules": [r.to_dict() for r in self.rules]}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Explanation:
+        rules = tuple(Rule(r["activates_on"], int(r["strength"])) for r in record["rules"])
+        return cls(rules, structured=bool(record["structured"]))
+
+    def capped(self, rule_cap: int | None) -> Explanation:
+        if rule_cap is None or len(self.rules) <= rule_cap:
+            return self
+        return Explanation(self.rules[:rule_cap], self.structured, dict(self.meta))
+
+    def __str__(self) -> str:
+        if not self.structured:
+            return self.to_json()
+        return "; ".join(f"{r.activates_on} ({r.strength})" for r in self.rules)
+
+
+def explanation_schema(rule_cap: int | None) -> dict[str, Any]:
+    """JSON schema of a structured reply: an object ``{"rules": [...]}`` with at most ``rule_cap``
+    rules (an object at the top level, because several servers only accept object schemas)."""
+    rules: dict[str, Any] = {
+        "type": "array",
+        "minItems": 1,
+        "items": {
+            "type": "object",
+            "properties": {
+                "activates_on": {"type": "string", "minLength": 1, "maxLength": MAX_RULE_CHARS},
+                "strength": {"type": "integer", "minimum": 0, "maximum": MAX_VALUE},
+            },
+            "required": ["activates_on", "strength"],
+            "additionalProperties": False,
+        },
+    }
+    if rule_cap is not None:
+        rules["maxItems"] = rule_cap
+    return {
+        "type": "object",
+        "properties": {"rules": rules},
+        "required": ["rules"],
+        "additionalProperties": False,
+    }
+
+
+_LIST_RE = re.compile(r"\[.*\]", re.DOTALL)
+
+
+def _rule(item: Any, index: int) -> Rule:
+    if not isinstance(item, dict):
+        raise ParseError(f"rule {index} is {type(item).__name__}, not an object")
+    on, strength = item.get("activates_on"), item.get("strength")
+    if not isinstance(on, str) or not on.strip():
+        raise ParseError(f"rule {index}: activates_on must be a non-empty string, got {on!r}")
+    if isinstance(strength, bool) or not isinstance(strength, int):
+        raise ParseError(f"rule {index}: strength must be an integer 0..{MAX_VALUE}, got {strength!r}")
+    if not 0 <= strength <= MAX_VALUE:
+        raise ParseError(f"rule {index}: strength {strength} outside 0..{MAX_VALUE}")
+    return Rule(on.strip(), strength)
+
+
+def parse_structured(reply: str, rule_cap: int | None = None) -> Explanation:
+    """Parse a structured reply (constrained or not); raise ``ParseError`` saying why it failed."""
+    import json_repair
+
+    text = reply.strip()
+    data: Any = None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        match = _LIST_RE.search(text)
+        if match is None:
+            raise ParseError(f"no JSON list in reply: {text[:80]!r}") from None
+        data = json_repair.loads(match.group(0))
+    if isinstance(data, dict) and "rules" in data:
+        data = data["rules"]
+    if not isinstance(data, list):
+        raise ParseError(f"expected a list of rules, got {type(data).__name__}")
+    if not data:
+        raise ParseError("the reply has no rules")
+    rules = tuple(_rule(item, i) for i, item in enumerate(data))
+    return Explanation(rules).capped(rule_cap)
+
+
+def parse_explanation(reply: str, structured: bool, rule_cap: int | None = None) -> Explanation:
+    if structured:
+        return parse_structured(reply, rule_cap)
+    phrase = reply.strip().splitlines()[0].strip() if reply.strip() else ""
+    if not phrase:
+        raise ParseError("empty explanation")
+    return Explanation.text(phrase)

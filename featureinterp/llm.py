@@ -1,0 +1,137 @@
+"""The one small interface every LLM user (explainers, complexity analyzer) talks to.
+
+Two operations cover the method (paper-method.md sections 4, 7, 8):
+
+- ``generate``: chat completion, ``n`` samples, temperature/top-p/max tokens, and optionally a JSON
+  schema the reply must follow. Backends that can enforce the schema (the local backend with a
+  grammar on the logits, servers that accept ``response_format``) make replies valid by
+  construction; callers still parse defensively for servers that cannot.
+- ``next_token_logprobs``: log-probabilities of chosen candidate tokens right after a prompt (the
+  complexity rating is read this way). The all-at-once simulator needs many positions per prompt
+  and uses the local model directly (``featureinterp.simulator``).
+
+Implementations: ``featureinterp.local_llm.LocalChatBackend`` (transformers) and
+``featureinterp.api_llm.OpenAIChatBackend`` (any OpenAI-compatible server).
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BackendError",
+    "ChatBackend",
+    "Completion",
+    "GenerationParams",
+    "Message",
+    "Usage",
+    "system",
+    "user",
+    "assistant",
+]
+
+Message = dict[str, str]
+"""``{"role": "system" | "user" | "assistant", "content": str}`` (the OpenAI chat shape)."""
+
+
+def system(content: str) -> Message:
+    return {"role": "system", "content": content}
+
+
+def user(content: str) -> Message:
+    return {"role": "user", "content": content}
+
+
+def assistant(content: str) -> Message:
+    return {"role": "assistant", "content": content}
+
+
+class BackendError(RuntimeError):
+    """A request that could not be answered (after the backend's retries); the message says why."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    n: int = 1
+    """Samples to return (servers may return fewer; callers re-request the shortfall)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    json_schema: dict[str, Any] | None = None
+    """JSON schema the reply must satisfy (None: free text)."""
+    seed: int | None = None
+    """Sampling seed. Local backends use a private generator seeded with it (never the global RNG);
+    servers receive it as the ``seed`` parameter where supported. None: fresh randomness."""
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str | None = None
+    """``stop`` when the model ended the reply, ``length`` when max_tokens cut it."""
+    request_id: str | None = None
+    """The server's request id (kept for audit) or a local id."""
+    cached: bool = False
+    """True when served from the on-disk response cache (no tokens paid)."""
+
+
+@dataclass
+class Usage:
+    """Token usage and cost, accumulated across threads."""
+
+    requests: int = 0
+    cached_requests: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **amounts: float) -> None:
+        with self._lock:
+            for name, value in amounts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+    def since(self, before: dict[str, float]) -> dict[str, float]:
+        """Usage accrued after ``before`` (a snapshot): per-asset accounting on a shared backend."""
+        now = self.snapshot()
+        return {k: round(now[k] - before.get(k, 0), 6) for k in now}
+
+
+class ChatBackend(ABC):
+    """A chat model. Implementations must be safe to call from several threads."""
+
+    name: str
+    """Model identifier, recorded with every explanation."""
+    usage: Usage
+
+    @abstractmethod
+    def generate(self, messages: Sequence[Message], params: GenerationParams) -> list[Completion]:
+        """Up to ``params.n`` completions of the conversation (raises ``BackendError`` on failure)."""
+
+    @abstractmethod
+    def next_token_logprobs(
+        self, messages: Sequence[Message], reply_prefix: str, candidates: Sequence[str]
+    ) -> np.ndarray:
+        """Log-probabilities of each candidate as the next token after ``reply_prefix``, which starts
+        the assistant's reply to ``messages``. Candidates the backend cannot see get ``-inf``."""

@@ -1,0 +1,177 @@
+"""Chat generation with a local transformers model, JSON schemas enforced by a grammar.
+
+Why our own sampling loop instead of ``model.generate``: (1) sampling draws from a private
+``torch.Generator`` seeded per request, so results are reproducible per (layer, feature) without
+touching the global RNG; (2) the prompt is prefilled once and its key/value cache is shared by the
+``n`` samples as expanded views (no per-sample prefill, no copies); (3) the JSON-schema grammar
+(xgrammar) masks the logits of each sample every step, so a structured reply is valid by
+construction even from a 135M model that ignores a "reply in JSON" instruction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from featureinterp.llm import BackendError, ChatBackend, Completion, GenerationParams, Message, Usage
+
+__all__ = ["LocalChatBackend", "expand_cache"]
+
+logger = logging.getLogger(__name__)
+
+
+def expand_cache(cache, batch: int, config):
+    """A new DynamicCache whose layers are batch-expanded views of ``cache`` (left untouched).
+
+    Appending to the new cache concatenates into fresh tensors, so the shared prefix is never
+    written; this replaces the paper code's deep copy of the cache per call.
+    """
+    from transformers import DynamicCache
+
+    out = DynamicCache(config=config)
+    for src, dst in zip(cache.layers, out.layers, strict=False):
+        if not src.is_initialized:
+            break
+        dst.lazy_initialization(src.keys, src.values)
+        dst.keys = src.keys.expand(batch, -1, -1, -1)
+        dst.values = src.values.expand(batch, -1, -1, -1)
+    return out
+
+
+class LocalChatBackend(ChatBackend):
+    """A transformers causal LM behind the ``ChatBackend`` interface (thread-safe: one request at a time)."""
+
+    def __init__(self, model, tokenizer, name: str):
+        self.model, self.tok, self.name = model.eval(), tokenizer, name
+        self.device = next(model.parameters()).device
+        self.usage = Usage()
+        self._lock = threading.Lock()
+        self._compiler = None
+        self._grammars: dict[str, Any] = {}
+        eos = {self.tok.eos_token_id} if self.tok.eos_token_id is not None else set()
+        extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos |= set(extra if isinstance(extra, list) else [extra])
+        self._eos = {int(e) for e in eos if e is not None}
+
+    # -- prompts -----------------------------------------------------------------------------------
+    def prompt_ids(self, messages: Sequence[Message], reply_prefix: str = "") -> list[int]:
+        """Token ids of the conversation followed by the start of the assistant's reply."""
+        if getattr(self.tok, "chat_template", None):
+            text = self.tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        else:  # a base model: a plain transcript
+            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant: "
+        return self.tok(text + reply_prefix, add_special_tokens=False)["input_ids"]
+
+    def _grammar(self, schema: dict[str, Any]):
+        import xgrammar as xgr
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            if self._compiler is None:
+                vocab = self.model.get_output_embeddings().weight.shape[0]
+                info = xgr.TokenizerInfo.from_huggingface(self.tok, vocab_size=vocab)
+                self._compiler = xgr.GrammarCompiler(info)
+            self._grammars[key] = self._compiler.compile_json_schema(key, any_whitespace=False)
+        return self._grammars[key]
+
+    # -- model calls -------------------------------------------------------------------------------
+    def _forward(self, ids: torch.Tensor, cache, start: int) -> torch.Tensor:
+        pos = torch.arange(start, start + ids.shape[1], device=self.device).expand(ids.shape[0], -1)
+        out = self.model(input_ids=ids, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].float()
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, params: GenerationParams, gen: torch.Generator) -> torch.Tensor:
+        if params.temperature == 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / params.temperature, dim=-1)
+        if params.top_p < 1:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < params.top_p
+            sorted_p = sorted_p * keep
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+    @torch.no_grad()
+    def generate(self, messages: Sequence[Message], params: GenerationParams) -> list[Completion]:
+        from transformers import DynamicCache
+
+        ids = self.prompt_ids(messages)
+        gen = torch.Generator(device="cpu")
+        if params.seed is not None:
+            gen.manual_seed(params.seed)
+        else:
+            gen.seed()
+        with self._lock:
+            cache = DynamicCache(config=self.model.config)
+            logits = self._forward(torch.tensor([ids], device=self.device), cache, 0)
+            n = params.n
+            cache = expand_cache(cache, n, self.model.config) if n > 1 else cache
+            logits = logits.expand(n, -1).clone()
+            matchers = bitmask = None
+            if params.json_schema is not None:
+                import xgrammar as xgr
+
+                grammar = self._grammar(params.json_schema)
+                matchers = [xgr.GrammarMatcher(grammar) for _ in range(n)]
+                bitmask = xgr.allocate_token_bitmask(n, logits.shape[-1])
+            out: list[list[int]] = [[] for _ in range(n)]
+            done = [False] * n
+            reasons: list[str | None] = ["length"] * n
+            for step in range(params.max_tokens):
+                if matchers is not None:
+                    import xgrammar as xgr
+
+                    for i, m in enumerate(matchers):
+                        if done[i]:
+                            bitmask[i].fill_(-1)  # finished rows: allow anything (their tokens are ignored)
+                        else:
+                            m.fill_next_token_bitmask(bitmask, i)
+                    xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device))
+                tokens = self._sample(logits.cpu(), params, gen).tolist()
+                for i, t in enumerate(tokens):
+                    if done[i]:
+                        continue
+                    if matchers is not None:
+                        if not matchers[i].accept_token(t):
+                            raise BackendError(f"grammar rejected token {t} of sample {i} (xgrammar bug?)")
+                        if matchers[i].is_terminated():
+                            done[i], reasons[i] = True, "stop"
+                            continue
+                    if t in self._eos:
+                        done[i], reasons[i] = True, "stop"
+                        continue
+                    out[i].append(t)
+                if all(done) or step == params.max_tokens - 1:
+                    break
+                next_ids = torch.tensor(tokens, device=self.device)[:, None]
+                logits = self._forward(next_ids, cache, len(ids) + step)
+        self.usage.add(requests=1, prompt_tokens=len(ids), completion_tokens=sum(len(o) for o in out))
+        request_id = f"local-{uuid.uuid4().hex[:12]}"
+        return [
+            Completion(self.tok.decode(o, skip_special_tokens=True), reasons[i], request_id)
+            for i, o in enumerate(out)
+        ]
+
+    @torch.no_grad()
+    def next_token_logprobs(
+        self, messages: Sequence[Message], reply_prefix: str, candidates: Sequence[str]
+    ) -> np.ndarray:
+        ids = self.prompt_ids(messages, reply_prefix)
+        with self._lock:
+            logits = self.model(input_ids=torch.tensor([ids], device=self.device), logits_to_keep=1).logits
+        logprobs = torch.log_softmax(logits[0, -1].float(), -1).cpu().numpy()
+        self.usage.add(requests=1, prompt_tokens=len(ids))
+        out = np.full(len(candidates), -np.inf)
+        for i, cand in enumerate(candidates):
+            cand_ids = self.tok(cand, add_special_tokens=False)["input_ids"]
+            if len(cand_ids) == 1:
+                out[i] = logprobs[cand_ids[0]]
+        return out
