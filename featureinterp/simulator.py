@@ -27,7 +27,15 @@ from featureinterp.errors import ConfigError
 from featureinterp.explanations import Explanation
 from featureinterp.formatting import MAX_VALUE, UNKNOWN, escape_token
 
-__all__ = ["SimulatorPrompt", "LocalSimulator", "expected_values", "alignment_stats", "DEFAULT_PROMPT"]
+__all__ = [
+    "DEFAULT_PROMPT",
+    "PAPER_PROMPT",
+    "LocalSimulator",
+    "SimulatorPrompt",
+    "alignment_stats",
+    "expected_values",
+    "prompt_for",
+]
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,82 @@ class SimulatorPrompt:
         return "".join(parts)
 
 
-DEFAULT_PROMPT = SimulatorPrompt()
+_EXAMPLES = (
+    (
+        "the names of months",
+        (
+            (" We", 0),
+            (" met", 0),
+            (" in", 0),
+            (" March", 5),
+            (" and", 0),
+            (" again", 0),
+            (" in", 0),
+            (" June", 4),
+            (".", 0),
+        ),
+    ),
+    (
+        "the word 'cat'",
+        (
+            (" The", 0),
+            (" cat", 5),
+            (" sat", 0),
+            (" on", 0),
+            (" the", 0),
+            (" mat", 0),
+            (".", 0),
+            (" A", 0),
+            (" cat", 5),
+            (" again", 0),
+        ),
+    ),
+    (
+        "words about water and the sea",
+        (
+            ("The", 0),
+            (" boat", 2),
+            (" drifted", 0),
+            (" over", 0),
+            (" the", 0),
+            (" ocean", 5),
+            (" waves", 4),
+            (" at", 0),
+            (" night", 0),
+        ),
+    ),
+    (
+        "the words red, blue and green",
+        (
+            (" She", 0),
+            (" wore", 0),
+            (" a", 0),
+            (" red", 5),
+            (" hat", 0),
+            (" and", 0),
+            (" green", 5),
+            (" shoes", 0),
+            (".", 0),
+        ),
+    ),
+    (
+        "numbers",
+        ((" In", 0), (" 1999", 5), (",", 0), (" about", 0), (" 40", 5), (" people", 0), (" came", 0)),
+    ),
+)
+
+DEFAULT_PROMPT = SimulatorPrompt(examples=_EXAMPLES, placeholder="0")
+"""Tuned on the synthetic features with SmolLM2-135M (see the README's simulator notes)."""
+PAPER_PROMPT = SimulatorPrompt(examples=_EXAMPLES, placeholder=UNKNOWN)
+"""For large simulators: the paper's ``unknown`` placeholder."""
+
+
+def prompt_for(name: str) -> SimulatorPrompt:
+    """The simulator prompt a preset names: ``tiny`` (DEFAULT_PROMPT) or ``paper``."""
+    prompts = {"tiny": DEFAULT_PROMPT, "paper": PAPER_PROMPT}
+    if name not in prompts:
+        raise ConfigError(f"unknown simulator prompt {name!r}; choose one of {sorted(prompts)}")
+    return prompts[name]
 
 
 def expected_values(digit_logits: torch.Tensor) -> torch.Tensor:

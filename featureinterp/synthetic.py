@@ -110,14 +110,16 @@ def wrong_explanation(index: int) -> str:
 def synthetic_activations(
     token_strings: Sequence[Sequence[str]], features: Sequence[int], skip_first: bool = True
 ) -> FeatureActivations:
-    """Activations [F, N, T] of the chosen synthetic features on rows given as token strings
+    """Activations [F, N, T] of the chosen synthetic features (indices past the list are silent) on rows given as token strings
     (the BOS column is included and, with ``skip_first``, left at zero like the SAE path)."""
     n, t = len(token_strings), len(token_strings[0]) if token_strings else 0
     acts = np.zeros((len(features), n, t), dtype=np.float32)
     start = int(skip_first)
     for fi, f in enumerate(features):
-        if not 0 <= f < len(SYNTHETIC_FEATURES):
-            raise ValueError(f"synthetic feature {f} does not exist (0..{len(SYNTHETIC_FEATURES) - 1})")
+        if f < 0:
+            raise ValueError(f"synthetic feature index {f} is negative")
+        if f >= len(SYNTHETIC_FEATURES):
+            continue  # no such synthetic feature: it stays silent (reported as dead, like an SAE latent)
         rule = SYNTHETIC_FEATURES[f].fn
         for r, toks in enumerate(token_strings):
             acts[fi, r, start:] = rule(list(toks[start:]))

