@@ -52,7 +52,29 @@ def _run(defs: dg.Definitions, instance, selection: list[str], tags: dict | None
     return result
 
 
-def run(preset_name: str | None, force: bool) -> None:
+def _explain_stage(defs: dg.Definitions, instance, preset, force: bool) -> None:
+    """Explanations and test scores of every condition, one run per (layer, feature) partition;
+    a failed partition is reported and the others go on (rerun to retry only the failures)."""
+    assets = [f"{kind}/{c}" for c in preset.explain.conditions for kind in ("explanations", "scores")]
+    done = {a: set(instance.get_materialized_partitions(dg.AssetKey(a.split("/")))) for a in assets}
+    failed = []
+    for layer in preset.layer_keys:
+        for feature in preset.feature_keys:
+            key = dg.MultiPartitionKey({"layer": layer, "feature": feature})
+            todo = [a for a in assets if force or key not in done[a]]
+            if todo:
+                try:
+                    _run(defs, instance, todo, partition_key=key)
+                except SystemExit as err:
+                    print(err, flush=True)
+                    failed.append(str(key))
+    if failed:
+        raise SystemExit(
+            f"featureinterp: explanation partitions failed: {', '.join(failed)} (rerun to retry)"
+        )
+
+
+def run(preset_name: str | None, force: bool, explain: bool = True) -> None:
     from featureinterp_assets.definitions import build_definitions
     from featureinterp_assets.partitions import register_layers
 
@@ -93,9 +115,42 @@ def run(preset_name: str | None, force: bool) -> None:
             key = dg.MultiPartitionKey({"layer": layer, "feature": feature})
             if force or any(key not in keys for keys in done.values()):
                 _run(defs, instance, ["records", "holistic_activations"], partition_key=key)
+    if explain:
+        _explain_stage(defs, instance, preset, force)
     print(
         f"done: {preset.name} lineage materialized; browse it with `dagster dev` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})"
     )
+
+
+def simulate(preset_name: str | None, layer: str, feature: str, text: str, structured: bool) -> None:
+    """Score a hand-written explanation on one partition's stored test records."""
+    from featureinterp.config import data_home, parse_feature_key, parse_layer_key
+    from featureinterp.experiments import evaluate
+    from featureinterp.explanations import Explanation, parse_structured
+    from featureinterp.models import load_subject_model
+    from featureinterp.simulator import LocalSimulator, prompt_for
+    from featureinterp.storage import load_table
+
+    preset = get_preset(preset_name)
+    parse_layer_key(layer), parse_feature_key(feature)  # clear errors for bad keys
+    path = data_home() / "storage" / preset.name / "records" / feature / layer
+    if not (path / "table.parquet").exists():
+        raise CorruptFileError(
+            f"no records for {layer}/{feature} under {path}: run `featureinterp run` first"
+        )
+    rec = load_table(path)
+    explanation = parse_structured(text) if structured else Explanation.text(text)
+    s = preset.explain
+    model, tok = load_subject_model(s.simulator or preset.model, models_dir())
+    sim = LocalSimulator(model, tok, prompt_for(s.simulator_prompt), batch_size=s.simulator_batch)
+    ev = evaluate(sim.simulate_explanation, explanation, rec.frame, float(rec.meta["max_act"]))
+    print(f"{preset.name} {layer}/{feature}: {explanation}")
+    print(
+        f"test score (positives + similar non-activating): {ev.score:.3f}"
+        + (f" ({ev.reason})" if ev.reason else "")
+    )
+    for source, v in ev.per_source.items():
+        print(f"  {source:20s} score {v['score']:.3f}  false-positive rate {v['fp_rate']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,13 +159,26 @@ def main(argv: list[str] | None = None) -> None:
     p_run = sub.add_parser("run", help="materialize the main lineage of a preset")
     p_run.add_argument("--preset", help=f"preset name (default: ${PRESET_ENV} or 'embedded')")
     p_run.add_argument("--force", action="store_true", help="rebuild stages that already exist")
+    p_run.add_argument(
+        "--no-explain", action="store_true", help="stop after records (skip explanations and scores)"
+    )
     p_layers = sub.add_parser("layers", help="register the preset's layers as dynamic partitions")
     p_layers.add_argument("--preset")
+    p_sim = sub.add_parser("simulate", help="score a hand-written explanation on stored test records")
+    p_sim.add_argument("layer", help="layer key, e.g. L05 (or SYN for the synthetic features)")
+    p_sim.add_argument("feature", help="feature key, e.g. F0001")
+    p_sim.add_argument("explanation", help="free text, or a JSON rule list with --structured")
+    p_sim.add_argument(
+        "--structured", action="store_true", help='explanation is [{"activates_on":..,"strength":..}]'
+    )
+    p_sim.add_argument("--preset")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         if args.command == "run":
-            run(args.preset, args.force)
+            run(args.preset, args.force, explain=not args.no_explain)
+        elif args.command == "simulate":
+            simulate(args.preset, args.layer, args.feature, args.explanation, args.structured)
         else:
             from featureinterp_assets.partitions import register_layers
 

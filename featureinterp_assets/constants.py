@@ -13,3 +13,4 @@ GROUP_EXPLANATIONS = "explanations"
 
 POOL_LLM_API = "llm_api"
 """Concurrency pool of steps that call a remote explainer API (limit = requests you can afford)."""
+GROUP_FIGURES = "figures"

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import dagster as dg
 
-from featureinterp.config import Preset, data_home, get_preset, models_dir
+from featureinterp.config import ApiSpec, Preset, data_home, get_preset, models_dir
 from featureinterp_assets.assets.activations import build_activation_assets
 from featureinterp_assets.assets.corpus import corpus_tokens
+from featureinterp_assets.assets.explanations import build_explanation_assets
+from featureinterp_assets.assets.figures import build_figure_assets
 from featureinterp_assets.assets.records import build_records_assets, corpus_embeddings
 from featureinterp_assets.constants import STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
 from featureinterp_assets.partitions import feature_partitions, layer_partitions
-from featureinterp_assets.resources import LanceDBResource, default_preset_resource
+from featureinterp_assets.resources import LanceDBResource, LLMResource, default_preset_resource
 from featureinterp_assets.sensors import build_new_layers_sensor
 
 
@@ -31,6 +33,10 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
         *build_activation_assets(layers),
         corpus_embeddings,
         *build_records_assets(layers, feature_partitions(preset)),
+        *build_explanation_assets(
+            layers, feature_partitions(preset), list(preset.explain.conditions), preset.name
+        ),
+        *build_figure_assets(layers, feature_partitions(preset), list(preset.explain.conditions)),
     ]
     layer_job = dg.define_asset_job(
         "layer_job",
@@ -47,9 +53,23 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
             "lancedb": LanceDBResource(
                 uri=os.environ.get("FEATUREINTERP_LANCEDB") or str(home / "lancedb" / preset.name)
             ),
+            "llm": _llm_resource(preset, home, Path(models or models_dir())),
             STORAGE_IO: StorageIOManager(base_dir=str(home / "storage" / preset.name)),
         },
         executor=dg.in_process_executor,  # one process per run: the model loads once per run
+    )
+
+
+def _llm_resource(preset: Preset, home: Path, models: Path) -> LLMResource:
+    explainer = preset.explain.explainer
+    # The key is resolved from the environment at run time and never written to run config.
+    key = dg.EnvVar(explainer.api_key_env) if isinstance(explainer, ApiSpec) else None
+    return LLMResource(
+        preset=preset.name,
+        home=str(home),
+        models_dir=str(models),
+        device=os.environ.get("FEATUREINTERP_DEVICE", "auto"),
+        api_key=key,
     )
 
 

@@ -4,7 +4,9 @@ Paths are ``<base>/<asset key>/<partition key>``; a multi-dimension key ``F0003|
 folders ``F0003/L06``. Inputs from partitioned assets always arrive as ``{partition_key: value}``
 dicts (``single()`` unwraps one), so an asset body is the same whether a run covers one layer or a
 range of them (single-run backfills). Outputs are ``{partition_key: value}`` for multi-partition
-runs, or the bare value when the run has one partition.
+runs, or the bare value when the run has one partition. An input declared with metadata
+``{"allow_missing": True}`` receives only the partitions that exist (for summaries that report
+what is missing instead of failing).
 """
 
 from __future__ import annotations
@@ -57,7 +59,11 @@ class StorageIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext):
         key = context.asset_key
         if context.has_asset_partitions:
-            return {k: _read(self._path(key, k)) for k in context.asset_partition_keys}
+            keys = context.asset_partition_keys
+            if (context.definition_metadata or {}).get("allow_missing"):
+                # Summaries over many partitions: load what exists; the asset reports the rest.
+                keys = [k for k in keys if _exists(self._path(key, k))]
+            return {k: _read(self._path(key, k)) for k in keys}
         return _read(self._path(key, None))
 
 
@@ -80,6 +86,10 @@ def _write(path: Path, value) -> None:
         raise TypeError(
             f"StorageIOManager stores ArrayBundle, TableBundle or dict values, not {type(value).__name__}"
         )
+
+
+def _exists(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
 
 
 def _read(path: Path):

@@ -77,3 +77,80 @@ class LanceDBResource(dg.ConfigurableResource):
     (for example ``s3://bucket/path``)."""
 
     uri: str
+
+
+class LLMResource(dg.ConfigurableResource):
+    """The simulator (local model) and the explainer (local or OpenAI-compatible API) of a preset.
+
+    The API key arrives through ``dg.EnvVar`` (see definitions.py); it is never logged or stored.
+    Local models load once per run and are shared: on the embedded preset the simulator, the
+    explainer and the complexity analyzer are one SmolLM2 instance.
+    """
+
+    preset: str
+    home: str
+    models_dir: str
+    device: str = "auto"
+    api_key: str | None = None
+    """Explainer API key (set from the preset's ``api_key_env`` by definitions.py)."""
+
+    _local = PrivateAttr(default=None)
+    _explainer = PrivateAttr(default=None)
+    _simulator = PrivateAttr(default=None)
+
+    def settings(self):
+        return get_preset(self.preset).explain
+
+    def local_backend(self):
+        from featureinterp.local_llm import LocalChatBackend
+
+        if self._local is None:
+            spec = self.settings().simulator or get_preset(self.preset).model
+            model, tok = load_subject_model(spec, Path(self.models_dir), self.device)
+            self._local = LocalChatBackend(model, tok, name=spec.name)
+        return self._local
+
+    def simulator(self):
+        from featureinterp.simulator import LocalSimulator, prompt_for
+
+        if self._simulator is None:
+            s = self.settings()
+            local = self.local_backend()
+            self._simulator = LocalSimulator(
+                local.model, local.tok, prompt_for(s.simulator_prompt), batch_size=s.simulator_batch
+            )
+        return self._simulator
+
+    def explainer(self):
+        from featureinterp.api_llm import OpenAIChatBackend
+        from featureinterp.config import ApiSpec
+        from featureinterp.errors import ConfigError
+        from featureinterp.local_llm import LocalChatBackend
+
+        if self._explainer is None:
+            spec = self.settings().explainer
+            if spec is None:
+                self._explainer = self.local_backend()
+            elif isinstance(spec, ApiSpec):
+                if not self.api_key:
+                    raise ConfigError(
+                        f"the explainer {spec.model!r} needs an API key in ${spec.api_key_env} "
+                        f"(base URL {spec.base_url})"
+                    )
+                self._explainer = OpenAIChatBackend(
+                    model=spec.model,
+                    base_url=spec.base_url,
+                    api_key=self.api_key,
+                    cache_dir=Path(self.home) / "llm_cache",
+                    json_schema_mode=spec.json_schema_mode,
+                    price_in_per_mtok=spec.price_in_per_mtok,
+                    price_out_per_mtok=spec.price_out_per_mtok,
+                    max_concurrent=spec.max_concurrent,
+                )
+            else:
+                model, tok = load_subject_model(spec, Path(self.models_dir), self.device)
+                self._explainer = LocalChatBackend(model, tok, name=spec.name)
+        return self._explainer
+
+    def teardown_after_execution(self, context) -> None:
+        self._local = self._explainer = self._simulator = None

@@ -8,11 +8,13 @@ import dagster as dg
 import numpy as np
 
 from featureinterp.activations import sae_activations as compute_sae_activations
-from featureinterp.config import layer_key, parse_layer_key
+from featureinterp.config import SYNTHETIC_LAYER, layer_key, parse_layer_key
+from featureinterp.corpus import decode_tokens
 from featureinterp.models import check_layers
 from featureinterp.sae import load_layer_sae, load_sae_pretrained
 from featureinterp.sae_training import train_layer_saes
 from featureinterp.storage import ArrayBundle
+from featureinterp.synthetic import SYNTHETIC_FEATURES, synthetic_activations
 from featureinterp_assets.constants import GROUP_ACTIVATIONS, POOL_GPU, STORAGE_IO
 from featureinterp_assets.resources import PresetResource
 
@@ -34,11 +36,15 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
         ordered so the live ones come first (so studied features F0000... are live).
         """
         spec = preset.spec()
-        layer_ids = [parse_layer_key(k) for k in context.partition_keys]
-        model, _ = preset.model_and_tokenizer()
-        check_layers(model, layer_ids)
+        all_ids = [parse_layer_key(k) for k in context.partition_keys]
+        layer_ids = [layer for layer in all_ids if layer != SYNTHETIC_LAYER]
         refs = {}
-        if spec.sae.source == "train":
+        if SYNTHETIC_LAYER in all_ids:  # ground-truth features: no SAE to train or load
+            refs["SYN"] = {"synthetic": True, "d_sae": len(SYNTHETIC_FEATURES)}
+        if layer_ids:
+            model, _ = preset.model_and_tokenizer()
+            check_layers(model, layer_ids)
+        if layer_ids and spec.sae.source == "train":
             trained = train_layer_saes(
                 model,
                 corpus_tokens["tokens"],
@@ -56,7 +62,7 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
                     "live_latents": r.live_count,
                     "d_sae": int(r.sae.cfg.d_sae),
                 }
-        else:
+        elif layer_ids:
             for layer in layer_ids:
                 sae_id = spec.sae.sae_id(layer)
                 loaded = load_sae_pretrained(spec.sae.release, sae_id, device="cpu")
@@ -92,20 +98,26 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
         (and the `studied_features_alive` check warns) instead of failing the run.
         """
         spec = preset.spec()
-        model, _ = preset.model_and_tokenizer()
-        saes = {
-            parse_layer_key(k): load_layer_sae(ref, model, parse_layer_key(k), preset.torch_device)
-            for k, ref in sae.items()
-        }
-        results = compute_sae_activations(
-            model,
-            saes,
-            corpus_tokens["tokens"],
-            spec.features,
-            spec.batch_size,
-            spec.prepend_bos,
-            context.log.info,
-        )
+        results = {}
+        real = {k: ref for k, ref in sae.items() if not ref.get("synthetic")}
+        if real:
+            model, _ = preset.model_and_tokenizer()
+            saes = {
+                parse_layer_key(k): load_layer_sae(ref, model, parse_layer_key(k), preset.torch_device)
+                for k, ref in real.items()
+            }
+            results = compute_sae_activations(
+                model,
+                saes,
+                corpus_tokens["tokens"],
+                spec.features,
+                spec.batch_size,
+                spec.prepend_bos,
+                context.log.info,
+            )
+        if len(real) < len(sae):
+            strings = decode_tokens(preset.tokenizer(), corpus_tokens["tokens"])
+            results[SYNTHETIC_LAYER] = synthetic_activations(strings, spec.features, spec.prepend_bos)
         out, dead, finite = {}, {}, True
         for layer, r in results.items():
             key = layer_key(layer)

@@ -170,9 +170,14 @@ def build_records_assets(
         """
         spec = preset.spec()
         layer, feature = _layer_feature(context)
+        rows = np.unique(single(records).frame["row"].to_numpy())
+        if single(sae).get("synthetic"):
+            # A synthetic feature is a rule on tokens, not a latent of the model: no holistic values.
+            context.add_output_metadata({"rows": len(rows), "max_holistic": 0.0, "synthetic": True})
+            zeros = np.zeros((len(rows), spec.row_len), dtype=np.float32)
+            return ArrayBundle({"rows": rows, "holistic": zeros}, {"max_holistic": 0.0, "synthetic": True})
         model, _ = preset.model_and_tokenizer()
         loaded = load_layer_sae(single(sae), model, layer, preset.torch_device)
-        rows = np.unique(single(records).frame["row"].to_numpy())
         tokens = np.asarray(corpus_tokens["tokens"])[rows]
         h = compute_holistic(
             model, loaded, tokens, [feature], spec.batch_size, spec.prepend_bos, log=context.log.info

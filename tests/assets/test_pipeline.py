@@ -38,7 +38,7 @@ def built(tmp_path_factory, model_cache):
     home = tmp_path_factory.mktemp("home")
     defs = build_definitions(PRESET, home=home, models=model_cache)
     with dg.instance_for_test() as instance:
-        assert register_layers(instance, PRESET) == ["L03", "L06"]
+        assert register_layers(instance, PRESET) == ["L03", "L06", "SYN"]
         assert _materialize(defs, instance, ["corpus_tokens"]).success
         tags = {ASSET_PARTITION_RANGE_START_TAG: "L03", ASSET_PARTITION_RANGE_END_TAG: "L06"}
         result = _materialize(defs, instance, ["sae", "sae_activations"], tags=tags)
@@ -160,3 +160,102 @@ def test_records_rerun_is_deterministic_and_reuses_the_embeddings(recorded):
     key = dg.MultiPartitionKey({"layer": "L03", "feature": "F0001"})
     assert _materialize(defs, instance, ["records"], partition_key=key).success
     assert load_table(storage / "records" / "F0001" / "L03").frame.equals(before)
+
+
+@pytest.fixture(scope="module")
+def explained(recorded):
+    """Synthetic partition SYN/F0000 (negation words) and L03/F0001 through every explain stage."""
+    defs, instance, storage, _ = recorded
+    assert _materialize(defs, instance, ["sae", "sae_activations"], partition_key="SYN").success
+    stages = ["records", "holistic_activations", "explanations/one_shot", "scores/one_shot"]
+    stages += ["explanations/tree", "scores/tree"]
+    results = {}
+    for layer, feature in (("SYN", "F0000"), ("L03", "F0001")):
+        key = dg.MultiPartitionKey({"layer": layer, "feature": feature})
+        sel = stages if layer == "SYN" else stages[2:]
+        results[layer] = _materialize(defs, instance, sel, partition_key=key)
+        assert results[layer].success, _failure(results[layer])
+    return defs, instance, storage, results
+
+
+def test_synthetic_layer_is_a_rule_not_an_sae(explained):
+    _, _, storage, _ = explained
+    acts, meta = load_arrays(storage / "sae_activations" / "SYN")
+    assert meta["features"] == [0, 1] and acts["acts"].shape == (2, 2000, 33)
+    ref = __import__("json").loads((storage / "sae" / "SYN" / "value.json").read_text())
+    assert ref["synthetic"] is True
+    from featureinterp.corpus import decode_tokens
+    from featureinterp.storage import load_arrays as la
+
+    tokens = la(storage / "corpus_tokens" / "__all__")[0]["tokens"]
+    fired = np.argwhere(acts["acts"][0] > 0)[:5]
+    words = decode_tokens(get_tokenizer(), np.asarray(tokens)[fired[:, 0]])
+    assert all(
+        words[i][c].strip().lower() in {"not", "no", "never", "nothing", "n't", "nor"}
+        for i, (_, c) in enumerate(fired)
+    )
+
+
+def get_tokenizer():
+    from featureinterp.models import load_tokenizer
+    from tests.conftest import CACHE
+
+    return load_tokenizer(PRESET.model, CACHE / "models")
+
+
+def test_explanations_and_scores_are_recorded_with_their_audit_trail(explained):
+    _, instance, storage, _ = explained
+    import json
+
+    for cond in ("one_shot", "tree"):
+        for part in ("F0000/SYN", "F0001/L03"):
+            expl = json.loads((storage / "explanations" / cond / part / "value.json").read_text())
+            assert expl["explanation"]["rules"] and all(
+                0 <= r["strength"] <= 5 for r in expl["explanation"]["rules"]
+            )
+            assert len(expl["explanation"]["rules"]) <= 5  # the rule cap
+            assert expl["completions"] and all("request_id" in c for c in expl["completions"])
+            assert expl["usage"]["completion_tokens"] > 0
+            sc = json.loads((storage / "scores" / cond / part / "value.json").read_text())
+            assert set(sc["per_source"]) == {
+                "random",
+                "random_negative",
+                "similar",
+                "similar_negative",
+                "similar_projected",
+                "similar_negative_projected",
+            }
+            assert sc["score"] == sc["per_source"]["similar_negative"]["score"] or (
+                np.isnan(sc["score"]) and sc["reason"]
+            )
+            assert len(sc["complexities"]) == len(expl["explanation"]["rules"])
+    tree = json.loads((storage / "explanations" / "tree" / "F0000" / "SYN" / "value.json").read_text())
+    assert len(tree["nodes"]) >= 3 and {n["depth"] for n in tree["nodes"]} >= {0}
+    md = instance.get_latest_materialization_event(
+        dg.AssetKey(["scores", "tree"])
+    ).asset_materialization.metadata
+    assert "preview" in md and "|" in md["preview"].value
+
+
+def test_layer_results_and_figures_name_what_is_missing(explained):
+    defs, instance, storage, _ = explained
+    import polars as pl
+
+    from featureinterp.storage import load_table
+
+    for layer in ("SYN", "L03"):
+        assert _materialize(defs, instance, ["layer_results"], partition_key=layer).success
+    syn = load_table(storage / "layer_results" / "SYN")
+    assert syn.meta["missing"] == {"one_shot": ["F0001"], "tree": ["F0001"]}
+    assert len(syn.frame.filter(pl.col("source") == "similar_negative")) == 2  # one per condition
+    strict = _materialize(
+        defs, instance, ["fig4"], run_config={"ops": {"fig4": {"config": {"allow_incomplete": False}}}}
+    )
+    assert not strict.success and "F0001" in _failure(strict) and "L06" in _failure(strict)
+    ok = _materialize(defs, instance, ["fig3", "fig4", "fig5"])
+    assert ok.success, _failure(ok)
+    for name in ("fig3", "fig4", "fig5"):
+        md = instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization.metadata
+        assert md["image"].value.startswith(f"![{name}](data:image/png;base64,")
+        assert md["incomplete"].value is True and "of" in md["caption"].value
+        assert (storage / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -12,8 +12,8 @@ def test_new_layers_sensor_registers_missing_layers_once(tmp_path):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(layer_partitions(preset).name, ["L03"])
         result = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
-        assert [r.partition_keys for r in result.dynamic_partitions_requests] == [["L06"]]
-        assert [r.partition_key for r in result.run_requests] == ["L06"]
-        instance.add_dynamic_partitions(layer_partitions(preset).name, ["L06"])
+        assert [r.partition_keys for r in result.dynamic_partitions_requests] == [["L06", "SYN"]]
+        assert [r.partition_key for r in result.run_requests] == ["L06", "SYN"]
+        instance.add_dynamic_partitions(layer_partitions(preset).name, ["L06", "SYN"])
         again = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
         assert isinstance(again, dg.SkipReason)
