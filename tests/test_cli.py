@@ -47,7 +47,7 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
     assert (storage / "corpus_tokens" / "__all__" / "tokens.npy").exists()
     stamp = (storage / "corpus_tokens" / "__all__" / "tokens.npy").stat().st_mtime_ns
 
-    run = _run([BIN / "featureinterp", "run"], env)
+    run = _run([BIN / "featureinterp", "run", "--conditions", "one_shot"], env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "materializing corpus_tokens" not in run.stdout  # resumed: tokens already there
     assert "materializing sae, sae_activations" in run.stdout
@@ -55,8 +55,20 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
     for key in ("L03", "L06"):
         assert (storage / "sae_activations" / key / "acts.npy").exists()
 
-    again = _run([BIN / "featureinterp", "run"], env)
+    for key in ("F0000/L03", "F0001/L06", "F0000/SYN"):
+        assert (storage / "scores" / "one_shot" / key / "value.json").exists()
+    assert (storage / "figures" / "fig5.png").exists()
+
+    again = _run([BIN / "featureinterp", "run", "--conditions", "one_shot"], env)
     assert again.returncode == 0 and "materializing" not in again.stdout  # nothing left to do
+
+    sim = _run(
+        [BIN / "featureinterp", "simulate", "SYN", "F0000", "negation words such as not, no, never"], env
+    )
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    assert "test score" in sim.stdout and "similar_negative" in sim.stdout
+    bad = _run([BIN / "featureinterp", "simulate", "L99", "F0000", "x"], env, timeout=300)
+    assert bad.returncode != 0 and "no records for L99/F0000" in bad.stderr and "Traceback" not in bad.stderr
 
     one = _run(
         [

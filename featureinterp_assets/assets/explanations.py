@@ -99,7 +99,12 @@ def _condition_assets(cond: Condition, partitions, api: bool) -> list[dg.AssetsD
         records = feature_records(rec.frame, max_act, cond, hol, max_h)
         backend, simulator = llm.explainer(), llm.simulator()
         settings = spec.explain
-        config = cond.explainer_config(depth=settings.tree_depth, width=settings.tree_width)
+        config = cond.explainer_config(
+            roots=settings.tree_roots,
+            branching=settings.tree_branching,
+            depth=settings.tree_depth,
+            width=settings.tree_width,
+        )
         seed = int(feature_generator(spec.seed, spec.name + cond.name, layer, feature).integers(2**31))
         try:
             result = explain(backend, simulator.simulate_explanation, records, config, seed)

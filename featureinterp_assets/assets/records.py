@@ -35,17 +35,21 @@ class RecordsConfig(dg.Config):
 
     faithful: bool = False
     """Reproduce the paper's code: prefix-scan retrieval and a validation split equal to the train slice."""
-    top_sample_n: int = 30
-    complementary_n: int = 30
+    per_split: int | None = None
+    """Records per split and source; None: the preset's (10 for the paper-sized presets)."""
+    top_sample_n: int | None = None
+    """Positives sampled; None: 3 x per_split."""
+    complementary_n: int | None = None
+    """Rows per complementary source; None: 3 x per_split."""
     special_n: int = 400
-    per_split: int = 10
 
-    def params(self) -> RecordParams:
+    def params(self, preset_per_split: int) -> RecordParams:
+        per_split = self.per_split or preset_per_split
         return RecordParams(
-            top_sample_n=self.top_sample_n,
-            complementary_n=self.complementary_n,
+            top_sample_n=self.top_sample_n or 3 * per_split,
+            complementary_n=self.complementary_n or 3 * per_split,
             special_n=self.special_n,
-            per_split=self.per_split,
+            per_split=per_split,
             faithful=self.faithful,
         )
 
@@ -118,7 +122,7 @@ def build_records_assets(
         start = int(spec.prepend_bos)
         row_max = acts[:, start:].max(axis=1)
         index = CorpusIndex.open(corpus_embeddings["uri"], corpus_embeddings["table"])
-        params = config.params()
+        params = config.params(spec.per_split)
         rng = feature_generator(spec.seed, spec.name, layer, feature)
         sel = select_rows(row_max, index.vectors(), index, params, rng)
         frame = records_frame(

@@ -122,7 +122,9 @@ def test_records_partition_has_every_source_and_passing_checks(recorded):
     _, instance, storage, result = recorded
     table = load_table(storage / "records" / "F0001" / "L03")
     counts = dict(table.frame.unique(["row", "source"]).group_by("source").len().iter_rows())
-    assert counts["positive"] == 30 and table.meta["feature"] == 1 and table.meta["layer"] == 3
+    assert (
+        counts["positive"] == 3 * PRESET.per_split and table.meta["feature"] == 1 and table.meta["layer"] == 3
+    )
     assert set(counts) == {
         "positive",
         "random",
@@ -136,7 +138,7 @@ def test_records_partition_has_every_source_and_passing_checks(recorded):
     blocking = ("negatives_non_activating", "no_positive_leak", "splits_disjoint")
     assert all(checks[name] for name in blocking) and checks["feature_alive"]
     md = instance.get_latest_materialization_event(dg.AssetKey("records")).asset_materialization.metadata
-    assert "**" in md["preview"].value and md["counts"].value["positive"] == 30
+    assert "**" in md["preview"].value and md["counts"].value["positive"] == 3 * PRESET.per_split
     # the activations stored with the records are the feature's own (BOS dropped)
     acts, _ = load_arrays(storage / "sae_activations" / "L03")
     first = table.frame.filter(pl.col("source") == "positive").row(0, named=True)
