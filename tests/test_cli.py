@@ -47,10 +47,19 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
     assert (storage / "corpus_tokens" / "__all__" / "tokens.npy").exists()
     stamp = (storage / "corpus_tokens" / "__all__" / "tokens.npy").stat().st_mtime_ns
 
+    # Kill the run (SIGKILL, whole process group) once two records partitions are complete, then
+    # relaunch: finished partitions are not recomputed, nothing half-written is read.
+    finished = _kill_when_records_done(env, storage, n=2)
+    before = {p: (storage / "records" / p / "table.parquet").stat().st_mtime_ns for p in finished}
+
     run = _run([BIN / "featureinterp", "run", "--conditions", "one_shot"], env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "materializing corpus_tokens" not in run.stdout  # resumed: tokens already there
-    assert "materializing sae, sae_activations" in run.stdout
+    assert "materializing sae, sae_activations" not in run.stdout  # finished before the kill
+    for p in finished:
+        feature, layer = p.split("/")
+        assert f"holistic_activations [{feature}|{layer}]" not in run.stdout
+        assert (storage / "records" / p / "table.parquet").stat().st_mtime_ns == before[p]
     assert (storage / "corpus_tokens" / "__all__" / "tokens.npy").stat().st_mtime_ns == stamp
     for key in ("L03", "L06"):
         assert (storage / "sae_activations" / key / "acts.npy").exists()
@@ -67,6 +76,8 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
     )
     assert sim.returncode == 0, sim.stderr[-3000:]
     assert "test score" in sim.stdout and "similar_negative" in sim.stdout
+    _check_ui(env)
+
     bad = _run([BIN / "featureinterp", "simulate", "L99", "F0000", "x"], env, timeout=300)
     assert bad.returncode != 0 and "no records for L99/F0000" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -85,6 +96,126 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
         env,
     )
     assert one.returncode == 0, one.stderr[-3000:]
+
+
+SCREENSHOTS = REPO / ".cache" / "tests" / "screenshots"
+
+
+def _check_ui(env) -> None:
+    """`dagster dev` as a person uses it: headless Chromium (Debian's, via playwright) opens the
+    asset list, a records partition and fig5; screenshots land in .cache/tests/screenshots."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    log = open(SCREENSHOTS / "dagster_dev.log", "w")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        [BIN / "dagster", "dev", "-h", "127.0.0.1", "-p", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{base}/server_info", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, "dagster dev exited; see .cache/tests/screenshots/dagster_dev.log"
+                time.sleep(1)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                ],
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+
+            def visit(path: str, shot: str, expect: list[str]) -> str:
+                page.goto(base + path, wait_until="networkidle", timeout=180_000)
+                skip = page.get_by_role("button", name="Skip")  # the community pop-up, if shown
+                try:
+                    skip.wait_for(timeout=5_000)
+                    skip.click()
+                except Exception:  # noqa: BLE001 - no pop-up this time
+                    pass
+                for text in expect:
+                    page.get_by_text(text, exact=False).first.wait_for(timeout=60_000)
+                page.screenshot(path=str(SCREENSHOTS / f"{shot}.png"), full_page=True)
+                return page.inner_text("body")
+
+            body = visit("/assets", "assets", ["records", "fig5"])
+            assert "explanations / one_shot" in body and "scores / one_shot" in body
+            body = visit("/assets/records", "records", ["preview"])
+            assert "counts" in body and "row " in body  # the partition's metadata preview
+            visit("/assets/fig5", "fig5", ["caption"])
+            page.get_by_text("[Show Markdown]").first.click()  # the `image` metadata entry
+            image = page.locator('img[src^="data:image/png;base64,"]').first
+            image.wait_for(state="visible", timeout=60_000)
+            assert image.bounding_box()["width"] > 100
+            page.screenshot(path=str(SCREENSHOTS / "fig5_image.png"))
+            browser.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _kill_when_records_done(env, storage: Path, n: int, timeout: float = 1500) -> list[str]:
+    """Start `featureinterp run`, SIGKILL its process group once ``n`` (layer, feature) partitions
+    have both records and holistic values; return those partitions ("F0000/L03")."""
+    import signal
+    import time
+
+    import dagster as dg
+
+    proc = subprocess.Popen(
+        [BIN / "featureinterp", "run", "--conditions", "one_shot"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + timeout
+    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            # what the instance has recorded as materialized (the files are written first)
+            have = [
+                set(map(str, instance.get_materialized_partitions(dg.AssetKey(a))))
+                for a in ("records", "holistic_activations")
+            ]
+            done = sorted(k.replace("|", "/") for k in have[0] & have[1])
+            if len(done) >= n:
+                return done
+            time.sleep(0.5)
+        raise AssertionError(f"run ended (rc {proc.poll()}) or timed out before {n} records partitions")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        instance.dispose()
 
 
 def test_bad_preset_and_offline_paper_preset_give_one_clear_line(env):

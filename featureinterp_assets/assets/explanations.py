@@ -100,6 +100,8 @@ def _condition_assets(cond: Condition, partitions, api: bool) -> list[dg.AssetsD
         backend, simulator = llm.explainer(), llm.simulator()
         settings = spec.explain
         config = cond.explainer_config(
+            temperature=settings.temperature,
+            tree_temperature=settings.tree_temperature,
             roots=settings.tree_roots,
             branching=settings.tree_branching,
             depth=settings.tree_depth,

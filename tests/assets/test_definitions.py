@@ -31,3 +31,32 @@ def test_gpu_assets_share_the_gpu_pool_and_single_run_backfills():
         node = defs.resolve_asset_graph().get(dg.AssetKey(key))
         assert node.backfill_policy == dg.BackfillPolicy.single_run()
         assert defs.resolve_assets_def(key).op.pool == "gpu"
+
+
+def test_fig5_star_is_downstream_and_star_fig5_is_the_whole_lineage(tmp_path):
+    """`--select fig5*` = fig5 and what depends on it (just fig5); `--select '*fig5'` = fig5 and
+    everything it is built from, from the corpus tokens to the per-layer results."""
+    defs = build_definitions(get_preset("embedded"), home=tmp_path, models=tmp_path)
+    graph = defs.resolve_asset_graph()
+
+    def resolve(text):
+        return {k.to_user_string() for k in dg.AssetSelection.from_string(text).resolve(graph)}
+
+    assert resolve("fig5*") == {"fig5"}
+    lineage = resolve("*fig5")
+    assert {"corpus_tokens", "sae", "sae_activations", "corpus_embeddings", "records"} <= lineage
+    assert {"explanations/one_shot", "scores/tree", "layer_results", "fig5"} <= lineage
+    assert "fig4" not in lineage and "holistic_activations" not in lineage  # not fig5's inputs
+
+
+def test_explanation_assets_carry_pools_retries_and_code_versions(tmp_path):
+    defs = build_definitions(get_preset("embedded"), home=tmp_path, models=tmp_path)
+    graph = defs.resolve_asset_graph()
+    for cond in get_preset("embedded").explain.conditions:
+        node = graph.get(dg.AssetKey(["explanations", cond]))
+        assert node.pools == {"gpu"} and node.code_version  # local explainer: the gpu pool
+    api = build_definitions(get_preset("gemma-2-9b"), home=tmp_path, models=tmp_path)
+    node = api.resolve_asset_graph().get(dg.AssetKey(["explanations", "one_shot"]))
+    assert node.pools == {"llm_api"}  # API explainer: its own pool
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job.graph.node_named("explanations__one_shot").definition.retry_policy is not None
