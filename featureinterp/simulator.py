@@ -26,6 +26,7 @@ import torch
 from featureinterp.errors import ConfigError
 from featureinterp.explanations import Explanation
 from featureinterp.formatting import MAX_VALUE, UNKNOWN, escape_token
+from featureinterp.local_llm import expand_cache
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -265,17 +266,7 @@ class LocalSimulator:
         return cache
 
     def _expanded(self, cache, batch: int):
-        """A new cache whose layers are batch-expanded views of ``cache`` (which stays untouched)."""
-        from transformers import DynamicCache
-
-        out = DynamicCache(config=self.model.config)
-        for src, dst in zip(cache.layers, out.layers, strict=False):
-            if not src.is_initialized:
-                break
-            dst.lazy_initialization(src.keys, src.values)
-            dst.keys = src.keys.expand(batch, -1, -1, -1)
-            dst.values = src.values.expand(batch, -1, -1, -1)
-        return out
+        return expand_cache(cache, batch, self.model.config)
 
     def _header(self):
         if self._header_cache is None:

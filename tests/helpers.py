@@ -45,3 +45,22 @@ def random_sae(
         sae.W_dec.copy_(torch.randn(d_sae, d_in, generator=gen) / d_in**0.5)
         sae.b_enc.copy_(torch.randn(d_sae, generator=gen) * 0.1)
     return sae.eval()
+
+
+def tiny_llama_for(tokenizer, seed: int = 0, max_positions: int = 4096, **overrides):
+    """A tiny random-weight Llama over a real tokenizer's vocabulary: real tokenization and chat
+    templates, a forward pass in milliseconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)  # test-local model construction; library code never seeds globally
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        **overrides,
+    )
+    return LlamaForCausalLM(cfg).eval()

@@ -58,23 +58,13 @@ def test_examples_outside_the_scale_are_rejected():
 
 
 def test_local_rating_reads_the_digit_position_not_one_late(embedded_model):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from featureinterp.local_llm import LocalChatBackend
+    from tests.helpers import tiny_llama_for
 
     tok = embedded_model[1]
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        initializer_range=0.5,  # sharp logits: distributions at different positions clearly differ
-    )
-    backend = LocalChatBackend(LlamaForCausalLM(cfg).eval(), tok, "tiny")
+    # sharp logits: the distributions at neighbouring positions clearly differ
+    model = tiny_llama_for(tok, seed=0, max_positions=1024, initializer_range=0.5)
+    backend = LocalChatBackend(model, tok, "tiny")
     analyzer = ComplexityAnalyzer(backend)
     rule = "dates written with digits"
     (rated,) = analyzer.rate([rule])

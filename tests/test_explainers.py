@@ -5,7 +5,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from featureinterp.explainers import (
     ExplainerConfig,
@@ -314,20 +313,10 @@ def test_child_replies_parse_in_text_and_json_forms():
 @pytest.fixture(scope="module")
 def tiny_lm(embedded_model):
     """A tiny random-weight Llama with the real SmolLM2 tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.helpers import tiny_llama_for
 
     tok = embedded_model[1]
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-    )
-    return LlamaForCausalLM(cfg).eval(), tok
+    return tiny_llama_for(tok, seed=0, max_positions=2048), tok
 
 
 def test_local_backend_writes_a_schema_valid_explanation_that_the_simulator_scores(tiny_lm):

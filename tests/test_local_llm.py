@@ -13,20 +13,10 @@ from featureinterp.local_llm import LocalChatBackend
 def tiny_backend(embedded_model):
     """A tiny random-weight Llama with the real SmolLM2 tokenizer: random text, so a grammar is the
     only thing that can make its replies valid JSON."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.helpers import tiny_llama_for
 
     tok = embedded_model[1]
-    torch.manual_seed(1)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-    )
-    return LocalChatBackend(LlamaForCausalLM(cfg).eval(), tok, name="tiny")
+    return LocalChatBackend(tiny_llama_for(tok, seed=1), tok, name="tiny")
 
 
 def test_schema_replies_are_valid_by_construction(tiny_backend):

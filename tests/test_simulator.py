@@ -24,20 +24,10 @@ RECORDS = [
 @pytest.fixture(scope="module")
 def tiny_sim(embedded_model):
     """A tiny random-weight Llama sharing the embedded tokenizer (fast, exact comparisons)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.helpers import tiny_llama_for
 
     tok = embedded_model[1]
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-    )
-    return LocalSimulator(LlamaForCausalLM(cfg).eval(), tok, batch_size=2)
+    return LocalSimulator(tiny_llama_for(tok, seed=0, max_positions=2048), tok, batch_size=2)
 
 
 def test_expected_value_from_hand_made_logits():
