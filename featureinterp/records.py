@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from featureinterp.corpus import decode_tokens
 from featureinterp.retrieval import (
     CorpusIndex,
     mean_direction,
@@ -209,9 +210,7 @@ def records_frame(assignments, tokens: np.ndarray, acts: np.ndarray, tokenizer, 
     start = int(skip_first)
     rows = np.array([a[0] for a in assignments], dtype=np.int64)
     uniq, inverse = np.unique(rows, return_inverse=True)
-    ids = np.asarray(tokens[uniq, start:])
-    pieces = tokenizer.batch_decode(ids.reshape(-1, 1).tolist()) if len(uniq) else []
-    per_row = [pieces[i * ids.shape[1] : (i + 1) * ids.shape[1]] for i in range(len(uniq))]
+    per_row = decode_tokens(tokenizer, np.asarray(tokens[uniq, start:])) if len(uniq) else []
     values = np.asarray(acts[uniq, start:], dtype=np.float32)
     return pl.DataFrame(
         {

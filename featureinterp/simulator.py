@@ -39,60 +39,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class SimulatorPrompt:
-    """Our own prompt text (not the paper's wording)."""
-
-    instructions: str = (
-        "A feature of a language model responds to some tokens of a text. Given a short explanation of the "
-        "feature, predict its activation on every token, as an integer from 0 (silent) to 5 (strongest). "
-        "Each line shows one token, a tab, and the feature's activation on that token. Most tokens are 0.\n"
-    )
-    examples: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = (
-        (
-            "the names of months",
-            (
-                ("We", 0),
-                (" met", 0),
-                (" in", 0),
-                (" March", 5),
-                (" and", 0),
-                (" again", 0),
-                (" in", 0),
-                (" June", 4),
-                (".", 0),
-            ),
-        ),
-        (
-            "words about water and the sea",
-            (
-                ("The", 0),
-                (" boat", 2),
-                (" drifted", 0),
-                (" over", 0),
-                (" the", 0),
-                (" ocean", 5),
-                (" waves", 4),
-                (" at", 0),
-                (" night", 0),
-            ),
-        ),
-    )
-
-    placeholder: str = UNKNOWN
-    """What stands in the value column of the lines being simulated. The paper uses ``unknown``;
-    a tiny model then mostly predicts ``unknown`` after every tab and its digit distribution is
-    noise, so the embedded preset uses ``0`` (the most common value), which keeps the model in
-    "writing digits" mode while each readout still happens before the placeholder is seen."""
-
-    def header(self) -> str:
-        parts = [self.instructions]
-        for explanation, lines in self.examples:
-            body = "\n".join(f"{escape_token(t)}\t{v}" for t, v in lines)
-            parts.append(f"\nExplanation: {explanation}\n<start>\n{body}\n<end>\n")
-        return "".join(parts)
-
-
 _EXAMPLES = (
     (
         "the names of months",
@@ -157,9 +103,35 @@ _EXAMPLES = (
     ),
 )
 
-DEFAULT_PROMPT = SimulatorPrompt(examples=_EXAMPLES, placeholder="0")
+
+@dataclass(frozen=True)
+class SimulatorPrompt:
+    """Our own prompt text (not the paper's wording)."""
+
+    instructions: str = (
+        "A feature of a language model responds to some tokens of a text. Given a short explanation of the "
+        "feature, predict its activation on every token, as an integer from 0 (silent) to 5 (strongest). "
+        "Each line shows one token, a tab, and the feature's activation on that token. Most tokens are 0.\n"
+    )
+    examples: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = _EXAMPLES
+
+    placeholder: str = UNKNOWN
+    """What stands in the value column of the lines being simulated. The paper uses ``unknown``;
+    a tiny model then mostly predicts ``unknown`` after every tab and its digit distribution is
+    noise, so the embedded preset uses ``0`` (the most common value), which keeps the model in
+    "writing digits" mode while each readout still happens before the placeholder is seen."""
+
+    def header(self) -> str:
+        parts = [self.instructions]
+        for explanation, lines in self.examples:
+            body = "\n".join(f"{escape_token(t)}\t{v}" for t, v in lines)
+            parts.append(f"\nExplanation: {explanation}\n<start>\n{body}\n<end>\n")
+        return "".join(parts)
+
+
+DEFAULT_PROMPT = SimulatorPrompt(placeholder="0")
 """Tuned on the synthetic features with SmolLM2-135M (see the README's simulator notes)."""
-PAPER_PROMPT = SimulatorPrompt(examples=_EXAMPLES, placeholder=UNKNOWN)
+PAPER_PROMPT = SimulatorPrompt(placeholder=UNKNOWN)
 """For large simulators: the paper's ``unknown`` placeholder."""
 
 

@@ -60,13 +60,11 @@ def build_figure_assets(
         """Every condition's test scores for one layer: rows (feature, condition, source) -> score,
         false-positive rate, complexity; missing feature partitions are listed in the metadata."""
         layer = context.partition_key
-        expected = [f"{f}|{layer}" for f in preset.spec().feature_keys]
+        expected = preset.spec().feature_keys
         rows, missing = [], {}
         for name, values in scores.items():
-            have = {k.split("|")[0] for k in values}
-            missing[name.removeprefix("scores_")] = [
-                k.split("|")[0] for k in expected if k.split("|")[0] not in have
-            ]
+            have = {k.split("|")[0] for k in values}  # keys "F0003|L05"
+            missing[name.removeprefix("scores_")] = [f for f in expected if f not in have]
             for value in values.values():
                 rows.extend(result_rows(value | {"layer_key": layer}))
         frame = pl.DataFrame(rows, schema=_SCHEMA)
