@@ -12,13 +12,14 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from featureinterp.config import PRESET_ENV, get_preset, models_dir
+from featureinterp.config import PRESET_ENV, feature_key, get_preset, models_dir
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
 from featureinterp.models import load_tokenizer
 
@@ -53,14 +54,28 @@ def _run(defs: dg.Definitions, instance, selection: list[str], tags: dict | None
     return result
 
 
-def _explain_stage(defs: dg.Definitions, instance, preset, force: bool) -> int:
+def _stored_features(instance, layer: str) -> set[int]:
+    """Features held by the latest `sae_activations` of a layer (read from its metadata table)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("sae_activations"), asset_partitions=[layer]), limit=1
+    ).records
+    if not records:
+        return set()
+    table = records[0].asset_materialization.metadata.get("features")
+    return {int(f) for f in re.findall(r"\bF(\d+)\b", str(table.value))} if table else set()
+
+
+def _explain_stage(
+    defs: dg.Definitions, instance, preset, layer_keys: list[str], feature_keys: list[str], force: bool
+) -> tuple[int, list[str]]:
     """Explanations and test scores of every condition, one run per (layer, feature) partition;
-    a failed partition is reported and the others go on (rerun to retry only the failures)."""
+    a failed partition is reported and the others go on (rerun to retry only the failures).
+    Returns how many partitions ran and which of them failed."""
     assets = [f"{kind}/{c}" for c in preset.explain.conditions for kind in ("explanations", "scores")]
     done = {a: set(instance.get_materialized_partitions(dg.AssetKey(a.split("/")))) for a in assets}
     failed, ran = [], 0
-    for layer in preset.layer_keys:
-        for feature in preset.feature_keys:
+    for layer in layer_keys:
+        for feature in feature_keys:
             key = dg.MultiPartitionKey({"layer": layer, "feature": feature})
             todo = [a for a in assets if force or key not in done[a]]
             if todo:
@@ -70,10 +85,7 @@ def _explain_stage(defs: dg.Definitions, instance, preset, force: bool) -> int:
                 except SystemExit as err:
                     print(err, flush=True)
                     failed.append(str(key))
-    if failed:
-        raise SystemExit(
-            f"featureinterp: explanation partitions failed: {', '.join(failed)} (rerun to retry)"
-        )
+    return ran, failed
 
 
 def run(
@@ -82,18 +94,35 @@ def run(
     explain: bool = True,
     conditions: list[str] | None = None,
     features: list[int] | None = None,
+    layers: list[str] | None = None,
 ) -> None:
     from featureinterp_assets.definitions import build_definitions
     from featureinterp_assets.partitions import register_layers
 
     preset = get_preset(preset_name)
-    if conditions:
-        from featureinterp.experiments import get_condition
+    from featureinterp.experiments import get_condition
 
+    if conditions:
         [get_condition(c) for c in conditions]  # unknown names fail here, with the list of known ones
         preset = preset.replace(explain=dataclasses.replace(preset.explain, conditions=tuple(conditions)))
-    if features:
-        preset = preset.replace(features=tuple(features))
+    feature_keys = preset.feature_keys
+    if features:  # restricts records and explanations; activations always hold all preset features
+        unknown = sorted(set(features) - set(preset.features))
+        if unknown:
+            raise ConfigError(
+                f"--features {','.join(map(str, unknown))}: not studied by preset {preset.name!r} "
+                f"(its features: {','.join(map(str, preset.features))})"
+            )
+        feature_keys = [feature_key(f) for f in sorted(set(features))]
+    layer_keys = preset.layer_keys
+    if layers:  # in the order given: e.g. `--layers SYN` explains the ground-truth features first
+        unknown = [k for k in layers if k not in layer_keys]
+        if unknown:
+            raise ConfigError(
+                f"--layers {','.join(unknown)}: not studied by preset {preset.name!r} "
+                f"(its layers: {','.join(layer_keys)})"
+            )
+        layer_keys = list(dict.fromkeys(layers))
     os.environ[PRESET_ENV] = preset.name
     load_tokenizer(preset.model, models_dir())  # fail fast, with one clear line, when offline
     defs = build_definitions(preset)  # $FEATUREINTERP_HOME / $FEATUREINTERP_MODELS
@@ -108,37 +137,42 @@ def run(
         _run(defs, instance, ["corpus_tokens"])
     todo = [
         k
-        for k in preset.layer_keys
+        for k in layer_keys
         if force
         or any(
             k not in instance.get_materialized_partitions(dg.AssetKey(a)) for a in ("sae", "sae_activations")
         )
+        or not set(preset.features) <= _stored_features(instance, k)  # the preset gained features
     ]
     if todo:  # one run for all layers: one forward pass serves them all
         keys = preset.layer_keys
-        lo, hi = keys.index(todo[0]), keys.index(todo[-1])
+        lo, hi = min(keys.index(k) for k in todo), max(keys.index(k) for k in todo)
         tags = {ASSET_PARTITION_RANGE_START_TAG: keys[lo], ASSET_PARTITION_RANGE_END_TAG: keys[hi]}
         _run(defs, instance, ["sae", "sae_activations"], tags=tags)
     if force or instance.get_latest_materialization_event(dg.AssetKey("corpus_embeddings")) is None:
         _run(defs, instance, ["corpus_embeddings"])
-    done = {
-        a: set(instance.get_materialized_partitions(dg.AssetKey(a)))
-        for a in ("records", "holistic_activations")
-    }
-    for layer in preset.layer_keys:
-        for feature in preset.feature_keys:
+    # Holistic values cost a forward pass per (row, token) of the top records: only computed when
+    # a condition of this run prompts with them (Fig. 4's structured_holistic cells).
+    stage = ["records"] + (
+        ["holistic_activations"] if any(get_condition(c).holistic for c in preset.explain.conditions) else []
+    )
+    done = {a: set(instance.get_materialized_partitions(dg.AssetKey(a))) for a in stage}
+    for layer in layer_keys:
+        for feature in feature_keys:
             key = dg.MultiPartitionKey({"layer": layer, "feature": feature})
             if force or any(key not in keys for keys in done.values()):
-                _run(defs, instance, ["records", "holistic_activations"], partition_key=key)
+                _run(defs, instance, stage, partition_key=key)
     if explain:
-        ran = 0
-        try:
-            ran = _explain_stage(defs, instance, preset, force)
-        finally:  # figures show what exists, with an "n of m features" caption when incomplete
-            if ran or force or instance.get_latest_materialization_event(dg.AssetKey("fig5")) is None:
-                for layer in preset.layer_keys:
-                    _run(defs, instance, ["layer_results"], partition_key=layer)
-                _run(defs, instance, ["fig3", "fig4", "fig5"])
+        ran, failed = _explain_stage(defs, instance, preset, layer_keys, feature_keys, force)
+        # Figures show what exists, with an "n of m features" caption when partitions failed.
+        if ran or force or instance.get_latest_materialization_event(dg.AssetKey("fig5")) is None:
+            for layer in preset.layer_keys:
+                _run(defs, instance, ["layer_results"], partition_key=layer)
+            _run(defs, instance, ["fig3", "fig4", "fig5"])
+        if failed:
+            raise SystemExit(
+                f"featureinterp: explanation partitions failed: {', '.join(failed)} (rerun to retry)"
+            )
     print(
         f"done: {preset.name} lineage materialized; browse it with `dagster dev` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})"
     )
@@ -188,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
         "--conditions", help="comma-separated experiment conditions to explain (default: the preset's)"
     )
     p_run.add_argument("--features", help="comma-separated feature indices (default: the preset's)")
+    p_run.add_argument(
+        "--layers", help="comma-separated layer keys, in the order to run them, e.g. SYN,L05 (default: all)"
+    )
     p_layers = sub.add_parser("layers", help="register the preset's layers as dynamic partitions")
     p_layers.add_argument("--preset")
     p_sim = sub.add_parser("simulate", help="score a hand-written explanation on stored test records")
@@ -208,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
                 explain=not args.no_explain,
                 conditions=args.conditions.split(",") if args.conditions else None,
                 features=[int(f) for f in args.features.split(",")] if args.features else None,
+                layers=args.layers.split(",") if args.layers else None,
             )
         elif args.command == "simulate":
             simulate(args.preset, args.layer, args.feature, args.explanation, args.structured)

@@ -56,9 +56,8 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "materializing corpus_tokens" not in run.stdout  # resumed: tokens already there
     assert "materializing sae, sae_activations" not in run.stdout  # finished before the kill
+    assert "holistic_activations" not in run.stdout  # no condition of this run prompts with them
     for p in finished:
-        feature, layer = p.split("/")
-        assert f"holistic_activations [{feature}|{layer}]" not in run.stdout
         assert (storage / "records" / p / "table.parquet").stat().st_mtime_ns == before[p]
     assert (storage / "corpus_tokens" / "__all__" / "tokens.npy").stat().st_mtime_ns == stamp
     for key in ("L03", "L06"):
@@ -183,7 +182,7 @@ def _check_ui(env) -> None:
 
 def _kill_when_records_done(env, storage: Path, n: int, timeout: float = 1500) -> list[str]:
     """Start `featureinterp run`, SIGKILL its process group once ``n`` (layer, feature) partitions
-    have both records and holistic values; return those partitions ("F0000/L03")."""
+    have records; return those partitions ("F0000/L03")."""
     import signal
     import time
 
@@ -202,11 +201,8 @@ def _kill_when_records_done(env, storage: Path, n: int, timeout: float = 1500) -
     try:
         while time.time() < deadline and proc.poll() is None:
             # what the instance has recorded as materialized (the files are written first)
-            have = [
-                set(map(str, instance.get_materialized_partitions(dg.AssetKey(a))))
-                for a in ("records", "holistic_activations")
-            ]
-            done = sorted(k.replace("|", "/") for k in have[0] & have[1])
+            have = map(str, instance.get_materialized_partitions(dg.AssetKey("records")))
+            done = sorted(k.replace("|", "/") for k in have)
             if len(done) >= n:
                 return done
             time.sleep(0.5)
@@ -226,3 +222,36 @@ def test_bad_preset_and_offline_paper_preset_give_one_clear_line(env):
     )
     assert offline.returncode != 0 and "Traceback" not in offline.stderr
     assert "google/gemma-2-9b" in offline.stderr and "needs the" in offline.stderr
+    for flag, value, named in (("--layers", "SYN,L99", "L99"), ("--features", "0,99", "99")):
+        bad = _run([BIN / "featureinterp", "run", flag, value], env, timeout=120)
+        assert bad.returncode != 0 and "Traceback" not in bad.stderr
+        assert f"{flag} {named}: not studied by preset 'embedded-tiny'" in bad.stderr
+
+
+def test_stored_features_tell_the_sae_stage_to_rerun_a_layer_that_lacks_features():
+    """A preset that gained features must rewrite the activations of layers stored without them
+    (records would otherwise not find the new features)."""
+    import dagster as dg
+
+    from featureinterp_assets.cli import _stored_features
+
+    def table(features):
+        return "| feature | max |\n|---|---|\n" + "\n".join(f"| F{f:04d} | 1.0 |" for f in features)
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert _stored_features(instance, "SYN") == set()
+        for features in ([0, 1], [0, 1, 2, 13]):
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    "sae_activations",
+                    partition="SYN",
+                    metadata={"features": dg.MetadataValue.md(table(features))},
+                )
+            )
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                "sae_activations", partition="L05", metadata={"features": dg.MetadataValue.md(table([7]))}
+            )
+        )
+        assert _stored_features(instance, "SYN") == {0, 1, 2, 13}  # the latest, not the union
+        assert _stored_features(instance, "L05") == {7}

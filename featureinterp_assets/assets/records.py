@@ -3,7 +3,7 @@
 import dagster as dg
 import numpy as np
 
-from featureinterp.config import parse_feature_key, parse_layer_key
+from featureinterp.config import layer_key, parse_feature_key, parse_layer_key
 from featureinterp.corpus import decode_rows
 from featureinterp.holistic import holistic_activations as compute_holistic
 from featureinterp.records import (
@@ -117,7 +117,13 @@ def build_records_assets(
         spec = preset.spec()
         layer, feature = _layer_feature(context)
         acts_bundle = single(sae_activations)
-        f_idx = list(acts_bundle.meta["features"]).index(feature)
+        stored = [int(f) for f in acts_bundle.meta["features"]]
+        if feature not in stored:  # the preset gained features after the activations were written
+            raise dg.Failure(
+                description=f"sae_activations[{layer_key(layer)}] holds features {stored}, not {feature}: "
+                f"rematerialize sae_activations for {layer_key(layer)} (`featureinterp run` does it)"
+            )
+        f_idx = stored.index(feature)
         acts = np.asarray(acts_bundle["acts"][f_idx], dtype=np.float32)  # [N, T]
         start = int(spec.prepend_bos)
         row_max = acts[:, start:].max(axis=1)
