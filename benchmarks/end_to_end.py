@@ -35,6 +35,20 @@ def _run(args: list[str], env: dict) -> tuple[float, str]:
     return wall, proc.stdout
 
 
+def stage_seconds(stdout: str) -> dict[str, float]:
+    """Wall seconds per stage (summed over its partitions) from `featureinterp run`'s output:
+    each "--> materializing ASSETS [partition]" line is followed by "    done in N s"."""
+    out: dict[str, float] = {}
+    stage = None
+    for line in stdout.splitlines():
+        if line.startswith("--> materializing "):
+            stage = line[len("--> materializing ") :].split(" [")[0]
+        elif line.startswith("    done in ") and stage is not None:
+            out[stage] = round(out.get(stage, 0.0) + float(line.split()[2]), 1)
+            stage = None
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="embedded")
@@ -61,6 +75,7 @@ def main() -> None:
             "wall_s": round(first, 1),
             "peak_rss_gib": round(peak_gib, 2),
             "rerun_wall_s": round(rerun, 1),
+            "stage_s": stage_seconds(out),
             "stages_first": out.count("--> materializing"),
             "stages_rerun": again.count("--> materializing"),
         },

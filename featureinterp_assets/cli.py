@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -37,6 +38,7 @@ def _run(defs: dg.Definitions, instance, selection: list[str], tags: dict | None
         + (f" [{partition_key or tags}]" if partition_key or tags else ""),
         flush=True,
     )
+    start = time.perf_counter()
     result = dg.materialize(
         list(defs.assets),
         selection=selection,
@@ -51,6 +53,7 @@ def _run(defs: dg.Definitions, instance, selection: list[str], tags: dict | None
         err = failures[0].step_failure_data.error if failures else None
         reason = (err.cause or err).message.strip() if err else "see the log above"
         raise SystemExit(f"featureinterp: run {result.run_id} failed: {reason}")
+    print(f"    done in {time.perf_counter() - start:.1f} s", flush=True)
     return result
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.end_to_end import stage_seconds
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -57,6 +58,9 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
     assert "materializing corpus_tokens" not in run.stdout  # resumed: tokens already there
     assert "materializing sae, sae_activations" not in run.stdout  # finished before the kill
     assert "holistic_activations" not in run.stdout  # no condition of this run prompts with them
+    stages = stage_seconds(run.stdout)  # what benchmarks.end_to_end reports per stage
+    assert {"records", "explanations/one_shot, scores/one_shot", "fig3, fig4, fig5"} <= set(stages)
+    assert stages["explanations/one_shot, scores/one_shot"] > 0
     for p in finished:
         assert (storage / "records" / p / "table.parquet").stat().st_mtime_ns == before[p]
     assert (storage / "corpus_tokens" / "__all__" / "tokens.npy").stat().st_mtime_ns == stamp
