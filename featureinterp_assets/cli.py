@@ -212,6 +212,51 @@ def simulate(preset_name: str | None, layer: str, feature: str, text: str, struc
         print(f"  {source:20s} score {v['score']:.3f}  false-positive rate {v['fp_rate']:.3f}")
 
 
+def scores(preset_name: str | None, show_explanations: bool) -> None:
+    """Print every stored test score of a preset: one row per (layer, feature), one column per
+    condition, then per-layer means; a partition without a score shows `-`."""
+    import json
+    import math
+
+    from featureinterp.config import data_home, parse_feature_key
+    from featureinterp.explanations import Explanation
+    from featureinterp.synthetic import SYNTHETIC_FEATURES
+
+    preset = get_preset(preset_name)
+    root = data_home() / "storage" / preset.name
+    conditions = sorted(p.name for p in (root / "scores").glob("*") if p.is_dir())
+    if not conditions:
+        raise CorruptFileError(f"no scores under {root / 'scores'}: run `featureinterp run` first")
+
+    def load(kind: str, cond: str, layer: str, feature: str) -> dict | None:
+        path = root / kind / cond / feature / layer / "value.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    print(f"{preset.name}: test score (positives + similar non-activating), pooled Pearson r")
+    print(f"{'layer':6s} {'feature':8s} " + " ".join(f"{c:>12s}" for c in conditions))
+    for layer in preset.layer_keys:
+        per_cond: dict[str, list[float]] = {c: [] for c in conditions}
+        for feature in preset.feature_keys:
+            row = []
+            for c in conditions:
+                v = load("scores", c, layer, feature)
+                score = None if v is None else v["score"]
+                if score is not None and not math.isnan(score):
+                    per_cond[c].append(score)
+                row.append("-" if v is None else f"{score:.3f}" if score is not None else "nan")
+            print(f"{layer:6s} {feature:8s} " + " ".join(f"{x:>12s}" for x in row))
+            if show_explanations:
+                if layer == "SYN":
+                    truth = SYNTHETIC_FEATURES[parse_feature_key(feature)].explanation
+                    print(f"{'':15s} truth: {truth}")
+                for c in conditions:
+                    e = load("explanations", c, layer, feature)
+                    if e is not None:
+                        print(f"{'':15s} {c}: {Explanation.from_record(e['explanation'])}")
+        means = [f"{sum(v) / len(v):.3f} ({len(v)})" if v else "-" for v in (per_cond[c] for c in conditions)]
+        print(f"{layer:6s} {'mean':8s} " + " ".join(f"{x:>12s}" for x in means))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="featureinterp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -238,6 +283,11 @@ def main(argv: list[str] | None = None) -> None:
         "--structured", action="store_true", help='explanation is [{"activates_on":..,"strength":..}]'
     )
     p_sim.add_argument("--preset")
+    p_scores = sub.add_parser(
+        "scores", help="print the stored test scores per (layer, feature) and condition"
+    )
+    p_scores.add_argument("--preset")
+    p_scores.add_argument("--explanations", action="store_true", help="print each explanation under its row")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -250,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
                 features=[int(f) for f in args.features.split(",")] if args.features else None,
                 layers=args.layers.split(",") if args.layers else None,
             )
+        elif args.command == "scores":
+            scores(args.preset, args.explanations)
         elif args.command == "simulate":
             simulate(args.preset, args.layer, args.feature, args.explanation, args.structured)
         else:

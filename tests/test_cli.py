@@ -1,5 +1,6 @@
 """End to end through the command lines a user types (real subprocesses, real instance on disk)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -73,6 +74,13 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
 
     again = _run([BIN / "featureinterp", "run", "--conditions", "one_shot"], env)
     assert again.returncode == 0 and "materializing" not in again.stdout  # nothing left to do
+
+    table = _run([BIN / "featureinterp", "scores", "--explanations"], env, timeout=300)
+    assert table.returncode == 0, table.stderr[-3000:]
+    stored = json.loads((storage / "scores" / "one_shot" / "F0000" / "SYN" / "value.json").read_text())
+    row = next(line for line in table.stdout.splitlines() if line.startswith("SYN    F0000"))
+    assert row.split()[-1] == f"{stored['score']:.3f}"
+    assert "truth: negation words" in table.stdout and "one_shot: " in table.stdout
 
     sim = _run(
         [BIN / "featureinterp", "simulate", "SYN", "F0000", "negation words such as not, no, never"], env
