@@ -601,10 +601,14 @@ def _style(sns):
 
 def _source_style(source: str) -> dict:
     """Paper style: the non-activating variant solid and strong, the unfiltered one dashed and faint."""
-    base = source.removesuffix("_negative")
-    negative = source != base
+    negative = "_negative" in source  # similar_negative, similar_negative_projected, ...
+    base = source.replace("_negative", "")
+    color = (
+        _SOURCE_COLORS["projected"] if base.endswith("_projected") else _SOURCE_COLORS.get(base, "#555555")
+    )
+    base = base.replace("_", " ").replace(" projected", ", projected")
     return {
-        "color": _SOURCE_COLORS.get(base, "#555555"),
+        "color": color,
         "linestyle": "-" if negative else "--",
         "alpha": 0.8 if negative else 0.35,
         "linewidth": 2.0 if negative else 1.5,

@@ -263,3 +263,17 @@ def test_t_quantile_without_scipy_matches_scipy(q, dof):
     assert _t_quantile_numeric(q, dof) == pytest.approx(stats.t.ppf(q, dof), rel=1e-6)
     assert t_quantile(q, dof) == pytest.approx(stats.t.ppf(q, dof), rel=1e-12)
     assert _t_quantile_numeric(0.95, 3) == pytest.approx(T_95_DF3, rel=1e-7)
+
+
+def test_projected_sources_keep_their_non_activating_style():
+    """Every *_negative source (projected too) is drawn solid and labelled non-activating."""
+    from featureinterp.figures import _source_style
+
+    styles = {
+        s: _source_style(s) for s in ("similar_projected", "similar_negative_projected", "random_negative")
+    }
+    assert styles["similar_negative_projected"]["linestyle"] == "-"
+    assert styles["similar_negative_projected"]["label"] == "similar, projected (non-activating)"
+    assert styles["similar_projected"]["linestyle"] == "--"
+    assert styles["similar_projected"]["color"] == styles["similar_negative_projected"]["color"]
+    assert styles["random_negative"]["color"] != styles["similar_projected"]["color"]
