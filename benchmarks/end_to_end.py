@@ -26,13 +26,27 @@ from featureinterp.config import models_dir
 BIN = Path(sys.executable).parent
 
 
-def _run(args: list[str], env: dict) -> tuple[float, str]:
+def _run(args: list[str], env: dict, log: Path | None) -> tuple[float, str]:
+    """Run `featureinterp run`; its stdout (stage lines and times) is also appended to ``log`` as it
+    comes, so an interrupted measurement still shows how far it got."""
     start = time.perf_counter()
-    proc = subprocess.run([str(BIN / "featureinterp"), "run", *args], env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"featureinterp run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return wall, proc.stdout
+    with tempfile.TemporaryFile("w+") as err, open(log or os.devnull, "a") as sink:
+        # stderr (Dagster's event log) goes to a file: an unread pipe would block the child
+        proc = subprocess.Popen(
+            [str(BIN / "featureinterp"), "run", *args], env=env, stdout=subprocess.PIPE, stderr=err, text=True
+        )
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            sink.write(line)
+            sink.flush()
+        code = proc.wait()
+        wall = time.perf_counter() - start
+        err.seek(0)
+        stderr = err.read()
+    if code != 0:
+        sys.exit(f"featureinterp run failed ({code}):\n{stderr[-3000:]}")
+    return wall, "".join(lines)
 
 
 def stage_seconds(stdout: str) -> dict[str, float]:
@@ -53,6 +67,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="embedded")
     parser.add_argument("--conditions", default=None)
+    parser.add_argument(
+        "--log", type=Path, default=None, help="append the runs' stage lines here as they come"
+    )
     args = parser.parse_args()
     extra = ["--preset", args.preset] + (["--conditions", args.conditions] if args.conditions else [])
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,9 +81,9 @@ def main() -> None:
             "FEATUREINTERP_HOME": str(Path(tmp) / "home"),
             "FEATUREINTERP_MODELS": str(models_dir()),
         }
-        first, out = _run(extra, env)
+        first, out = _run(extra, env, args.log)
         peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
-        rerun, again = _run(extra, env)
+        rerun, again = _run(extra, env, args.log)
     report(
         "end_to_end",
         {"rerun_speedup": round(first / rerun, 1)},
