@@ -36,6 +36,7 @@ import numpy as np
 
 from featureinterp.errors import ConfigError
 from featureinterp.explanations import (
+    RULE_PLACEHOLDER,
     Explanation,
     ParseError,
     Rule,
@@ -312,7 +313,7 @@ _ONE_IDEA = (
     "Use as few rules as possible: add a rule only when the activations it explains are not already "
     "covered by another one.\n"
 )
-_JSON_REPLY = 'Reply with a JSON object of the form {"rules": [{"activates_on": "...", "strength": 3}]}.'
+_JSON_REPLY = f'Reply with a JSON object of the form {{"rules": [{{"activates_on": "{RULE_PLACEHOLDER}", "strength": 3}}]}}.'
 _PHRASE_REPLY = (
     'Write one short phrase that completes "This feature fires on ...": name the pattern rather than '
     "listing example words, and include any context the feature needs. Reply with the phrase only."
@@ -500,7 +501,7 @@ _IMPROVE_PHRASE = (
 )
 _SKELETON_STRUCTURED = (
     "Reply in exactly this form:\n\nIMPROVEMENT: <the change>\n\n"
-    'NEW EXPLANATION: {"rules": [{"activates_on": "...", "strength": 3}]}\n\n'
+    f'NEW EXPLANATION: {{"rules": [{{"activates_on": "{RULE_PLACEHOLDER}", "strength": 3}}]}}\n\n'
     '"activates_on" is always one string. Do not write comments inside the JSON.'
 )
 _SKELETON_PHRASE = "Reply in exactly this form:\n\nIMPROVEMENT: <the change>\n\nNEW EXPLANATION: <one phrase>"

@@ -109,6 +109,9 @@ def explanation_schema(rule_cap: int | None) -> dict[str, Any]:
 
 _LIST_RE = re.compile(r"\[.*\]", re.DOTALL)
 
+RULE_PLACEHOLDER = "..."
+"""What the prompts' reply format shows in place of a rule; small models copy it verbatim."""
+
 
 def _rule(item: Any, index: int) -> Rule:
     if not isinstance(item, dict):
@@ -116,6 +119,8 @@ def _rule(item: Any, index: int) -> Rule:
     on, strength = item.get("activates_on"), item.get("strength")
     if not isinstance(on, str) or not on.strip():
         raise ParseError(f"rule {index}: activates_on must be a non-empty string, got {on!r}")
+    if on.strip() in (RULE_PLACEHOLDER, "\u2026"):
+        raise ParseError(f"rule {index}: activates_on {on!r} is the reply format's placeholder, not a rule")
     if isinstance(strength, bool) or not isinstance(strength, int):
         raise ParseError(f"rule {index}: strength must be an integer 0..{MAX_VALUE}, got {strength!r}")
     if not 0 <= strength <= MAX_VALUE:

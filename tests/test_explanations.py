@@ -33,6 +33,12 @@ def test_parse_repairs_unconstrained_reply():
         ('[{"activates_on": "a", "strength": "3"}]', "strength"),
         ('[{"activates_on": "a", "strength": 9}]', "outside"),
         ("[]", "no rules"),
+        # the reply format's placeholder copied verbatim (6 of 36 embedded explanations did)
+        (
+            '{"rules": [{"activates_on": "months", "strength": 3}, {"activates_on": " ... ", "strength": 3}]}',
+            "placeholder",
+        ),
+        ('[{"activates_on": "\u2026", "strength": 2}]', "placeholder"),
     ],
 )
 def test_parse_rejects_invalid(reply, match):
