@@ -171,7 +171,7 @@ def fig3(
                 ax.tick_params(axis="x", rotation=90)
             else:
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right center", fontsize=8)
         _title(
             fig, f"Complementary test sentences (rule cap {int(frame['rule_cap'][0])})", caption, incomplete
         )
