@@ -99,12 +99,11 @@ def run(
     features: list[int] | None = None,
     layers: list[str] | None = None,
 ) -> None:
+    from featureinterp.experiments import get_condition
     from featureinterp_assets.definitions import build_definitions
     from featureinterp_assets.partitions import register_layers
 
     preset = get_preset(preset_name)
-    from featureinterp.experiments import get_condition
-
     if conditions:
         [get_condition(c) for c in conditions]  # unknown names fail here, with the list of known ones
         preset = preset.replace(explain=dataclasses.replace(preset.explain, conditions=tuple(conditions)))
@@ -138,13 +137,12 @@ def run(
 
     if force or instance.get_latest_materialization_event(dg.AssetKey("corpus_tokens")) is None:
         _run(defs, instance, ["corpus_tokens"])
+    have = [set(instance.get_materialized_partitions(dg.AssetKey(a))) for a in ("sae", "sae_activations")]
     todo = [
         k
         for k in layer_keys
         if force
-        or any(
-            k not in instance.get_materialized_partitions(dg.AssetKey(a)) for a in ("sae", "sae_activations")
-        )
+        or any(k not in keys for keys in have)
         or not set(preset.features) <= _stored_features(instance, k)  # the preset gained features
     ]
     if todo:  # one run for all layers: one forward pass serves them all
@@ -181,23 +179,30 @@ def run(
     )
 
 
+def _storage(preset):
+    """The preset's asset storage, as the Definitions configure it (read outside a run)."""
+    from featureinterp.config import data_home
+    from featureinterp_assets.io_managers import StorageIOManager
+
+    return StorageIOManager(base_dir=str(data_home() / "storage" / preset.name))
+
+
 def simulate(preset_name: str | None, layer: str, feature: str, text: str, structured: bool) -> None:
     """Score a hand-written explanation on one partition's stored test records."""
-    from featureinterp.config import data_home, parse_feature_key, parse_layer_key
+    from featureinterp.config import parse_feature_key, parse_layer_key
     from featureinterp.experiments import evaluate
     from featureinterp.explanations import Explanation, parse_structured
     from featureinterp.models import load_subject_model
     from featureinterp.simulator import LocalSimulator, prompt_for
-    from featureinterp.storage import load_table
 
     preset = get_preset(preset_name)
     parse_layer_key(layer), parse_feature_key(feature)  # clear errors for bad keys
-    path = data_home() / "storage" / preset.name / "records" / feature / layer
-    if not (path / "table.parquet").exists():
+    storage = _storage(preset)
+    rec = storage.stored(dg.AssetKey("records"), f"{feature}|{layer}")
+    if rec is None:
         raise CorruptFileError(
-            f"no records for {layer}/{feature} under {path}: run `featureinterp run` first"
+            f"no records for {layer}/{feature} under {storage.base_dir}: run `featureinterp run` first"
         )
-    rec = load_table(path)
     explanation = parse_structured(text) if structured else Explanation.text(text)
     s = preset.explain
     model, tok = load_subject_model(s.simulator or preset.model, models_dir())
@@ -215,22 +220,21 @@ def simulate(preset_name: str | None, layer: str, feature: str, text: str, struc
 def scores(preset_name: str | None, show_explanations: bool) -> None:
     """Print every stored test score of a preset: one row per (layer, feature), one column per
     condition, then per-layer means; a partition without a score shows `-`."""
-    import json
     import math
 
-    from featureinterp.config import data_home, parse_feature_key
+    from featureinterp.config import parse_feature_key
     from featureinterp.explanations import Explanation
     from featureinterp.synthetic import SYNTHETIC_FEATURES
 
     preset = get_preset(preset_name)
-    root = data_home() / "storage" / preset.name
-    conditions = sorted(p.name for p in (root / "scores").glob("*") if p.is_dir())
+    storage = _storage(preset)
+    root = Path(storage.base_dir) / "scores"
+    conditions = sorted(p.name for p in root.glob("*") if p.is_dir())
     if not conditions:
-        raise CorruptFileError(f"no scores under {root / 'scores'}: run `featureinterp run` first")
+        raise CorruptFileError(f"no scores under {root}: run `featureinterp run` first")
 
     def load(kind: str, cond: str, layer: str, feature: str) -> dict | None:
-        path = root / kind / cond / feature / layer / "value.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return storage.stored(dg.AssetKey([kind, cond]), f"{feature}|{layer}")
 
     print(f"{preset.name}: test score (positives + similar non-activating), pooled Pearson r")
     print(f"{'layer':6s} {'feature':8s} " + " ".join(f"{c:>12s}" for c in conditions))

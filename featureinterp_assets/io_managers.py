@@ -56,6 +56,11 @@ class StorageIOManager(dg.ConfigurableIOManager):
         else:
             _write(self._path(context.asset_key, None), obj)
 
+    def stored(self, asset_key: dg.AssetKey, partition_key: str | None = None):
+        """The stored value of one partition read outside a run (CLI, notebooks); None if absent."""
+        path = self._path(asset_key, partition_key)
+        return _read(path) if _exists(path) else None
+
     def load_input(self, context: dg.InputContext):
         key = context.asset_key
         if context.has_asset_partitions:
