@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from featureinterp import kv_cache
 from featureinterp.models import residuals
 from featureinterp.progress import Progress
 from featureinterp.sae import LoadedSae, check_features
@@ -34,20 +35,6 @@ Definition = Literal["mean", "sum"]
 
 def _reduce(acts: torch.Tensor, definition: Definition) -> torch.Tensor:
     return acts.sum(1) if definition == "sum" else acts.mean(1)
-
-
-def _prefix_cache(full, d: int, config):
-    """A new cache whose layers view the first ``d`` positions of ``full`` (no copy of the data:
-    each later ``update`` concatenates into a fresh tensor, so ``full`` is never modified)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=config)
-    for src, dst in zip(full.layers, cache.layers, strict=False):
-        if not src.is_initialized:
-            break
-        dst.lazy_initialization(src.keys, src.values)
-        dst.keys, dst.values = src.keys[:, :, :d], src.values[:, :, :d]
-    return cache
 
 
 @torch.no_grad()
@@ -62,8 +49,6 @@ def holistic_activations(
     log: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """Holistic activations [F, R, T] (float32) of ``features`` for the rows ``tokens`` [R, T]."""
-    from transformers import DynamicCache
-
     check_features(features, sae.d_sae, sae.layer)
     r, t = tokens.shape
     s = int(skip_first)
@@ -75,7 +60,7 @@ def holistic_activations(
             tokens[lo : lo + batch_size], dtype=torch.long, device=device
         )  # copy: inputs may be read-only memmaps
         b = len(ids)
-        full_cache = DynamicCache(config=model.config)
+        full_cache = kv_cache.new_cache(model, keep_past=True)  # sliding layers keep x[:d] for every d
         resid = residuals(model, ids, [sae.layer], use_cache=True, cache=full_cache)[sae.layer]
         acts = sae.encode(resid, features).float()  # [B, T, F]
         base = _reduce(acts[:, s:], definition)  # [B, F]
@@ -87,7 +72,7 @@ def holistic_activations(
                 suffix = ids[:, d + 1 :]
                 kwargs = {"position_ids": torch.arange(d, t - 1, device=device).expand(b, -1)}
                 if d > 0:
-                    kwargs |= {"cache": _prefix_cache(full_cache, d, model.config), "use_cache": True}
+                    kwargs |= {"cache": kv_cache.prefix(full_cache, d), "use_cache": True}
                 res = residuals(model, suffix, [sae.layer], **kwargs)[sae.layer]
                 variant = torch.cat([acts[:, s:d], sae.encode(res, features).float()], dim=1)
             h[:, d] = base - _reduce(variant, definition)

@@ -20,29 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from featureinterp import kv_cache
 from featureinterp.llm import BackendError, ChatBackend, Completion, GenerationParams, Message, Usage
 
-__all__ = ["LocalChatBackend", "expand_cache"]
+__all__ = ["LocalChatBackend"]
 
 logger = logging.getLogger(__name__)
-
-
-def expand_cache(cache, batch: int, config):
-    """A new DynamicCache whose layers are batch-expanded views of ``cache`` (left untouched).
-
-    Appending to the new cache concatenates into fresh tensors, so the shared prefix is never
-    written; this replaces the paper code's deep copy of the cache per call.
-    """
-    from transformers import DynamicCache
-
-    out = DynamicCache(config=config)
-    for src, dst in zip(cache.layers, out.layers, strict=False):
-        if not src.is_initialized:
-            break
-        dst.lazy_initialization(src.keys, src.values)
-        dst.keys = src.keys.expand(batch, -1, -1, -1)
-        dst.values = src.values.expand(batch, -1, -1, -1)
-    return out
 
 
 class LocalChatBackend(ChatBackend):
@@ -62,12 +45,12 @@ class LocalChatBackend(ChatBackend):
 
     # -- prompts -----------------------------------------------------------------------------------
     def prompt_ids(self, messages: Sequence[Message], reply_prefix: str = "") -> list[int]:
-        """Token ids of the conversation followed by the start of the assistant's reply."""
-        if getattr(self.tok, "chat_template", None):
-            text = self.tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        else:  # a base model: a plain transcript
-            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant: "
-        return self.tok(text + reply_prefix, add_special_tokens=False)["input_ids"]
+        """Token ids of the conversation followed by the start of the assistant's reply, laid out by
+        ``featureinterp.chat`` so every chat template accepts it (system text folded where the
+        template rejects the role, same-role turns merged; a plain transcript without a template)."""
+        from featureinterp import chat
+
+        return chat.prompt_ids(self.tok, messages, reply_prefix)
 
     def _grammar(self, schema: dict[str, Any]):
         import xgrammar as xgr
@@ -101,8 +84,6 @@ class LocalChatBackend(ChatBackend):
 
     @torch.no_grad()
     def generate(self, messages: Sequence[Message], params: GenerationParams) -> list[Completion]:
-        from transformers import DynamicCache
-
         ids = self.prompt_ids(messages)
         gen = torch.Generator(device="cpu")
         if params.seed is not None:
@@ -110,10 +91,10 @@ class LocalChatBackend(ChatBackend):
         else:
             gen.seed()
         with self._lock:
-            cache = DynamicCache(config=self.model.config)
+            cache = kv_cache.new_cache(self.model)
             logits = self._forward(torch.tensor([ids], device=self.device), cache, 0)
             n = params.n
-            cache = expand_cache(cache, n, self.model.config) if n > 1 else cache
+            cache = kv_cache.fork(cache, n) if n > 1 else cache
             logits = logits.expand(n, -1).clone()
             matchers = bitmask = None
             if params.json_schema is not None:

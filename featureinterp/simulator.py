@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from featureinterp import kv_cache
 from featureinterp.errors import ConfigError
 from featureinterp.explanations import Explanation
 from featureinterp.formatting import MAX_VALUE, UNKNOWN, escape_token
-from featureinterp.local_llm import expand_cache
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -228,17 +228,12 @@ class LocalSimulator:
 
     @torch.no_grad()
     def _prefill(self, ids: list[int], cache=None):
-        from transformers import DynamicCache
-
-        cache = cache if cache is not None else DynamicCache(config=self.model.config)
+        cache = cache if cache is not None else kv_cache.new_cache(self.model)
         start = cache.get_seq_length()
         x = torch.tensor([ids], device=self.device)
         pos = torch.arange(start, start + len(ids), device=self.device)[None]
         self._base()(input_ids=x, position_ids=pos, cache=cache, use_cache=True)
         return cache
-
-    def _expanded(self, cache, batch: int):
-        return expand_cache(cache, batch, self.model.config)
 
     def _header(self):
         if self._header_cache is None:
@@ -254,9 +249,7 @@ class LocalSimulator:
         blocks = [self.record_ids(tokens) for tokens in records]
         if not cached:
             return [self._simulate_uncached(self.header_ids + rule, ids, pos) for ids, pos in blocks]
-        from transformers import DynamicCache
-
-        rule_cache = self._prefill(rule, self._expanded(self._header(), 1)) if rule else self._header()
+        rule_cache = self._prefill(rule, kv_cache.fork(self._header())) if rule else self._header()
         prefix_len = rule_cache.get_seq_length()
         out: list[np.ndarray] = []
         for lo in range(0, len(blocks), self.batch_size):
@@ -270,7 +263,7 @@ class LocalSimulator:
                 x[i, : len(ids)] = torch.tensor(ids, device=self.device)
                 mask[i, prefix_len : prefix_len + len(ids)] = 1
             pos = (prefix_len + torch.arange(length, device=self.device)).expand(b, -1)
-            cache = self._expanded(rule_cache, b) if isinstance(rule_cache, DynamicCache) else rule_cache
+            cache = kv_cache.fork(rule_cache, b)
             hidden = self._base()(
                 input_ids=x, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
             )[0]

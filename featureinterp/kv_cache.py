@@ -1,0 +1,133 @@
+"""Sharing a prefilled key/value cache without copying it, for every cache layer transformers builds.
+
+The simulator (one header for every rule and record batch), the holistic values (one row prefix
+for every dropped token) and local chat (one prompt for ``n`` samples) all reuse a prefix that was
+run through the model once. Copying that cache per use is what the paper code does (a deep copy
+per call); here a *fork* shares the prefix's tensors read-only and only new positions are stored:
+
+- ``fork(cache, batch)``: a new cache whose layers view the source's tensors, expanded to ``batch``
+  rows without a copy. ``DynamicLayer.update`` concatenates into a fresh tensor, so appending to the
+  fork never writes into the shared prefix.
+- ``prefix(cache, length)``: a fork of the first ``length`` positions (the holistic values drop one
+  token at a time and reuse ``x[:d]``).
+
+Why not assign ``layer.keys`` on a fresh ``DynamicCache``: each layer type keeps its own bookkeeping.
+A sliding-window layer (Gemma-2, Gemma-3, Qwen2) stores only its last ``window - 1`` positions and
+counts the positions it has seen in ``cumulative_length``; the attention mask and the positions are
+derived from that count, so a layer built by hand with a count of 0 gives wrong shapes (or, worse,
+silently wrong masks). A fork is a shallow copy of each layer object: every counter, window size and
+flag travels with it, and only the key/value tensors are replaced by views.
+
+A sliding layer has discarded positions older than its window, so ``prefix`` needs a source that
+kept them: build it with ``new_cache(model, keep_past=True)`` (the layer's own
+``activate_past_recording``). Layer types that hold a recurrent state (linear attention, hybrid
+Mamba layers) are updated in place, so they are forked by a real copy of their (small) state, and
+cannot be cut to a prefix at all (that raises).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from featureinterp.errors import ConfigError
+
+__all__ = ["fork", "new_cache", "prefix", "sharing_layer_types"]
+
+
+def _layer_classes() -> tuple[type, type]:
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    return DynamicLayer, DynamicSlidingWindowLayer
+
+
+def sharing_layer_types() -> tuple[type, ...]:
+    """Cache layer classes whose prefix is shared as views (exact types: subclasses may add state)."""
+    return _layer_classes()
+
+
+def new_cache(model: torch.nn.Module, keep_past: bool = False) -> Any:
+    """An empty ``DynamicCache`` laid out for ``model`` (sliding/global layers as its config says).
+
+    ``keep_past``: sliding-window layers keep every position instead of their last ``window - 1``,
+    so ``prefix`` can cut the cache at any length (memory grows with the sequence, as for a
+    global layer).
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    if keep_past:
+        _, sliding = _layer_classes()
+        for layer in cache.layers:
+            if isinstance(layer, sliding):
+                layer.activate_past_recording()
+    return cache
+
+
+def _expand(t: torch.Tensor, batch: int | None) -> torch.Tensor:
+    if batch is None or t.shape[0] == batch:
+        return t
+    if t.shape[0] != 1:
+        raise ValueError(f"cannot expand a cache of batch {t.shape[0]} to {batch}: fork a batch-1 cache")
+    return t.expand(batch, *t.shape[1:])  # [batch, heads, seq, head_dim], a view
+
+
+def _fork_layer(layer: Any, batch: int | None) -> Any:
+    full, sliding = _layer_classes()
+    if type(layer) in (full, sliding):
+        out = copy.copy(layer)  # counters, window, flags: the layer's own bookkeeping
+        if layer.is_initialized:
+            out.keys, out.values = _expand(layer.keys, batch), _expand(layer.values, batch)
+        return out
+    if not getattr(layer, "is_initialized", False):
+        return copy.copy(layer)  # holds nothing yet (or a DummyLayer)
+    out = copy.deepcopy(layer)  # state updated in place: a real copy, through the layer's own op
+    if batch is not None and batch > 1:
+        out.batch_repeat_interleave(batch)
+    return out
+
+
+def fork(cache: Any, batch: int | None = None) -> Any:
+    """A cache that continues ``cache`` without modifying it; ``batch`` expands a batch-1 source."""
+    out = copy.copy(cache)
+    out.layers = [_fork_layer(layer, batch) for layer in cache.layers]
+    return out
+
+
+def _prefix_layer(layer: Any, length: int) -> Any:
+    full, sliding = _layer_classes()
+    if not getattr(layer, "is_initialized", False):
+        return copy.copy(layer)
+    if type(layer) is full:
+        out = copy.copy(layer)
+        out.keys, out.values = layer.keys[:, :, :length], layer.values[:, :, :length]
+        return out
+    if type(layer) is sliding:
+        seen, stored = layer.cumulative_length, layer.keys.shape[-2]
+        first = seen - stored  # absolute position of the oldest stored key
+        keep_from = max(0, length - layer.sliding_window + 1)  # what the layer holds after `length`
+        if length > seen or keep_from < first:
+            raise ConfigError(
+                f"a sliding-window cache layer holding positions {first}..{seen - 1} cannot be cut to the "
+                f"first {length} positions; build the source with new_cache(model, keep_past=True)"
+            )
+        out = copy.copy(layer)
+        out.keys = layer.keys[:, :, keep_from - first : length - first]
+        out.values = layer.values[:, :, keep_from - first : length - first]
+        out.cumulative_length = length
+        return out
+    raise ConfigError(
+        f"cache layer type {type(layer).__name__} keeps a recurrent state that cannot be cut to a prefix; "
+        "holistic values need an attention-only model (full or sliding-window layers)"
+    )
+
+
+def prefix(cache: Any, length: int) -> Any:
+    """A fork of the first ``length`` positions of ``cache`` (views, no copy)."""
+    if length < 0:
+        raise ValueError(f"prefix length must be >= 0, got {length}")
+    out = copy.copy(cache)
+    out.layers = [_prefix_layer(layer, length) for layer in cache.layers]
+    return out

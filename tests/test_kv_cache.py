@@ -1,0 +1,45 @@
+"""The cache-sharing helper keeps each cache layer type's own bookkeeping consistent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from featureinterp import kv_cache
+from featureinterp.architectures import TinySpec, tiny_model
+from featureinterp.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    return tiny_model(TinySpec("gemma2", vocab_size=97, n_layers=2, sliding_window=6), seed=0)
+
+
+def _prefill(model, cache, ids):
+    model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
+    return cache
+
+
+def test_fork_shares_the_prefix_and_never_writes_it(gemma):
+    src = _prefill(gemma, kv_cache.new_cache(gemma), list(range(3, 13)))
+    before = [(layer.keys.clone(), layer.get_seq_length()) for layer in src.layers]
+    forked = kv_cache.fork(src, 3)
+    assert forked.layers[0].keys.shape[0] == 3
+    assert forked.layers[0].keys.data_ptr() == src.layers[0].keys.data_ptr()  # a view, no copy
+    gemma(input_ids=torch.full((3, 4), 5), cache=forked, use_cache=True, position_ids=torch.arange(10, 14)[None])
+    for layer, (keys, length) in zip(src.layers, before, strict=True):
+        assert torch.equal(layer.keys, keys) and layer.get_seq_length() == length == 10
+    assert [layer.get_seq_length() for layer in forked.layers] == [14, 14]
+
+
+def test_prefix_of_a_sliding_layer_needs_the_recorded_past(gemma):
+    ids = list(range(3, 13))  # 10 positions, window 6: the sliding layer keeps only the last 5
+    plain = _prefill(gemma, kv_cache.new_cache(gemma), ids)
+    with pytest.raises(ConfigError, match="keep_past=True"):
+        kv_cache.prefix(plain, 3)
+    kept = _prefill(gemma, kv_cache.new_cache(gemma, keep_past=True), ids)
+    cut = kv_cache.prefix(kept, 7)
+    fresh = _prefill(gemma, kv_cache.new_cache(gemma), ids[:7])
+    for a, b in zip(cut.layers, fresh.layers, strict=True):
+        assert a.get_seq_length() == b.get_seq_length() == 7
+        assert a.keys.shape == b.keys.shape and torch.allclose(a.keys, b.keys, atol=1e-6)
