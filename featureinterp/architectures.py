@@ -49,7 +49,7 @@ class TinySpec:
 
 def tiny_config(spec: TinySpec) -> Any:
     """A transformers config of ``spec.arch`` with tiny widths and the architecture's quirks."""
-    from transformers import GPT2Config, Gemma2Config, Gemma3TextConfig, LlamaConfig, Qwen2Config
+    from transformers import Gemma2Config, Gemma3TextConfig, GPT2Config, LlamaConfig, Qwen2Config
 
     ids = {
         k: v
