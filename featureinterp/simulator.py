@@ -19,14 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
-from featureinterp import kv_cache
+from featureinterp import chat, kv_cache
 from featureinterp.errors import ConfigError
 from featureinterp.explanations import Explanation
 from featureinterp.formatting import MAX_VALUE, UNKNOWN, escape_token
+from featureinterp.llm import Message, assistant, system, user
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -106,7 +108,16 @@ _EXAMPLES = (
 
 @dataclass(frozen=True)
 class SimulatorPrompt:
-    """Our own prompt text (not the paper's wording)."""
+    """Our own prompt text (not the paper's wording), in one of two layouts.
+
+    ``transcript``: one plain text (instructions, few-shot blocks, ``Explanation: rule``, the record
+    block), tuned for ~100M models. ``chat`` (the paper's structure, section 5.1): a conversation
+    laid out by the simulator's chat template (BOS from the template; system text folded into the
+    first user turn where the template has no system role), one user turn per few-shot
+    explanation answered by an assistant turn of ``token<TAB>value`` lines whose first third
+    still reads ``unknown`` (so the model learns that ``unknown`` runs turn into numbers), then a
+    user turn with the rule and an open assistant turn holding the record block.
+    """
 
     instructions: str = (
         "A feature of a language model responds to some tokens of a text. Given a short explanation of the "
@@ -121,18 +132,52 @@ class SimulatorPrompt:
     noise, so the embedded preset uses ``0`` (the most common value), which keeps the model in
     "writing digits" mode while each readout still happens before the placeholder is seen."""
 
+    layout: Literal["transcript", "chat"] = "transcript"
+    explanation_prefix: str = "Explanation: "
+    reply_prefix: str = "Activations:\n"
+    """Start of the assistant turn before the record block (chat layout)."""
+
     def header(self) -> str:
+        """The transcript layout's shared text (instructions and few-shot blocks)."""
         parts = [self.instructions]
         for explanation, lines in self.examples:
             body = "\n".join(f"{escape_token(t)}\t{v}" for t, v in lines)
             parts.append(f"\nExplanation: {explanation}\n<start>\n{body}\n<end>\n")
         return "".join(parts)
 
+    def rule_text(self, i: int, explanation: str) -> str:
+        """Content of the user turn that states feature ``i``'s explanation (chat layout)."""
+        return f"Feature {i}\n{self.explanation_prefix}{explanation}"
+
+    def messages(self) -> list[Message]:
+        """The chat layout's conversation up to the user turn of the rule being simulated (whose
+        content the simulator fills in; see ``rule_text``)."""
+        msgs: list[Message] = [system(self.instructions.strip())]
+        for i, (explanation, lines) in enumerate(self.examples, start=1):
+            reveal = len(lines) // 3
+            body = "\n".join(
+                f"{escape_token(t)}\t{self.placeholder if j < reveal else v}" for j, (t, v) in enumerate(lines)
+            )
+            msgs += [user(self.rule_text(i, explanation)), assistant(f"{self.reply_prefix}<start>\n{body}\n<end>")]
+        return [*msgs, user(self.rule_text(len(self.examples) + 1, "..."))]
+
 
 DEFAULT_PROMPT = SimulatorPrompt(placeholder="0")
 """Tuned on the synthetic features with SmolLM2-135M (see the README's simulator notes)."""
-PAPER_PROMPT = SimulatorPrompt(placeholder=UNKNOWN)
-"""For large simulators: the paper's ``unknown`` placeholder."""
+PAPER_PROMPT = SimulatorPrompt(
+    instructions=(
+        "We study features of a language model. Each feature looks for something particular in a short "
+        "text. Read the explanation of what a feature looks for, then predict the feature's activation on "
+        "every token of a text, one line per token written as token<TAB>activation, with activations from "
+        "0 (silent) to 5 (strongest). The word unknown marks an activation that is not known yet. Most "
+        "activations are 0."
+    ),
+    placeholder=UNKNOWN,
+    layout="chat",
+    explanation_prefix="Explanation of the feature: ",
+)
+"""For large chat simulators (the paper presets' gemma-2-27b-it): the paper's layout and its
+``unknown`` placeholder."""
 
 
 def prompt_for(name: str) -> SimulatorPrompt:
@@ -183,8 +228,28 @@ class LocalSimulator:
         self.tab_id = self._single_id("\t")
         self.unknown_ids = self._ids(self.prompt.placeholder)
         self.newline_ids = self._ids("\n")
-        self.header_ids = self._ids(self.prompt.header())
+        if prompt.layout == "chat":
+            # Header: everything before the rule's user turn content; tail: that turn's end and
+            # the open assistant turn. Tokenized as pieces, so every readout position is known.
+            before, self._rule_tail = chat.split_around(
+                tokenizer, prompt.messages(), assistant_prefix=prompt.reply_prefix
+            )
+            self.header_ids = self._ids(before)
+        else:
+            self.header_ids = self._ids(self.prompt.header())
         self._header_cache = None
+
+    def describe(self) -> dict[str, object]:
+        """What the simulator is prompted with (stored with every score, so a run shows which
+        layout, placeholder and BOS its scores came from)."""
+        bos = getattr(self.tok, "bos_token_id", None)
+        return {
+            "layout": self.prompt.layout,
+            "placeholder": self.prompt.placeholder,
+            "bos": bos is not None and self.header_ids[:1] == [bos],
+            "header_tokens": len(self.header_ids),
+            "header_start": self.tok.decode(self.header_ids[:24]),
+        }
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -209,6 +274,10 @@ class LocalSimulator:
         return ids, positions
 
     def rule_ids(self, explanation: str) -> list[int]:
+        """Ids of the rule's part of the prompt (between the shared header and the record block)."""
+        if self.prompt.layout == "chat":
+            text = self.prompt.rule_text(len(self.prompt.examples) + 1, explanation.strip())
+            return self._ids(text) + self._ids(self._rule_tail)
         return self._ids(f"\nExplanation: {explanation}\n")
 
     # -- forward helpers -------------------------------------------------------------------------

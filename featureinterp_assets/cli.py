@@ -91,6 +91,44 @@ def _explain_stage(
     return ran, failed
 
 
+def _start_standin(preset_name: str | None):
+    """Build (once) the stand-in files of a paper preset and serve its explainer on 127.0.0.1;
+    returns the stand-in preset and the running server."""
+    import secrets
+
+    from featureinterp import standin
+    from featureinterp.config import ModelSpec
+    from featureinterp.local_llm import LocalChatBackend
+    from featureinterp.models import load_subject_model
+    from featureinterp.openai_server import start
+
+    base = get_preset(preset_name)
+    base_name = standin.base_name(base.name) or base.name
+    print(f"featureinterp: {standin.MEANINGLESS}", flush=True)
+    started = time.perf_counter()
+    dirs = standin.build_standin(base_name)
+    plan = standin.STANDINS[base_name]
+    tokenizer = "Gemma (gemma3-270m GGUF)" if plan.subject_tokenizer == "gemma" else "the embedded SmolLM2"
+    print(
+        f"stand-in {base_name}: {plan.subject} x {plan.subject_layers} layers (tokenizer: {tokenizer}), "
+        f"{plan.sae_family} SAEs, simulator {plan.simulator} x {plan.simulator_layers} layers, "
+        f"explainer over an OpenAI-compatible server; files under {dirs['subject'].parent} "
+        f"({time.perf_counter() - started:.1f} s)",
+        flush=True,
+    )
+    model, tok = load_subject_model(ModelSpec(name=str(dirs["explainer"])), models_dir(), "cpu")
+    key = secrets.token_hex(16)
+    api = base.explain.explainer
+    server = start(
+        LocalChatBackend(model, tok, name="standin-explainer"),
+        model_name=getattr(api, "model", None),
+        api_key=key,
+    )
+    os.environ[standin.STANDIN_URL_ENV] = server.base_url
+    os.environ[standin.STANDIN_KEY_ENV] = key
+    return get_preset(base_name + standin.SUFFIX), server
+
+
 def run(
     preset_name: str | None,
     force: bool,
@@ -98,12 +136,37 @@ def run(
     conditions: list[str] | None = None,
     features: list[int] | None = None,
     layers: list[str] | None = None,
+    standin: bool = False,
+) -> None:
+    server = None
+    try:
+        if standin:
+            preset, server = _start_standin(preset_name)
+        else:
+            preset = get_preset(preset_name)
+        _run_lineage(preset, force, explain, conditions, features, layers)
+    finally:
+        if server is not None:
+            print(f"stand-in explainer server answered {server.requests} requests", flush=True)
+            server.stop()
+    if standin:
+        from featureinterp.standin import MEANINGLESS
+
+        print(f"featureinterp: {MEANINGLESS}", flush=True)
+
+
+def _run_lineage(
+    preset,
+    force: bool,
+    explain: bool,
+    conditions: list[str] | None,
+    features: list[int] | None,
+    layers: list[str] | None,
 ) -> None:
     from featureinterp.experiments import get_condition
     from featureinterp_assets.definitions import build_definitions
     from featureinterp_assets.partitions import register_layers
 
-    preset = get_preset(preset_name)
     if conditions:
         [get_condition(c) for c in conditions]  # unknown names fail here, with the list of known ones
         preset = preset.replace(explain=dataclasses.replace(preset.explain, conditions=tuple(conditions)))
@@ -167,7 +230,7 @@ def run(
         ran, failed = _explain_stage(defs, instance, preset, layer_keys, feature_keys, force)
         # Figures show what exists, with an "n of m features" caption when partitions failed.
         if ran or force or instance.get_latest_materialization_event(dg.AssetKey("fig5")) is None:
-            for layer in preset.layer_keys:
+            for layer in layer_keys:  # the slice this run explained (other layers' tables stand)
                 _run(defs, instance, ["layer_results"], partition_key=layer)
             _run(defs, instance, ["fig3", "fig4", "fig5"])
         if failed:
@@ -277,6 +340,12 @@ def main(argv: list[str] | None = None) -> None:
     p_run.add_argument(
         "--layers", help="comma-separated layer keys, in the order to run them, e.g. SYN,L05 (default: all)"
     )
+    p_run.add_argument(
+        "--standin",
+        action="store_true",
+        help="run a paper preset on CPU with tiny random-weight stand-ins of its models and SAEs "
+        "(same architectures and loading code; the numbers are meaningless by design)",
+    )
     p_layers = sub.add_parser("layers", help="register the preset's layers as dynamic partitions")
     p_layers.add_argument("--preset")
     p_sim = sub.add_parser("simulate", help="score a hand-written explanation on stored test records")
@@ -303,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
                 conditions=args.conditions.split(",") if args.conditions else None,
                 features=[int(f) for f in args.features.split(",")] if args.features else None,
                 layers=args.layers.split(",") if args.layers else None,
+                standin=args.standin,
             )
         elif args.command == "scores":
             scores(args.preset, args.explanations)

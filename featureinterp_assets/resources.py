@@ -13,6 +13,12 @@ from featureinterp.config import Preset, get_preset
 from featureinterp.models import load_subject_model, load_tokenizer, resolve_device
 
 
+def _loading(what: str, name: str) -> None:
+    """One event-log line per model load: `featureinterp run` and the stand-in tests count them
+    (a model must load at most once per run)."""
+    dg.get_dagster_logger().info(f"loading {what} model {name} (once per run)")
+
+
 class PresetResource(dg.ConfigurableResource):
     """The active preset (see featureinterp/config.py) and its subject model, loaded once per run.
 
@@ -50,6 +56,7 @@ class PresetResource(dg.ConfigurableResource):
         if self._model is None:
             if self.torch_threads:
                 torch.set_num_threads(self.torch_threads)
+            _loading("subject", self.spec().model.name)
             self._model = load_subject_model(self.spec().model, Path(self.models_dir), self.device)
         return self._model
 
@@ -106,6 +113,7 @@ class LLMResource(dg.ConfigurableResource):
 
         if self._local is None:
             spec = self.settings().simulator or get_preset(self.preset).model
+            _loading("simulator", spec.name)
             model, tok = load_subject_model(spec, Path(self.models_dir), self.device)
             self._local = LocalChatBackend(model, tok, name=spec.name)
         return self._local
@@ -148,6 +156,7 @@ class LLMResource(dg.ConfigurableResource):
                     max_concurrent=spec.max_concurrent,
                 )
             else:
+                _loading("explainer", spec.name)
                 model, tok = load_subject_model(spec, Path(self.models_dir), self.device)
                 self._explainer = LocalChatBackend(model, tok, name=spec.name)
         return self._explainer

@@ -11,7 +11,7 @@ from featureinterp.activations import sae_activations as compute_sae_activations
 from featureinterp.config import SYNTHETIC_LAYER, layer_key, parse_layer_key
 from featureinterp.corpus import decode_tokens
 from featureinterp.models import check_layers
-from featureinterp.sae import load_layer_sae, load_sae_pretrained
+from featureinterp.sae import load_layer_sae, load_sae_from_disk, load_sae_pretrained
 from featureinterp.sae_training import train_layer_saes
 from featureinterp.storage import ArrayBundle
 from featureinterp.synthetic import SYNTHETIC_FEATURES, synthetic_activations
@@ -62,6 +62,11 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
                     "live_latents": r.live_count,
                     "d_sae": int(r.sae.cfg.d_sae),
                 }
+        elif layer_ids and spec.sae.source == "disk":
+            for layer in layer_ids:
+                path = spec.sae.path(layer)
+                loaded = load_sae_from_disk(path)
+                refs[layer_key(layer)] = {"path": path, "d_sae": int(loaded.cfg.d_sae)}
         elif layer_ids:
             for layer in layer_ids:
                 sae_id = spec.sae.sae_id(layer)
@@ -73,7 +78,9 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
                 }
         for key, ref in refs.items():
             context.add_asset_metadata(
-                {k: v for k, v in ref.items() if k != "path"} | {"source": spec.sae.source}, partition_key=key
+                {k: v for k, v in ref.items() if k != "path" or spec.sae.source == "disk"}
+                | {"source": spec.sae.source},
+                partition_key=key,
             )
         return refs
 

@@ -178,6 +178,7 @@ def _condition_assets(cond: Condition, partitions, api: bool) -> list[dg.AssetsD
                 "explanation": str(explanation_obj),
                 "per_source": dg.MetadataValue.json(ev.per_source),
                 "complexity": mean_complexity(complexities),
+                "simulator": dg.MetadataValue.json(llm.simulator().describe()),
                 "preview": dg.MetadataValue.md(
                     _preview(rec.frame, explanation_obj, ev.predictions, expl["max_act"])
                 ),
