@@ -33,6 +33,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _TL_CLASSES = (None, "HookedTransformer", "HookedSAETransformer")
+_TRAINING_NORMALIZATIONS = ("expected_average_only_in", "covariance_whitening")
+"""Input normalisations sae-lens applies only by folding statistics into the weights, never in ``encode``."""
 
 
 def uses_layernorm(model: torch.nn.Module) -> bool:
@@ -90,7 +92,11 @@ def check_features(features: Sequence[int], d_sae: int, layer: int) -> None:
 
 
 def load_sae_from_disk(path: Path | str, device: str = "cpu"):
-    """An SAE saved with sae-lens's ``save_model`` (cfg.json + sae_weights.safetensors)."""
+    """An SAE saved with sae-lens's ``save_model`` (cfg.json + sae_weights.safetensors).
+
+    A trainer checkpoint with unfolded dataset-norm scaling / whitening gets its statistics folded
+    in (see ``_fold_training_normalization``); without them it is refused rather than misread.
+    """
     from sae_lens import SAE
 
     path = Path(path)
@@ -98,9 +104,53 @@ def load_sae_from_disk(path: Path | str, device: str = "cpu"):
     if missing:
         raise CorruptFileError(f"SAE folder {path} lacks {', '.join(missing)}: rematerialize the 'sae' asset")
     try:
-        return SAE.load_from_disk(path, device=device)
+        sae = SAE.load_from_disk(path, device=device)
     except Exception as err:  # safetensors/json/sae-lens raise assorted types for a damaged file
         raise CorruptFileError(f"SAE at {path} is unreadable ({err}): rematerialize the 'sae' asset") from err
+    return _fold_training_normalization(sae, path)
+
+
+def _fold_training_normalization(sae, path: Path):
+    """Fold a trainer checkpoint's input normalisation into its weights, as sae-lens's trainer does.
+
+    sae-lens's ``encode`` never applies ``expected_average_only_in`` (dataset-norm scaling, Llama
+    Scope) or ``covariance_whitening``: its trainer scales / whitens the inputs itself and folds
+    the statistics into ``W_enc``/``W_dec``/``b_dec`` before saving the final SAE, and
+    ``from_pretrained`` folds a release's factor from ``pretrained_saes.yaml``. Folding resets the
+    cfg to ``"none"``, so an SAE whose cfg still names one holds unfolded weights: a trainer
+    checkpoint, whose statistics lie beside it in ``activation_scaler.json``. sae-lens's
+    ``load_from_disk`` ignores that file and would encode unscaled residuals (sae-lens issue #381).
+    """
+    norm = sae.cfg.normalize_activations
+    if norm not in _TRAINING_NORMALIZATIONS:
+        return sae
+    from sae_lens.constants import ACTIVATION_SCALER_CFG_FILENAME
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    scaler, scaler_path = ActivationScaler(), path / ACTIVATION_SCALER_CFG_FILENAME
+    if scaler_path.exists():
+        try:
+            scaler.load(scaler_path)
+        except Exception as err:  # json / safetensors errors
+            raise CorruptFileError(
+                f"{scaler_path} is unreadable ({err}): rematerialize the 'sae' asset"
+            ) from err
+    needed = scaler.scaling_factor if norm == "expected_average_only_in" else scaler.whitening
+    if needed is None:
+        raise ConfigError(
+            f"SAE at {path} says normalize_activations={norm!r} but its weights are unfolded and "
+            f"{ACTIVATION_SCALER_CFG_FILENAME} (the trainer's statistics) is missing: sae-lens applies that "
+            "normalisation only by folding it into the weights, so latents of raw residuals cannot be computed. "
+            "Fold it (fold_activation_norm_scaling_factor / fold_activation_whitening) and save the SAE again"
+        )
+    if scaler.scaling_factor is not None:  # the trainer's order: scale, then whiten
+        sae.fold_activation_norm_scaling_factor(scaler.scaling_factor)
+    if scaler.whitening is not None:
+        w = scaler.whitening
+        sae.fold_activation_whitening(
+            mean=w.mean, whitening_matrix=w.matrix, unwhitening_matrix=w.inverse_matrix
+        )
+    return sae
 
 
 def load_sae_pretrained(release: str, sae_id: str, device: str = "cpu"):
@@ -108,13 +158,21 @@ def load_sae_pretrained(release: str, sae_id: str, device: str = "cpu"):
     from sae_lens import SAE
 
     try:
-        return SAE.from_pretrained(release, sae_id, device=device)
+        sae = SAE.from_pretrained(release, sae_id, device=device)
     except Exception as err:  # offline: OSError, HF errors, ValueError from sae-lens lookups
         raise UnavailableError(
             f"cannot load SAE {release!r} / {sae_id!r}: {err.__class__.__name__}: {str(err)[:200]}. "
             "Released SAEs need the Hugging Face hub (unset HF_HUB_OFFLINE) or a warm cache; "
-            "the offline default is FEATUREINTERP_PRESET=embedded"
+            "to check the preset's code paths offline, run its CPU stand-in (`featureinterp run "
+            "--standin`); the offline default is FEATUREINTERP_PRESET=embedded"
         ) from err
+    if sae.cfg.normalize_activations in _TRAINING_NORMALIZATIONS:  # sae-lens only warns
+        raise ConfigError(
+            f"SAE {release!r} / {sae_id!r} needs normalize_activations={sae.cfg.normalize_activations!r} but "
+            "sae-lens's pretrained_saes.yaml records no statistics to fold into it, so its latents of raw "
+            "residuals would be wrong; use a release that records them"
+        )
+    return sae
 
 
 def load_layer_sae(ref: dict, model: torch.nn.Module, layer: int, device: str = "cpu") -> LoadedSae:
