@@ -114,3 +114,31 @@ def test_structured_explanation_is_max_of_scaled_rules(tiny_sim):
     np.testing.assert_allclose(free[0], a[0], atol=1e-6)
     none = tiny_sim.simulate_explanation(Explanation(()), RECORDS)
     assert all((n == 0).all() for n in none)
+
+
+def test_paper_prompt_under_a_gemma_2_template(gemma3_tokenizer):
+    """The paper presets' simulator prompt on a Gemma tokenizer whose template rejects the system
+    role (as gemma-2-27b-it's does): one BOS, first, the instructions folded into the first user
+    turn, the record block in the open model turn, every readout at a TAB, cached == uncached."""
+    import copy
+
+    from featureinterp.architectures import TinySpec, tiny_model
+    from featureinterp.simulator import PAPER_PROMPT
+    from featureinterp.standin import GEMMA_CHAT_TEMPLATE
+
+    tok = copy.deepcopy(gemma3_tokenizer)
+    tok.chat_template = GEMMA_CHAT_TEMPLATE
+    model = tiny_model(TinySpec("gemma2", vocab_size=len(tok), n_layers=3, sliding_window=64), seed=4)
+    sim = LocalSimulator(model, tok, PAPER_PROMPT, batch_size=2)
+    assert sim.header_ids[0] == tok.bos_token_id and sim.header_ids.count(tok.bos_token_id) == 1
+    header = tok.decode(sim.header_ids)
+    assert header.startswith("<bos><start_of_turn>user\nWe study features") and "system" not in header
+    assert header.count("<start_of_turn>model\n") == len(PAPER_PROMPT.examples)
+    rule = tok.decode(sim.rule_ids("the word 'sea'"))
+    assert rule.startswith("Feature 6\nExplanation of the feature: the word 'sea'<end_of_turn>")
+    assert rule.endswith("<start_of_turn>model\nActivations:\n")
+    ids, positions = sim.record_ids(RECORDS[0])
+    assert all(ids[p] == sim.tab_id for p in positions) and tok.decode(ids[positions[0] + 1 :][:1]) == "unknown"
+    assert sim.describe()["bos"] and sim.describe()["layout"] == "chat"
+    cached, uncached = sim.simulate("the sea", RECORDS), sim.simulate("the sea", RECORDS, cached=False)
+    assert max(np.abs(a - b).max() for a, b in zip(cached, uncached, strict=True)) <= 1e-4
