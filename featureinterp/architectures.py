@@ -71,15 +71,19 @@ def tiny_config(spec: TinySpec) -> Any:
             n_positions=spec.max_positions,
             **ids,
         )
+    common: dict[str, Any] = {
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden,
+        "intermediate_size": 2 * spec.hidden,
+        "num_hidden_layers": spec.n_layers,
+        "num_attention_heads": spec.heads,
+        "num_key_value_heads": spec.kv_heads,
+        "max_position_embeddings": spec.max_positions,
+        **ids,
+    }
     if spec.arch == "llama":
         return LlamaConfig(
-            vocab_size=spec.vocab_size,
-            hidden_size=spec.hidden,
-            intermediate_size=2 * spec.hidden,
-            num_hidden_layers=spec.n_layers,
-            num_attention_heads=spec.heads,
-            num_key_value_heads=spec.kv_heads,
-            max_position_embeddings=spec.max_positions,
+            **common,
             rope_parameters={
                 "rope_type": "llama3",
                 "rope_theta": 500000.0,
@@ -88,55 +92,33 @@ def tiny_config(spec: TinySpec) -> Any:
                 "high_freq_factor": 4.0,
                 "original_max_position_embeddings": min(8192, spec.max_positions // 2),
             },
-            **ids,
         )
     if spec.arch == "qwen2":
         return Qwen2Config(
-            vocab_size=spec.vocab_size,
-            hidden_size=spec.hidden,
-            intermediate_size=2 * spec.hidden,
-            num_hidden_layers=spec.n_layers,
-            num_attention_heads=spec.heads,
-            num_key_value_heads=spec.kv_heads,
-            max_position_embeddings=spec.max_positions,
+            **common,
             use_sliding_window=spec.sliding_window is not None,
             sliding_window=spec.sliding_window,
             max_window_layers=spec.n_layers // 2,  # layers from here on slide: a hybrid stack
-            **ids,
         )
     if spec.arch == "gemma2":
         return Gemma2Config(
-            vocab_size=spec.vocab_size,
-            hidden_size=spec.hidden,
-            intermediate_size=2 * spec.hidden,
-            num_hidden_layers=spec.n_layers,
-            num_attention_heads=spec.heads,
-            num_key_value_heads=spec.kv_heads,
+            **common,
             head_dim=head_dim,
             query_pre_attn_scalar=head_dim * 3 // 2,  # != head_dim, as on gemma-2-27b (144 vs 128)
             attn_logit_softcapping=50.0,
             final_logit_softcapping=30.0,
             sliding_window=spec.sliding_window,
-            max_position_embeddings=spec.max_positions,
             attn_implementation="eager",
-            **ids,
         )
     if spec.arch == "gemma3":
         pattern = ["sliding_attention"] * 5 + ["full_attention"]
         return Gemma3TextConfig(
-            vocab_size=spec.vocab_size,
-            hidden_size=spec.hidden,
-            intermediate_size=2 * spec.hidden,
-            num_hidden_layers=spec.n_layers,
-            num_attention_heads=spec.heads,
-            num_key_value_heads=spec.kv_heads,
+            **common,
             head_dim=head_dim,
             query_pre_attn_scalar=head_dim,
             sliding_window=spec.sliding_window,
             layer_types=[pattern[i % 6] for i in range(spec.n_layers)],
-            max_position_embeddings=spec.max_positions,
             attn_implementation="eager",
-            **ids,
         )
     raise ValueError(f"unknown architecture {spec.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 

