@@ -1,0 +1,85 @@
+"""Stand-in runs of the three paper presets, end to end through the three figures.
+
+What a user would check after `FEATUREINTERP_PRESET=<preset> featureinterp run --standin`: every
+asset of the slice materialized, finite scores, the preset's simulator prompt in use (chat layout
+with the template's BOS, the paper's `unknown` placeholder), the explainer reached over the
+OpenAI-compatible API, and no model loaded twice in one Dagster run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from tests.conftest import CACHE
+
+LAYER, FEATURES, CONDITIONS = "L05", ("F0000", "F0001"), ("one_shot", "tree")
+LOAD_LINE = re.compile(r"loading (\w+) model (\S+) \(once per run\)")
+
+
+def _run_standin(preset: str, root: Path) -> tuple[subprocess.CompletedProcess, float]:
+    env = os.environ | {
+        "FEATUREINTERP_PRESET": preset,
+        "FEATUREINTERP_HOME": str(root / "home"),
+        "FEATUREINTERP_MODELS": str(CACHE / "models"),  # converted tokenizers shared with other tests
+        "DAGSTER_HOME": str(root / "dagster"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    cmd = [sys.executable, "-m", "featureinterp_assets.cli", "run", "--standin", "--layers", LAYER]
+    cmd += ["--features", "0,1", "--conditions", ",".join(CONDITIONS)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    return proc, time.perf_counter() - start
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["gpt2-small", "gemma-2-9b", "llama-3.1-8b"])
+def test_standin_run_of_a_paper_preset(preset, tmp_path, monkeypatch):
+    proc, wall = _run_standin(preset, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    print(f"stand-in {preset}: {wall:.0f} s")
+    assert proc.stdout.count("meaningless by design") == 2  # said first and last
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    instance = dg.DagsterInstance.get()
+    for key in ("corpus_tokens", "corpus_embeddings", "fig3", "fig4", "fig5"):
+        assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
+    for key in ("sae", "sae_activations", "layer_results"):
+        assert LAYER in instance.get_materialized_partitions(dg.AssetKey(key)), key
+    keys = {dg.MultiPartitionKey({"layer": LAYER, "feature": f}) for f in FEATURES}
+    for key in ["records"] + [f"{kind}/{c}" for c in CONDITIONS for kind in ("explanations", "scores")]:
+        assert keys <= instance.get_materialized_partitions(dg.AssetKey(key.split("/"))), key
+
+    storage = tmp_path / "home" / "storage" / f"{preset}-standin"
+    for cond in CONDITIONS:
+        for feature in FEATURES:
+            score = json.loads((storage / "scores" / cond / feature / LAYER / "value.json").read_text())
+            assert math.isfinite(score["score"]), (cond, feature, score.get("reason"))
+            expl = json.loads((storage / "explanations" / cond / feature / LAYER / "value.json").read_text())
+            assert expl["explainer"].startswith("standin/") and expl["usage"]["requests"] >= 1
+        record = instance.fetch_materializations(dg.AssetKey(["scores", cond]), limit=1).records[0]
+        simulator = record.asset_materialization.metadata["simulator"].value
+        assert simulator["layout"] == "chat" and simulator["bos"] and simulator["placeholder"] == "unknown"
+    for name in ("fig3", "fig4", "fig5"):
+        assert (storage / "figures" / f"{name}.png").stat().st_size > 10_000
+
+    loads_per_run: dict[str, Counter] = {}
+    for run in instance.get_runs():
+        for entry in instance.all_logs(run.run_id):
+            match = LOAD_LINE.search(entry.user_message or "")
+            if match:
+                loads_per_run.setdefault(run.run_id, Counter())[match.group(1)] += 1
+    assert loads_per_run, "no model load was logged"
+    assert all(n == 1 for counts in loads_per_run.values() for n in counts.values()), loads_per_run
+    assert any("simulator" in c for c in loads_per_run.values()) and any("subject" in c for c in loads_per_run.values())
