@@ -238,6 +238,9 @@ class LocalSimulator:
         else:
             self.header_ids = self._ids(self.prompt.header())
         self._header_cache = None
+        self.forward_tokens = 0
+        """Token positions run through the model so far (prefills, padded record batches, uncached
+        prompts): the simulator's compute, for cost accounting (``featureinterp plan``)."""
 
     def describe(self) -> dict[str, object]:
         """What the simulator is prompted with (stored with every score, so a run shows which
@@ -302,6 +305,7 @@ class LocalSimulator:
         x = torch.tensor([ids], device=self.device)
         pos = torch.arange(start, start + len(ids), device=self.device)[None]
         self._base()(input_ids=x, position_ids=pos, cache=cache, use_cache=True)
+        self.forward_tokens += len(ids)
         return cache
 
     def _header(self):
@@ -336,6 +340,7 @@ class LocalSimulator:
             hidden = self._base()(
                 input_ids=x, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
             )[0]
+            self.forward_tokens += x.numel()
             for i, (_, positions) in enumerate(chunk):
                 idx = torch.tensor(positions, device=self.device, dtype=torch.long)
                 out.append(expected_values(self._digit_logits(hidden[i, idx])).cpu().numpy())
@@ -358,5 +363,6 @@ class LocalSimulator:
     def _simulate_uncached(self, prefix: list[int], ids: list[int], positions: list[int]) -> np.ndarray:
         x = torch.tensor([prefix + ids], device=self.device)
         hidden = self._base()(input_ids=x, use_cache=False)[0][0]
+        self.forward_tokens += x.numel()
         idx = torch.tensor([len(prefix) + p for p in positions], device=self.device, dtype=torch.long)
         return expected_values(self._digit_logits(hidden[idx])).cpu().numpy()

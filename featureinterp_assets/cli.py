@@ -324,6 +324,19 @@ def scores(preset_name: str | None, show_explanations: bool) -> None:
         print(f"{layer:6s} {'mean':8s} " + " ".join(f"{x:>12s}" for x in means))
 
 
+def plan(preset_name: str | None, conditions: list[str] | None, as_json: bool) -> None:
+    """Print what the preset costs (no model is loaded); see featureinterp/plan.py."""
+    from featureinterp.experiments import get_condition
+    from featureinterp.plan import plan_preset
+
+    preset = get_preset(preset_name)
+    if conditions:
+        [get_condition(c) for c in conditions]  # unknown names fail here, with the known ones
+        preset = preset.replace(explain=dataclasses.replace(preset.explain, conditions=tuple(conditions)))
+    result = plan_preset(preset)
+    print(result.to_json() if as_json else result.text())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="featureinterp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -346,6 +359,10 @@ def main(argv: list[str] | None = None) -> None:
         help="run a paper preset on CPU with tiny random-weight stand-ins of its models and SAEs "
         "(same architectures and loading code; the numbers are meaningless by design)",
     )
+    p_plan = sub.add_parser("plan", help="partitions, runs, model loads, tokens and GPU hours of a preset")
+    p_plan.add_argument("--preset")
+    p_plan.add_argument("--conditions", help="comma-separated conditions (default: the preset's)")
+    p_plan.add_argument("--json", action="store_true", help="print one JSON object")
     p_layers = sub.add_parser("layers", help="register the preset's layers as dynamic partitions")
     p_layers.add_argument("--preset")
     p_sim = sub.add_parser("simulate", help="score a hand-written explanation on stored test records")
@@ -374,6 +391,8 @@ def main(argv: list[str] | None = None) -> None:
                 layers=args.layers.split(",") if args.layers else None,
                 standin=args.standin,
             )
+        elif args.command == "plan":
+            plan(args.preset, args.conditions.split(",") if args.conditions else None, args.json)
         elif args.command == "scores":
             scores(args.preset, args.explanations)
         elif args.command == "simulate":

@@ -108,6 +108,7 @@ def _condition_assets(cond: Condition, partitions, api: bool) -> list[dg.AssetsD
             width=settings.tree_width,
         )
         seed = int(feature_generator(spec.seed, spec.name + cond.name, layer, feature).integers(2**31))
+        tokens_before = simulator.forward_tokens
         try:
             result = explain(backend, simulator.simulate_explanation, records, config, seed)
         except ExplanationFailed as err:
@@ -130,6 +131,7 @@ def _condition_assets(cond: Condition, partitions, api: bool) -> list[dg.AssetsD
                 "usage": dg.MetadataValue.json(result.usage),
                 "explainer": backend.name,
                 "simulations": result.simulations,
+                "simulator_tokens": simulator.forward_tokens - tokens_before,
             }
         )
         return base | {
@@ -142,6 +144,7 @@ def _condition_assets(cond: Condition, partitions, api: bool) -> list[dg.AssetsD
             "usage": result.usage,
             "explainer": backend.name,
             "seed": seed,
+            "simulator_tokens": simulator.forward_tokens - tokens_before,
         }
 
     @dg.asset(
@@ -169,7 +172,10 @@ def _condition_assets(cond: Condition, partitions, api: bool) -> list[dg.AssetsD
             context.add_output_metadata({"skipped": expl["skipped"]})
             return base | {"score": float("nan"), "reason": expl["skipped"], "per_source": {}}
         explanation_obj = Explanation.from_record(expl["explanation"])
-        ev = evaluate(llm.simulator().simulate_explanation, explanation_obj, rec.frame, expl["max_act"])
+        simulator = llm.simulator()
+        tokens_before = simulator.forward_tokens
+        ev = evaluate(simulator.simulate_explanation, explanation_obj, rec.frame, expl["max_act"])
+        simulator_tokens = simulator.forward_tokens - tokens_before
         complexities = ComplexityAnalyzer(llm.local_backend()).rate(list(explanation_obj.rules))
         context.add_output_metadata(
             {
@@ -178,7 +184,8 @@ def _condition_assets(cond: Condition, partitions, api: bool) -> list[dg.AssetsD
                 "explanation": str(explanation_obj),
                 "per_source": dg.MetadataValue.json(ev.per_source),
                 "complexity": mean_complexity(complexities),
-                "simulator": dg.MetadataValue.json(llm.simulator().describe()),
+                "simulator": dg.MetadataValue.json(simulator.describe()),
+                "simulator_tokens": simulator_tokens,
                 "preview": dg.MetadataValue.md(
                     _preview(rec.frame, explanation_obj, ev.predictions, expl["max_act"])
                 ),
@@ -192,6 +199,7 @@ def _condition_assets(cond: Condition, partitions, api: bool) -> list[dg.AssetsD
             "complexity": mean_complexity(complexities),
             "n_rules": len(explanation_obj.rules),
             "predictions": ev.predictions,
+            "simulator_tokens": simulator_tokens,
         }
 
     return [explanation, test_score]
