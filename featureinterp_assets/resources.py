@@ -3,20 +3,54 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import dagster as dg
 import torch
 from pydantic import PrivateAttr
 
-from featureinterp.config import Preset, get_preset
+from featureinterp.config import ModelSpec, Preset, get_preset
 from featureinterp.models import load_subject_model, load_tokenizer, resolve_device
 
+_LOADED: OrderedDict[tuple[str, ...], tuple] = OrderedDict()
+_LOADED_LOCK = threading.Lock()
+_KEEP = 3
+"""Models kept per process (subject, simulator, a local explainer)."""
 
-def _loading(what: str, name: str) -> None:
-    """One event-log line per model load: `featureinterp run` and the stand-in tests count them
-    (a model must load at most once per run)."""
-    dg.get_dagster_logger().info(f"loading {what} model {name} (once per run)")
+
+def load_model(what: str, spec: ModelSpec, models_dir: Path, device: str):
+    """``(model, tokenizer)`` of ``spec``, loaded once per *process* and shared by its runs.
+
+    `featureinterp run` executes its runs in one process, one run per (layer, feature) partition,
+    so a per-run load would read a 27B simulator thousands of times on a paper preset; here each
+    model is read once per invocation while every partition keeps its own run, materialization,
+    failure and retry. Runs launched by the daemon or the UI get a process each and load once per
+    run. Eval-mode models are only read (no state changes), so sharing them is safe; the least
+    recently used model is dropped beyond three. Each real load writes one event-log line, which
+    the stand-in tests count.
+    """
+    key = (
+        spec.name,
+        spec.source,
+        spec.dtype,
+        str(spec.quantization),
+        str(models_dir),
+        resolve_device(device),
+    )
+    with _LOADED_LOCK:
+        if key in _LOADED:
+            _LOADED.move_to_end(key)
+            return _LOADED[key]
+        dg.get_dagster_logger().info(
+            f"loading {what} model {spec.name} (shared by the later runs of this process)"
+        )
+        loaded = load_subject_model(spec, models_dir, device)
+        _LOADED[key] = loaded
+        while len(_LOADED) > _KEEP:
+            _LOADED.popitem(last=False)
+        return loaded
 
 
 class PresetResource(dg.ConfigurableResource):
@@ -56,8 +90,7 @@ class PresetResource(dg.ConfigurableResource):
         if self._model is None:
             if self.torch_threads:
                 torch.set_num_threads(self.torch_threads)
-            _loading("subject", self.spec().model.name)
-            self._model = load_subject_model(self.spec().model, Path(self.models_dir), self.device)
+            self._model = load_model("subject", self.spec().model, Path(self.models_dir), self.device)
         return self._model
 
     def tokenizer(self):
@@ -113,8 +146,7 @@ class LLMResource(dg.ConfigurableResource):
 
         if self._local is None:
             spec = self.settings().simulator or get_preset(self.preset).model
-            _loading("simulator", spec.name)
-            model, tok = load_subject_model(spec, Path(self.models_dir), self.device)
+            model, tok = load_model("simulator", spec, Path(self.models_dir), self.device)
             self._local = LocalChatBackend(model, tok, name=spec.name)
         return self._local
 
@@ -156,8 +188,7 @@ class LLMResource(dg.ConfigurableResource):
                     max_concurrent=spec.max_concurrent,
                 )
             else:
-                _loading("explainer", spec.name)
-                model, tok = load_subject_model(spec, Path(self.models_dir), self.device)
+                model, tok = load_model("explainer", spec, Path(self.models_dir), self.device)
                 self._explainer = LocalChatBackend(model, tok, name=spec.name)
         return self._explainer
 

@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import CACHE
 
 LAYER, FEATURES, CONDITIONS = "L05", ("F0000", "F0001"), ("one_shot", "tree")
-LOAD_LINE = re.compile(r"loading (\w+) model (\S+) \(once per run\)")
+LOAD_LINE = re.compile(r"loading (\w+) model (\S+) \(shared by the later runs of this process\)")
 
 
 def _run_standin(preset: str, root: Path) -> tuple[subprocess.CompletedProcess, float]:
@@ -80,6 +80,7 @@ def test_standin_run_of_a_paper_preset(preset, tmp_path, monkeypatch):
             match = LOAD_LINE.search(entry.user_message or "")
             if match:
                 loads_per_run.setdefault(run.run_id, Counter())[match.group(1)] += 1
-    assert loads_per_run, "no model load was logged"
-    assert all(n == 1 for counts in loads_per_run.values() for n in counts.values()), loads_per_run
-    assert any("simulator" in c for c in loads_per_run.values()) and any("subject" in c for c in loads_per_run.values())
+    # `featureinterp run` runs every partition in its own Dagster run, all in one process: each
+    # model is read once for the whole invocation, not once per partition
+    total = sum(loads_per_run.values(), Counter())
+    assert total == Counter(subject=1, simulator=1), loads_per_run

@@ -262,3 +262,19 @@ def test_layer_results_and_figures_name_what_is_missing(explained):
         assert md["image"].value.startswith(f"![{name}](data:image/png;base64,")
         assert md["incomplete"].value is True and "of" in md["caption"].value
         assert (storage / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_of_one_process_share_their_models(explained):
+    """Per-partition runs in one process (how `featureinterp run` launches them) read each model
+    once: the second partition's run loads nothing, yet keeps its own materializations."""
+    _, instance, _, results = explained
+
+    def loads(result):
+        return [
+            e.user_message for e in instance.all_logs(result.run_id) if "loading " in (e.user_message or "")
+        ]
+
+    assert loads(results["L03"]) == [], loads(results["L03"])
+    assert len([m for m in loads(results["SYN"]) if "simulator" in m]) <= 1
+    key = dg.MultiPartitionKey({"layer": "L03", "feature": "F0001"})
+    assert key in instance.get_materialized_partitions(dg.AssetKey(["scores", "tree"]))
