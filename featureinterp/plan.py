@@ -1,9 +1,10 @@
 """What a preset costs before a GPU is rented: partitions, runs, model loads, tokens, GPU hours.
 
 No model is loaded. The counts of partitions, runs and model loads follow from the preset and the
-way ``featureinterp run`` launches runs today (one run per (layer, feature) partition for records,
-holistic values and the explain + score stage; each run loads its models afresh). The token counts
-per feature are *measured*: read back from a stand-in run of the same preset
+way runs are launched: ``featureinterp run`` runs one Dagster run per (layer, feature) partition
+for records, holistic values and the explain + score stage, all in one process that loads each
+model once; a UI or daemon backfill gives each run its own process, which loads its models. The
+token counts per feature are *measured*: read back from a stand-in run of the same preset
 (``featureinterp run --standin``), whose simulator uses a Gemma tokenizer (so simulator token counts
 are those of gemma-2-27b-it on the same prompt layout) and whose explainer prompts carry the same
 records; its explainer *replies* come from a random model, so completion tokens are an upper
@@ -112,7 +113,7 @@ class PresetPlan:
     conditions: list[str]
     partitions: dict[str, int]
     runs: dict[str, int]
-    model_loads: dict[str, int]
+    model_loads: dict[str, dict[str, int]]
     measured: dict[str, dict]
     explainer: dict
     gpu_hours: dict[str, float]
@@ -127,8 +128,11 @@ class PresetPlan:
             f"preset {self.preset}: {self.layers} layer keys x {self.features} features, "
             f"conditions {', '.join(self.conditions)}",
             "partitions: " + ", ".join(f"{k} {v:,}" for k, v in self.partitions.items()),
-            "runs (featureinterp run, today): " + ", ".join(f"{k} {v:,}" for k, v in self.runs.items()),
-            "model loads: " + ", ".join(f"{k} {v:,}" for k, v in self.model_loads.items()),
+            "runs (featureinterp run): " + ", ".join(f"{k} {v:,}" for k, v in self.runs.items()),
+            *(
+                f"model loads, {way}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+                for way, counts in self.model_loads.items()
+            ),
         ]
         if not self.measured:
             lines.append("tokens: not measured yet; run `featureinterp run --standin --features 0,1` first")
@@ -183,13 +187,17 @@ def plan_preset(preset: Preset, home: Path | None = None, gpu: GpuSpec | None = 
         "figures": 1,
     }
     simulator = preset.explain.simulator or preset.model
-    local_explainer = not isinstance(preset.explain.explainer, ApiSpec)
+    names = {"subject": f"subject ({preset.model.name})", "simulator": f"simulator ({simulator.name})"}
+    per_partition = {names["subject"]: 1 + (lf if holistic else 0), names["simulator"]: lf}
+    if preset.explain.explainer is not None and not isinstance(preset.explain.explainer, ApiSpec):
+        names["explainer"] = f"explainer ({preset.explain.explainer.name})"
+        per_partition[names["explainer"]] = lf
     loads = {
-        f"subject ({preset.model.name})": 1 + (lf if holistic else 0),
-        f"simulator ({simulator.name})": lf,
+        # `featureinterp run`: every run of the invocation shares one process, so one load each
+        "featureinterp run": {name: 1 for name in per_partition},
+        # UI / daemon backfills: a process per partition run, a load per run
+        "one process per run (UI backfill)": per_partition,
     }
-    if local_explainer and preset.explain.explainer is not None:
-        loads[f"explainer ({preset.explain.explainer.name})"] = lf
     measured = measured_costs(preset.name, conditions, home)
     explainer: dict = {}
     if isinstance(preset.explain.explainer, ApiSpec) and measured:
@@ -214,19 +222,22 @@ def plan_preset(preset: Preset, home: Path | None = None, gpu: GpuSpec | None = 
         sim_tokens = sum(m.simulator_tokens for m in measured.values()) * lf
         # A load reads the bf16 weights (2 bytes per parameter; the simulator is quantized to 4-bit
         # after reading them).
-        load_bytes = (
-            loads[f"simulator ({simulator.name})"] * 2 * sim_params
-            + loads[f"subject ({preset.model.name})"] * 2 * subj_params
-        )
-        parts = {
+        params = {names["subject"]: subj_params, names["simulator"]: sim_params}
+        compute = {
             "simulator forward passes": 2 * sim_params * sim_tokens / rate,
             "subject activation pass": 2 * subj_params * preset.n_rows * preset.row_len / rate,
-            "model loads": load_bytes / (gpu.load_gbps * 1e9),
         }
-        total = sum(parts.values())
-        gpu_hours = {f"1x {gpu.name}": total / 3600, f"8x {gpu.name}": total / 3600 / 8}
-        gpu_hours |= {f"of which {k}": v / 3600 for k, v in parts.items()}
-        dominant = max(parts, key=parts.get)
+        for way, counts in loads.items():
+            load_s = sum(n * 2 * params.get(name, 0.0) for name, n in counts.items()) / (gpu.load_gbps * 1e9)
+            parts = compute | {"model loads": load_s}
+            one = sum(parts.values())
+            # eight GPUs split the partitions; in `featureinterp run` each GPU's process loads once
+            eight = sum(compute.values()) / 8 + (load_s if way == "featureinterp run" else load_s / 8)
+            gpu_hours[f"{way}: 1x {gpu.name}"] = one / 3600
+            gpu_hours[f"{way}: 8x {gpu.name}"] = eight / 3600
+            if way == "featureinterp run":
+                gpu_hours |= {f"of which {k}": v / 3600 for k, v in parts.items()}
+                dominant = max(parts, key=parts.get)
     return PresetPlan(
         preset=preset.name,
         layers=n_layers,

@@ -26,7 +26,9 @@ def test_counts_without_a_measurement(tmp_path):
     plan = plan_preset(get_preset("gemma-2-9b"), home=tmp_path)
     lf = 43 * 50  # 42 layers + SYN, features 0-49
     assert plan.partitions["records"] == plan.partitions["explanations/tree"] == lf
-    assert plan.model_loads == {"subject (google/gemma-2-9b)": 1, "simulator (google/gemma-2-27b-it)": lf}
+    cli, ui = plan.model_loads["featureinterp run"], plan.model_loads["one process per run (UI backfill)"]
+    assert cli == {"subject (google/gemma-2-9b)": 1, "simulator (google/gemma-2-27b-it)": 1}
+    assert ui == {"subject (google/gemma-2-9b)": 1, "simulator (google/gemma-2-27b-it)": lf}
     assert not plan.measured and not plan.gpu_hours and "not measured yet" in plan.text()
 
 
@@ -48,9 +50,14 @@ def test_projection_from_stored_stand_in_measurements(tmp_path):
         lf * (2000 * api.price_in_per_mtok + 100 * api.price_out_per_mtok) / 1e6
     )
     sim = 2 * MODEL_PARAMS["google/gemma-2-27b-it"] * 40_000 * lf / 5e14 / 3600
-    loads = (
-        (lf * 2 * MODEL_PARAMS["google/gemma-2-27b-it"] + 2 * MODEL_PARAMS["google/gemma-2-9b"]) / 2e9 / 3600
-    )
+    weights = 2 * MODEL_PARAMS["google/gemma-2-27b-it"], 2 * MODEL_PARAMS["google/gemma-2-9b"]
+    one_load = sum(weights) / 2e9 / 3600
+    ui_loads = (lf * weights[0] + weights[1]) / 2e9 / 3600
+    subject = 2 * MODEL_PARAMS["google/gemma-2-9b"] * 100_000 * 33 / 5e14 / 3600
     assert plan.gpu_hours["of which simulator forward passes"] == pytest.approx(sim, abs=0.01)
-    assert plan.gpu_hours["of which model loads"] == pytest.approx(loads, abs=0.01)
-    assert plan.dominant == "model loads" and json.loads(plan.to_json())["preset"] == "gemma-2-9b"
+    assert plan.gpu_hours["of which model loads"] == pytest.approx(one_load, abs=0.01)
+    ui = plan.gpu_hours["one process per run (UI backfill): 1x H100 SXM"]
+    assert ui == pytest.approx(sim + subject + ui_loads, abs=0.02)
+    assert (
+        plan.dominant == "simulator forward passes" and json.loads(plan.to_json())["preset"] == "gemma-2-9b"
+    )
