@@ -16,6 +16,7 @@ from featureinterp.models import load_subject_model, load_tokenizer, resolve_dev
 
 _LOADED: OrderedDict[tuple[str, ...], tuple] = OrderedDict()
 _LOADED_LOCK = threading.Lock()
+_TOKENIZERS: dict[tuple[str, ...], object] = {}
 _KEEP = 3
 """Models kept per process (subject, simulator, a local explainer)."""
 
@@ -94,9 +95,16 @@ class PresetResource(dg.ConfigurableResource):
         return self._model
 
     def tokenizer(self):
+        """The subject tokenizer without the model (records decode rows with it); read once per
+        process like the models: a Gemma tokenizer takes seconds to parse, once per records run."""
         if self._model is not None:
             return self._model[1]
-        return load_tokenizer(self.spec().model, Path(self.models_dir))
+        spec = self.spec().model
+        key = (spec.name, spec.source, self.models_dir)
+        with _LOADED_LOCK:
+            if key not in _TOKENIZERS:
+                _TOKENIZERS[key] = load_tokenizer(spec, Path(self.models_dir))
+            return _TOKENIZERS[key]
 
     def teardown_after_execution(self, context) -> None:
         self._model = None
