@@ -139,6 +139,9 @@ def run(
     standin: bool = False,
 ) -> None:
     server = None
+    # a stand-in preset named directly (e.g. FEATUREINTERP_PRESET=gemma-2-9b-standin) needs its
+    # files and its explainer server just the same
+    standin = standin or (preset_name or os.environ.get(PRESET_ENV) or "").endswith("-standin")
     try:
         if standin:
             preset, server = _start_standin(preset_name)
