@@ -61,3 +61,17 @@ def test_projection_from_stored_stand_in_measurements(tmp_path):
     assert (
         plan.dominant == "simulator forward passes" and json.loads(plan.to_json())["preset"] == "gemma-2-9b"
     )
+
+
+def test_plan_command_prints_json_without_loading_a_model(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"FEATUREINTERP_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "featureinterp_assets.cli", "plan", "--preset", "llama-3.1-8b", "--json"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    plan = json.loads(out.stdout)
+    assert plan["preset"] == "llama-3.1-8b" and plan["partitions"]["records"] == 33 * 50
+    assert not (tmp_path / "models").exists()  # nothing was converted or downloaded
