@@ -169,9 +169,8 @@ def fig3(
         for ax in axes[-1]:
             if isinstance(xs[0], str):
                 ax.tick_params(axis="x", rotation=90)
-            elif len(xs) <= 12:  # few layers (a slice): one tick per layer, never fractional ticks
+            elif len(xs) <= 12:  # a slice of a few layers: one tick per layer, none fractional
                 ax.set_xticks(xs)
-                ax.set_xlim(min(xs) - 1, max(xs) + 1)
             else:
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right center", fontsize=8)
