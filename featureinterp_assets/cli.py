@@ -91,7 +91,7 @@ def _explain_stage(
     return ran, failed
 
 
-def _start_standin(preset_name: str | None):
+def start_standin(preset_name: str | None):
     """Build (once) the stand-in files of a paper preset and serve its explainer on 127.0.0.1;
     returns the stand-in preset and the running server."""
     import secrets
@@ -144,7 +144,7 @@ def run(
     standin = standin or (preset_name or os.environ.get(PRESET_ENV) or "").endswith("-standin")
     try:
         if standin:
-            preset, server = _start_standin(preset_name)
+            preset, server = start_standin(preset_name)
         else:
             preset = get_preset(preset_name)
         _run_lineage(preset, force, explain, conditions, features, layers)
