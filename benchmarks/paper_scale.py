@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -25,9 +24,9 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks._common import report
+from featureinterp_assets.resources import LOAD_LINE
 
 CONDITIONS = ("one_shot", "tree")
-LOAD_LINE = re.compile(r"loading (\w+) model \S+ \(shared by the later runs of this process\)")
 
 
 def _loads(dagster_home: Path) -> Counter:

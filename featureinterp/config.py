@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 PRESET_ENV = "FEATUREINTERP_PRESET"
+STANDIN_SUFFIX = "-standin"
+"""``gemma-2-9b-standin``: the CPU stand-in of preset ``gemma-2-9b`` (featureinterp.standin)."""
 HOME_ENV = "FEATUREINTERP_HOME"
 MODELS_ENV = "FEATUREINTERP_MODELS"
 
@@ -339,10 +341,11 @@ PRESETS: dict[str, Preset] = {
 def get_preset(name: str | None = None) -> Preset:
     """The preset called ``name``, else the one named by $FEATUREINTERP_PRESET, else ``embedded``."""
     name = name or os.environ.get(PRESET_ENV) or "embedded"
-    if name.endswith("-standin") and name[: -len("-standin")] in PRESETS:
+    base = name.removesuffix(STANDIN_SUFFIX)
+    if base != name and base in PRESETS:
         from featureinterp.standin import standin_preset  # a paper preset's CPU stand-in
 
-        return standin_preset(name[: -len("-standin")])
+        return standin_preset(base)
     try:
         return PRESETS[name]
     except KeyError:

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from featureinterp.config import ApiSpec, Preset, data_home
+from featureinterp.config import ApiSpec, Preset
 from featureinterp.experiments import get_condition
 
 __all__ = ["GpuSpec", "MeasuredCost", "PresetPlan", "measured_costs", "plan_preset", "MODEL_PARAMS"]
@@ -69,38 +68,38 @@ class MeasuredCost:
         return self.simulator_tokens_explain + self.simulator_tokens_score
 
 
+Stored = Callable[[tuple[str, ...], str], "dict | None"]
+"""Reads one stored value: (asset key path, partition key "F0003|L05") -> the value, or None."""
+
+
 def measured_costs(
-    preset_name: str, conditions: Iterable[str], home: Path | None = None
+    readers: Sequence[Stored], partitions: Sequence[str], conditions: Iterable[str]
 ) -> dict[str, MeasuredCost]:
-    """Per-condition costs read from the stored explanations and scores of ``<preset>-standin``
-    (or of the preset itself where it has run); conditions without a measurement are left out."""
+    """Per-condition costs averaged over the ``partitions`` that have a stored explanation with
+    token accounting and a score, from the first of ``readers`` (the stand-in's storage, then the
+    preset's own) that has any; conditions without a measurement are left out."""
     out: dict[str, MeasuredCost] = {}
-    home = home or data_home()
     for cond in conditions:
-        for name in (f"{preset_name}-standin", preset_name):
-            root = home / "storage" / name
-            cost = MeasuredCost()
-            for path in sorted((root / "explanations" / cond).glob("F*/*/value.json")):
-                expl = json.loads(path.read_text())
-                score_path = (
-                    root / "scores" / cond / path.parent.parent.name / path.parent.name / "value.json"
-                )
-                if "simulator_tokens" not in expl or not score_path.exists():
-                    continue  # stored before token accounting, or not scored yet
-                score = json.loads(score_path.read_text())
+        for stored in readers:
+            rows = []
+            for key in partitions:
+                expl = stored(("explanations", cond), key)
+                score = stored(("scores", cond), key)
+                if expl is None or score is None or "simulator_tokens" not in expl:
+                    continue  # not run, not scored yet, or stored before token accounting
                 usage = expl.get("usage", {})
-                n = cost.partitions
-                for attr, value in (
-                    ("explainer_requests", usage.get("requests", 0)),
-                    ("explainer_prompt_tokens", usage.get("prompt_tokens", 0)),
-                    ("explainer_completion_tokens", usage.get("completion_tokens", 0)),
-                    ("simulator_tokens_explain", expl["simulator_tokens"]),
-                    ("simulator_tokens_score", score.get("simulator_tokens", 0)),
-                ):
-                    setattr(cost, attr, (getattr(cost, attr) * n + float(value)) / (n + 1))
-                cost.partitions = n + 1
-            if cost.partitions:
-                out[cond] = cost
+                rows.append(
+                    (
+                        usage.get("requests", 0),
+                        usage.get("prompt_tokens", 0),
+                        usage.get("completion_tokens", 0),
+                        expl["simulator_tokens"],
+                        score.get("simulator_tokens", 0),
+                    )
+                )
+            if rows:
+                means = [sum(column) / len(rows) for column in zip(*rows, strict=True)]
+                out[cond] = MeasuredCost(len(rows), *means)
                 break
     return out
 
@@ -159,8 +158,9 @@ class PresetPlan:
         return "\n".join(lines)
 
 
-def plan_preset(preset: Preset, home: Path | None = None, gpu: GpuSpec | None = None) -> PresetPlan:
-    """Partitions, runs, model loads, measured tokens and projected GPU hours of ``preset``."""
+def plan_preset(preset: Preset, readers: Sequence[Stored] = (), gpu: GpuSpec | None = None) -> PresetPlan:
+    """Partitions, runs, model loads, measured tokens and projected GPU hours of ``preset``;
+    ``readers`` give the stored values token counts are measured from (see ``measured_costs``)."""
     gpu = gpu or GpuSpec()
     conditions = list(preset.explain.conditions)
     conds = [get_condition(c) for c in conditions]
@@ -198,7 +198,8 @@ def plan_preset(preset: Preset, home: Path | None = None, gpu: GpuSpec | None = 
         # UI / daemon backfills: a process per partition run, a load per run
         "one process per run (UI backfill)": per_partition,
     }
-    measured = measured_costs(preset.name, conditions, home)
+    keys = [f"{f}|{layer}" for layer in preset.layer_keys for f in preset.feature_keys]
+    measured = measured_costs(readers, keys, conditions)
     explainer: dict = {}
     if isinstance(preset.explain.explainer, ApiSpec) and measured:
         api = preset.explain.explainer

@@ -38,6 +38,7 @@ from typing import Any, Literal
 from featureinterp.architectures import Architecture, TinySpec, tiny_model
 from featureinterp.config import (
     PRESETS,
+    STANDIN_SUFFIX,
     ApiSpec,
     CorpusSpec,
     ModelSpec,
@@ -63,7 +64,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SUFFIX = "-standin"
+SUFFIX = STANDIN_SUFFIX
 STANDIN_URL_ENV = "FEATUREINTERP_STANDIN_API"
 """Base URL of the stand-in explainer server (set by ``featureinterp run --standin``)."""
 STANDIN_KEY_ENV = "FEATUREINTERP_STANDIN_KEY"
@@ -173,7 +174,7 @@ def standin_preset(base: Preset | str) -> Preset:
 
 def base_name(name: str) -> str | None:
     """``gemma-2-9b`` for ``gemma-2-9b-standin``; None for a name that is not a stand-in."""
-    return name[: -len(SUFFIX)] if name.endswith(SUFFIX) else None
+    return name.removesuffix(SUFFIX) if name.endswith(SUFFIX) else None
 
 
 def gemma_tokenizer(cache_dir: Path | None = None) -> Any:

@@ -246,11 +246,13 @@ def _run_lineage(
 
 
 def _storage(preset):
-    """The preset's asset storage, as the Definitions configure it (read outside a run)."""
+    """A preset's asset storage (a preset or its name), as the Definitions configure it (read
+    outside a run)."""
     from featureinterp.config import data_home
     from featureinterp_assets.io_managers import StorageIOManager
 
-    return StorageIOManager(base_dir=str(data_home() / "storage" / preset.name))
+    name = preset if isinstance(preset, str) else preset.name
+    return StorageIOManager(base_dir=str(data_home() / "storage" / name))
 
 
 def simulate(preset_name: str | None, layer: str, feature: str, text: str, structured: bool) -> None:
@@ -336,7 +338,11 @@ def plan(preset_name: str | None, conditions: list[str] | None, as_json: bool) -
     if conditions:
         [get_condition(c) for c in conditions]  # unknown names fail here, with the known ones
         preset = preset.replace(explain=dataclasses.replace(preset.explain, conditions=tuple(conditions)))
-    result = plan_preset(preset)
+    from featureinterp.standin import SUFFIX
+
+    # measured token counts: the preset's stand-in run first, then the preset's own runs
+    readers = [_storage(preset.name + SUFFIX).stored, _storage(preset.name).stored]
+    result = plan_preset(preset, [lambda key, part, r=r: r(dg.AssetKey(list(key)), part) for r in readers])
     print(result.to_json() if as_json else result.text())
 
 

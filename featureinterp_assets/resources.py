@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -16,6 +17,9 @@ from featureinterp.models import load_subject_model, load_tokenizer, resolve_dev
 
 _LOADED: OrderedDict[tuple[str, ...], tuple] = OrderedDict()
 _LOADED_LOCK = threading.Lock()
+_LOAD_NOTE = "(shared by the later runs of this process)"
+LOAD_LINE = re.compile(rf"loading (\w+) model (\S+) {re.escape(_LOAD_NOTE)}")
+"""Matches the event-log line of a model load; group 1: subject / simulator / explainer."""
 _TOKENIZERS: dict[tuple[str, ...], object] = {}
 _KEEP = 3
 """Models kept per process (subject, simulator, a local explainer)."""
@@ -44,9 +48,7 @@ def load_model(what: str, spec: ModelSpec, models_dir: Path, device: str):
         if key in _LOADED:
             _LOADED.move_to_end(key)
             return _LOADED[key]
-        dg.get_dagster_logger().info(
-            f"loading {what} model {spec.name} (shared by the later runs of this process)"
-        )
+        dg.get_dagster_logger().info(f"loading {what} model {spec.name} {_LOAD_NOTE}")
         loaded = load_subject_model(spec, models_dir, device)
         _LOADED[key] = loaded
         while len(_LOADED) > _KEEP:

@@ -22,8 +22,20 @@ def _store(home, preset, cond, feature, layer, usage, explain_tokens, score_toke
         path.write_text(json.dumps(value))
 
 
+def _readers(home, preset):
+    """Read stored values the way `featureinterp plan` does: through the IO manager."""
+    import dagster as dg
+
+    from featureinterp_assets.io_managers import StorageIOManager
+
+    storages = [
+        StorageIOManager(base_dir=str(home / "storage" / name)) for name in (f"{preset}-standin", preset)
+    ]
+    return [lambda key, part, s=s: s.stored(dg.AssetKey(list(key)), part) for s in storages]
+
+
 def test_counts_without_a_measurement(tmp_path):
-    plan = plan_preset(get_preset("gemma-2-9b"), home=tmp_path)
+    plan = plan_preset(get_preset("gemma-2-9b"), _readers(tmp_path, "gemma-2-9b"))
     lf = 43 * 50  # 42 layers + SYN, features 0-49
     assert plan.partitions["records"] == plan.partitions["explanations/tree"] == lf
     cli, ui = plan.model_loads["featureinterp run"], plan.model_loads["one process per run (UI backfill)"]
@@ -41,7 +53,7 @@ def test_projection_from_stored_stand_in_measurements(tmp_path):
         tmp_path, "gemma-2-9b", "one_shot", "F0001", "L05", usage | {"prompt_tokens": 3000}, 40_000, 10_000
     )
     gpu = GpuSpec(peak_flops=1e15, utilisation=0.5, load_gbps=2.0)
-    plan = plan_preset(preset, home=tmp_path, gpu=gpu)
+    plan = plan_preset(preset, _readers(tmp_path, "gemma-2-9b"), gpu=gpu)
     m = plan.measured["one_shot"]
     assert m["partitions"] == 2 and m["explainer_prompt_tokens"] == 2000 and m["simulator_tokens"] == 40_000
     lf = 43 * 50

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -21,10 +20,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from featureinterp_assets.resources import LOAD_LINE
 from tests.conftest import CACHE
 
 LAYER, FEATURES, CONDITIONS = "L05", ("F0000", "F0001"), ("one_shot", "tree")
-LOAD_LINE = re.compile(r"loading (\w+) model (\S+) \(shared by the later runs of this process\)")
 
 
 def _run_standin(preset: str, root: Path) -> tuple[subprocess.CompletedProcess, float]:
