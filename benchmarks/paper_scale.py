@@ -1,20 +1,22 @@
-"""Paper scale: model loads and wall time of the explain + score stage, per-partition processes vs
-`featureinterp run`, on the `gemma-2-9b` stand-in (CPU, tiny random weights, same code paths).
+"""Paper scale on the `gemma-2-9b` stand-in (CPU, tiny random weights, same code paths).
 
-The per-partition way is how a UI or daemon backfill runs today: one process per (layer, feature)
-run (`dagster asset materialize --partition K`), each loading its models. The new way is
-`featureinterp run`: the same per-partition runs, in one process that reads each model once. Both
-start from the same records (built once per home beforehand, not timed).
+1. Model loads and wall time of the explain + score stage. The per-partition way is a process per
+   (layer, feature) run (`dagster asset materialize --partition K`), each loading its models, as
+   the paper's scripts and Dagster's default backfills do. The new way is `featureinterp run`: one
+   ranged run per layer, every partition recorded on its own, each model read once. Both start
+   from the same records (built once per home beforehand, not timed).
+2. Simulator tokens: what the paper code's tree loop (paper-method.md 4.6-4.7, 5.5) would run for
+   the very tree nodes our search scored, against what ours ran (its per-call rule cache).
+3. Peak RSS of `sae_activations` for 10k and 100k rows over every layer of the stand-in (a child
+   process each), streamed to disk as the asset does, and held in memory as before.
 
-    python -m benchmarks.paper_scale [--layers L05,L10] [--features 0,1,2,3]
-
-Not measured yet (issue #13): the simulator-token savings against the paper's tree loop and the
-RSS growth of `sae_activations` from 10k to 100k rows.
+    python -m benchmarks.paper_scale [--layers L00,L06] [--features 0,1,2,3] [--rss-layers 42]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +29,123 @@ from benchmarks._common import report
 from featureinterp_assets.resources import LOAD_LINE
 
 CONDITIONS = ("one_shot", "tree")
+RSS_ROWS = (10_000, 100_000)
+PAPER_SIMULATOR_BATCH = 2
+"""The paper's simulator batch (paper-method.md 9): its padded chunks are counted at this size."""
+
+
+def _rss_child(rows: int, layers: int, streamed: bool, root: Path) -> None:
+    """Child process: sae_activations of ``rows`` random rows over the first ``layers`` stand-in
+    layers (50 features each); prints the peak RSS in MiB."""
+    import resource
+
+    import numpy as np
+    import torch
+
+    from featureinterp.activations import sae_activations
+    from featureinterp.config import ModelSpec, get_preset, models_dir
+    from featureinterp.models import load_subject_model
+    from featureinterp.sae import load_layer_sae
+    from featureinterp.standin import build_standin
+
+    torch.set_num_threads(2)
+    dirs = build_standin("gemma-2-9b")
+    preset = get_preset("gemma-2-9b-standin")
+    model, tok = load_subject_model(ModelSpec(name=str(dirs["subject"])), models_dir(), "cpu")
+    saes = {
+        layer: load_layer_sae({"path": preset.sae.path(layer)}, model, layer, "cpu")
+        for layer in list(preset.layers)[:layers]
+    }
+    tokens = np.random.default_rng(0).integers(10, len(tok) - 1, size=(rows, preset.row_len), dtype=np.int32)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = sae_activations(
+        model, saes, tokens, preset.features, 64, True, stage_dir=root / "stage" if streamed else None
+    )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert len(out) == layers
+    print(json.dumps({"rows": rows, "peak_mib": round(peak, 1), "before_mib": round(before, 1)}))
+
+
+def _rss(rows: int, layers: int, streamed: bool, env: dict[str, str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.paper_scale",
+            "--rss-child",
+            str(rows),
+            "--rss-layers",
+            str(layers),
+        ]
+        cmd += ["--rss-dir", tmp] + (["--streamed"] if streamed else [])
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            raise SystemExit(f"rss child failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _token_counts(root: Path, keys: list[str]) -> tuple[dict, int, int]:
+    """Per-condition mean simulator / explainer tokens per feature, and the tree's simulator
+    tokens: the paper loop's for our nodes, and ours."""
+    from featureinterp.config import ModelSpec, get_preset, models_dir
+    from featureinterp.experiments import feature_records, get_condition
+    from featureinterp.explanations import Explanation
+    from featureinterp.models import load_subject_model
+    from featureinterp.plan import paper_tree_tokens
+    from featureinterp.simulator import LocalSimulator, prompt_for
+    from featureinterp.standin import build_standin
+    from featureinterp_assets.io_managers import StorageIOManager
+
+    preset = get_preset("gemma-2-9b-standin")
+    storage = StorageIOManager(base_dir=str(root / "home" / "storage" / preset.name))
+    model, tok = load_subject_model(
+        ModelSpec(name=str(build_standin("gemma-2-9b")["simulator"])), models_dir(), "cpu"
+    )
+    sim = LocalSimulator(
+        model, tok, prompt_for(preset.explain.simulator_prompt), preset.explain.simulator_batch
+    )
+    import dagster as dg
+
+    per_feature, paper, ours = {}, 0, 0
+    occurrences, distinct = 0, 0  # rules over all scored nodes, and distinct rules per feature
+    for cond in CONDITIONS:
+        rows = []
+        for key in keys:
+            expl = storage.stored(dg.AssetKey(["explanations", cond]), key)
+            score = storage.stored(dg.AssetKey(["scores", cond]), key)
+            rows.append(
+                (
+                    expl["simulator_tokens"],
+                    score["simulator_tokens"],
+                    expl["usage"]["prompt_tokens"],
+                    expl["usage"]["completion_tokens"],
+                )
+            )
+            if cond == "tree":
+                rec = storage.stored(dg.AssetKey("records"), key)
+                records = feature_records(rec.frame, expl["max_act"], get_condition(cond), None, 0.0)
+                lengths = [len(sim.record_ids(r.tokens)[0]) for r in (*records.train, *records.valid)]
+                nodes = [Explanation.from_record(n["explanation"]) for n in expl["nodes"]]
+                rules = [r.activates_on for e in nodes for r in e.rules if r.strength > 0]
+                occurrences, distinct = occurrences + len(rules), distinct + len(set(rules))
+                paper += paper_tree_tokens(
+                    lambda text: len(sim.rule_ids(text)),
+                    lengths,
+                    len(records.train),
+                    [[r.activates_on for r in e.rules] for e in nodes],
+                    PAPER_SIMULATOR_BATCH,
+                )
+                ours += expl["simulator_tokens"]
+        means = [round(sum(c) / len(rows)) for c in zip(*rows, strict=True)]
+        per_feature[cond] = dict(
+            zip(
+                ("simulator_explain", "simulator_score", "explainer_prompt", "explainer_completion"),
+                means,
+                strict=True,
+            )
+        )
+    per_feature["tree_rule_reuse"] = round(occurrences / max(1, distinct), 2)
+    return per_feature, paper, ours
 
 
 def _loads(dagster_home: Path) -> Counter:
@@ -65,9 +184,15 @@ def _cli(env: dict[str, str], *args: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--layers", default="L05,L10")
+    parser.add_argument("--layers", default="L00,L06")  # inside every paper figure grid
     parser.add_argument("--features", default="0,1,2,3")
+    parser.add_argument("--rss-layers", type=int, default=4, help="stand-in layers of the RSS check")
+    parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--streamed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss_child:
+        return _rss_child(args.rss_child, args.rss_layers, args.streamed, Path(args.rss_dir))
     models = Path(os.environ.get("FEATUREINTERP_MODELS") or Path.cwd() / ".cache" / "tests" / "models")
     slice_args = ["--layers", args.layers, "--features", args.features]
     keys = [f"F{int(f):04d}|{layer}" for layer in args.layers.split(",") for f in args.features.split(",")]
@@ -97,9 +222,17 @@ def main() -> None:
             server.stop()
         t_old = time.perf_counter() - start
 
-        # new way: featureinterp run, every partition its own run, one process
+        # new way: featureinterp run, a ranged run per layer, one process
         t_new = _cli(_env(new, models), *slice_args, "--conditions", ",".join(CONDITIONS))
         loads_old, loads_new = _loads(old / "dagster"), _loads(new / "dagster")
+        os.environ.update({k: v for k, v in _env(new, models).items() if k.startswith("FEATUREINTERP")})
+        per_feature, paper_tokens, our_tokens = _token_counts(new, keys)
+        rss_env = _env(new, models)  # the stand-in files built above
+        rss = {
+            way: [_rss(rows, args.rss_layers, way == "streamed", rss_env) for rows in RSS_ROWS]
+            for way in ("streamed", "in_memory")
+        }
+    growth = {way: round(r[1]["peak_mib"] / r[0]["peak_mib"], 2) for way, r in rss.items()}
     explain_old = {k: v for k, v in loads_old.items() if k != "subject"}
     explain_new = {k: v for k, v in loads_new.items() if k != "subject"}
     report(
@@ -107,8 +240,18 @@ def main() -> None:
         {
             "load_savings": round(sum(explain_old.values()) / max(1, sum(explain_new.values())), 2),
             "wall_speedup": round(t_old / t_new, 2),
+            "simulator_token_savings": round(paper_tokens / max(1, our_tokens), 2),
+            "rss_growth_in_memory_over_streamed": round(growth["in_memory"] / growth["streamed"], 2),
         },
         {
+            "rss_growth": growth["streamed"],
+            "rss_growth_in_memory": growth["in_memory"],
+            "rss_peak_mib": {way: [x["peak_mib"] for x in r] for way, r in rss.items()},
+            "rss_rows": list(RSS_ROWS),
+            "rss_layers": args.rss_layers,
+            "tree_simulator_tokens_paper_loop": paper_tokens,
+            "tree_simulator_tokens_ours": our_tokens,
+            "tokens_per_feature": per_feature,
             "partitions": len(keys),
             "conditions": list(CONDITIONS),
             "explain_stage_loads_per_partition_way": explain_old,

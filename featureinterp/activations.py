@@ -2,13 +2,16 @@
 
 One forward pass per batch captures every requested layer and stops after the deepest one
 (the paper runs to the logits and caches every hook). Output is feature-major ``[F, N, T]`` in
-float16 so one feature's table is one contiguous slice.
+float16 so one feature's table is one contiguous slice. With ``stage_dir`` each layer's table is
+streamed to a .npy file batch by batch (``storage.NpyStream``), so peak memory is one batch, not
+rows x layers x features.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +19,7 @@ import torch
 from featureinterp.models import residuals
 from featureinterp.progress import Progress
 from featureinterp.sae import LoadedSae, check_features
+from featureinterp.storage import NpyStream, StagedNpy
 
 __all__ = ["FeatureActivations", "sae_activations"]
 
@@ -24,8 +28,9 @@ __all__ = ["FeatureActivations", "sae_activations"]
 class FeatureActivations:
     """Activations of ``features`` at one layer."""
 
-    acts: np.ndarray
-    """[F, N, T] float16, BOS position included (it is ignored by every statistic below)."""
+    acts: np.ndarray | StagedNpy
+    """[F, N, T] float16, BOS position included (it is ignored by every statistic below); a staged
+    .npy file when streamed (``stage_dir``)."""
     features: list[int]
     max: np.ndarray
     """[F] max activation over non-BOS tokens (from the fp32 values)."""
@@ -47,8 +52,10 @@ def sae_activations(
     batch_size: int = 32,
     skip_first: bool = True,
     log: Callable[[str], None] | None = None,
+    stage_dir: Path | None = None,
 ) -> dict[int, FeatureActivations]:
-    """Encode every row of ``tokens`` [N, T] with every SAE in ``saes`` ({layer: LoadedSae})."""
+    """Encode every row of ``tokens`` [N, T] with every SAE in ``saes`` ({layer: LoadedSae});
+    with ``stage_dir``, each layer's activations stream to ``stage_dir/<layer>.npy``."""
     layers = sorted(saes)
     for layer in layers:
         check_features(features, saes[layer].d_sae, layer)
@@ -56,7 +63,10 @@ def sae_activations(
     f = len(features)
     start = int(skip_first)
     device = next(model.parameters()).device
-    out = {layer: np.zeros((f, n, t), dtype=np.float16) for layer in layers}
+    if stage_dir is None:
+        out = {layer: np.zeros((f, n, t), dtype=np.float16) for layer in layers}
+    else:
+        out = {layer: NpyStream(Path(stage_dir) / f"{layer}.npy", (f, n, t), np.float16) for layer in layers}
     max_ = {layer: np.zeros(f, dtype=np.float32) for layer in layers}
     fired = {layer: np.zeros(f, dtype=np.int64) for layer in layers}
     rows = {layer: np.zeros(f, dtype=np.int64) for layer in layers}
@@ -72,12 +82,16 @@ def sae_activations(
             max_[layer] = np.maximum(max_[layer], body.amax(dim=(0, 1)).cpu().numpy())
             fired[layer] += (body > 0).sum(dim=(0, 1)).cpu().numpy()
             rows[layer] += (body > 0).any(dim=1).sum(dim=0).cpu().numpy()
-            out[layer][:, lo : lo + len(ids)] = acts.permute(2, 0, 1).cpu().numpy().astype(np.float16)
+            block = acts.permute(2, 0, 1).cpu().numpy().astype(np.float16)  # [F, B, T]
+            if stage_dir is None:
+                out[layer][:, lo : lo + len(ids)] = block
+            else:
+                out[layer].write_rows(lo, block)
         progress.update(len(ids))
     n_tok = n * (t - start)
     return {
         layer: FeatureActivations(
-            acts=out[layer],
+            acts=out[layer] if stage_dir is None else out[layer].finish(),
             features=list(features),
             max=max_[layer],
             token_freq=fired[layer] / n_tok,

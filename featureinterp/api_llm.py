@@ -141,6 +141,19 @@ class OpenAIChatBackend(ChatBackend):
     # -- ChatBackend ------------------------------------------------------------------------------
 
     def generate(self, messages: Sequence[Message], params: GenerationParams) -> list[Completion]:
+        answer = self._answer(self._chat_request(messages, params), _completions)
+        return [
+            Completion(c["text"], c["finish_reason"], c["request_id"], cached=answer["cached"])
+            for c in answer["result"]
+        ]
+
+    def forget(self, messages: Sequence[Message], params: GenerationParams) -> None:
+        """Drop the cached answer of this request: its reply was unusable (unparseable), so a rerun
+        must ask the server again rather than replay it forever."""
+        if self.cache_dir is not None:
+            self._cache_path(self._cache_key(self._chat_request(messages, params))).unlink(missing_ok=True)
+
+    def _chat_request(self, messages: Sequence[Message], params: GenerationParams) -> dict[str, Any]:
         request: dict[str, Any] = {
             "model": self.model,
             "messages": [dict(m) for m in messages],
@@ -153,11 +166,7 @@ class OpenAIChatBackend(ChatBackend):
             request["seed"] = params.seed
         if params.json_schema is not None and self.json_schema_mode != "none":
             request["response_format"] = self._response_format(params.json_schema)
-        answer = self._answer(request, _completions)
-        return [
-            Completion(c["text"], c["finish_reason"], c["request_id"], cached=answer["cached"])
-            for c in answer["result"]
-        ]
+        return request
 
     def next_token_logprobs(
         self, messages: Sequence[Message], reply_prefix: str, candidates: Sequence[str]

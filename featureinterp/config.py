@@ -38,6 +38,9 @@ __all__ = [
 
 PRESET_ENV = "FEATUREINTERP_PRESET"
 STANDIN_SUFFIX = "-standin"
+FAITHFUL_SUFFIX = "-faithful"
+"""``<preset>-faithful``: the preset with ``faithful=True`` under its own name (own storage and
+partitions), so the size of each fix is the difference between the two presets' scores."""
 """``gemma-2-9b-standin``: the CPU stand-in of preset ``gemma-2-9b`` (featureinterp.standin)."""
 HOME_ENV = "FEATUREINTERP_HOME"
 MODELS_ENV = "FEATUREINTERP_MODELS"
@@ -85,6 +88,8 @@ class ExplainSettings:
     simulator_prompt: Literal["tiny", "paper"] = "tiny"
     """``tiny``: few-shot header tuned for ~100M models (placeholder ``0``); ``paper``: ``unknown``."""
     simulator_batch: int = 8
+    """Records per simulator forward pass; 0: as many as the free accelerator memory holds
+    (``simulator.batch_size_for_memory``; 2, the paper's value, where no CUDA device is used)."""
     explainer: ModelSpec | ApiSpec | None = None
     """None: the simulator model as a local explainer with grammar-constrained JSON."""
     conditions: tuple[str, ...] = ("one_shot", "tree")
@@ -99,6 +104,10 @@ class ExplainSettings:
     tree_width: int = 3
     synthetic: bool = True
     """Add the synthetic ground-truth features as layer ``SYN`` (featureinterp.synthetic)."""
+    features_at_once: int = 4
+    """Features of a run explained concurrently when the explainer is an API (their requests
+    overlap while the local simulator, one pass at a time, scores the others); 1 with a local
+    explainer, which shares the device with the simulator."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +201,11 @@ class Preset:
     needs_hub: bool = True
     """True where model/SAE/corpus come from the Hugging Face hub."""
     explain: ExplainSettings = field(default_factory=ExplainSettings)
+    faithful: bool = False
+    """Reproduce the paper code where we fixed it, to measure each fix (README "Differences from
+    the paper code"): prefix-scan retrieval, validation = the train slice, and the paper's
+    false-positive rule (raw activation below 10, predicted above 1). Select it by name:
+    ``<preset>-faithful``."""
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -272,7 +286,7 @@ _EMBEDDED = Preset(
 _PAPER_EXPLAIN = ExplainSettings(
     simulator=ModelSpec(name="google/gemma-2-27b-it", dtype="bfloat16", quantization="4bit"),
     simulator_prompt="paper",
-    simulator_batch=2,
+    simulator_batch=0,  # from free GPU memory (the paper's constant 2 leaves an H100 mostly idle)
     explainer=ApiSpec(model="meta-llama/llama-4-scout", price_in_per_mtok=0.08, price_out_per_mtok=0.30),
     conditions=("one_shot", "tree"),
     tree_depth=2,
@@ -341,6 +355,8 @@ PRESETS: dict[str, Preset] = {
 def get_preset(name: str | None = None) -> Preset:
     """The preset called ``name``, else the one named by $FEATUREINTERP_PRESET, else ``embedded``."""
     name = name or os.environ.get(PRESET_ENV) or "embedded"
+    if name.endswith(FAITHFUL_SUFFIX):  # the paper code's behaviour, stored apart to compare with
+        return get_preset(name.removesuffix(FAITHFUL_SUFFIX)).replace(name=name, faithful=True)
     base = name.removesuffix(STANDIN_SUFFIX)
     if base != name and base in PRESETS:
         from featureinterp.standin import standin_preset  # a paper preset's CPU stand-in

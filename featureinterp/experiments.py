@@ -122,7 +122,8 @@ class Evaluation:
     reason: str | None
     per_source: dict[str, dict[str, float]]
     """source -> {score, fp_rate}; fp_rate = share of the complementary tokens with true activation
-    below ``fp_true_fraction`` x max where the simulation predicts > ``fp_pred``."""
+    below ``fp_true_fraction`` x max (or below ``fp_true_below`` in raw units, the paper's rule)
+    where the simulation predicts > ``fp_pred``."""
     predictions: dict[str, list[list[float]]]
     """source -> per-record simulated values of the complementary records, and ``positive``."""
 
@@ -134,6 +135,7 @@ def evaluate(
     max_act: float,
     fp_true_fraction: float = 0.1,
     fp_pred: float = 1.0,
+    fp_true_below: float | None = None,
 ) -> Evaluation:
     """Score ``explanation`` on the test split, per complementary source, with one simulation."""
     pos = _records(frame, "positive", "test", None)
@@ -150,7 +152,9 @@ def evaluate(
         s = score([r.acts for r in pos + recs], [*pos_pred, *sp])
         true = np.concatenate([r.acts for r in recs]) if recs else np.zeros(0)
         guess = np.concatenate(sp) if recs else np.zeros(0)
-        quiet = true < fp_true_fraction * max_act
+        # quiet tokens: below a fraction of the feature's max (ours), or below an absolute raw
+        # activation (``fp_true_below``: the paper's rule, 10, which depends on the SAE's scale)
+        quiet = true < (fp_true_fraction * max_act if fp_true_below is None else fp_true_below)
         fp = float((guess[quiet] > fp_pred).mean()) if quiet.any() else float("nan")
         per_source[source] = {"score": s.correlation, "fp_rate": fp, "n_records": len(pos) + len(recs)}
         if source == PRIMARY_SOURCE:

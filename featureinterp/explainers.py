@@ -24,6 +24,7 @@ Prompt wording and few-shot examples are our own (not the paper's text).
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import re
@@ -53,6 +54,7 @@ from featureinterp.llm import (
     Message,
     assistant,
     system,
+    tally_usage,
     user,
 )
 from featureinterp.scoring import score
@@ -225,7 +227,7 @@ class ExplainResult:
     completions: list[dict[str, Any]]
     """Every raw completion: ``{text, finish_reason, request_id, cached, parsed_ok, error, stage}``."""
     usage: dict[str, float]
-    """Backend usage accrued during the call (includes other callers' requests on a shared backend)."""
+    """Usage of this call's own requests (other features' requests on a shared backend excluded)."""
     simulations: int
     """Rule simulations actually run (after the per-call rule cache)."""
     stop_reason: str = "one_shot"
@@ -729,6 +731,7 @@ class _Run:
                 self.completions.append(_completion(None, stage, f"backend: {err}"))
                 last_error = f"the backend gave up: {err}"
                 break
+            unusable = False
             for c in replies:  # a server may return more than asked: all are recorded, n are kept
                 try:
                     explanation = parse_explanation(c.text, cfg.structured, cfg.rule_cap)
@@ -737,6 +740,9 @@ class _Run:
                 except ParseError as err:
                     self.completions.append(_completion(c, stage, str(err)))
                     last_error = f"unparseable reply: {err}"
+                    unusable = True
+            if unusable:
+                self.backend.forget(messages, params)
         if not found:
             tried = sum(1 for c in self.completions if c["stage"] == stage)
             raise ExplanationFailed(
@@ -774,6 +780,7 @@ class _Run:
         try:
             explanation, improvement = parse_child_reply(c.text, cfg.structured, cfg.rule_cap)
         except ParseError as err:
+            self.backend.forget(messages, params)
             return c, str(err), None, None
         return c, None, explanation, improvement
 
@@ -787,7 +794,11 @@ class _Run:
                 user(feedback_message(self.records, parent.train_preds, self.config)),
             ]
             asks += [(parent, messages, j) for j in range(self.config.branching)]
-        futures = {pool.submit(self.request_child, *ask): k for k, ask in enumerate(asks)}
+        # each request runs in a copy of this context, so the feature's usage tally counts it
+        futures = {
+            pool.submit(contextvars.copy_context().run, self.request_child, *ask): k
+            for k, ask in enumerate(asks)
+        }
         results: dict[int, tuple] = {}
         for fut in as_completed(futures):
             k = futures[fut]
@@ -852,9 +863,9 @@ def explain(
         raise ValueError(f"seed must be non-negative, got {seed}")
     if config.holistic and any(r.holistic is None for r in records.train):
         raise ValueError("config.holistic is set but some train records have no holistic values")
-    before = backend.usage.snapshot()
-    run = _Run(backend, records, config, seed, _RuleCache(simulate, records))
-    chosen, stop = run.tree() if config.method == "tree" else run.one_shot()
+    with tally_usage() as usage:  # this call's requests only, even when features share the backend
+        run = _Run(backend, records, config, seed, _RuleCache(simulate, records))
+        chosen, stop = run.tree() if config.method == "tree" else run.one_shot()
     return ExplainResult(
         explanation=chosen[0].explanation,
         alternatives=[n.explanation for n in chosen[1:]],
@@ -862,7 +873,7 @@ def explain(
         valid_score=chosen[0].valid_score,
         nodes=[n.to_dict() for n in run.nodes],
         completions=run.completions,
-        usage=backend.usage.since(before),
+        usage={k: round(v, 6) for k, v in usage.snapshot().items()},
         simulations=run.cache.simulations,
         stop_reason=stop,
     )

@@ -34,6 +34,7 @@ import numpy as np
 import polars as pl
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
@@ -78,7 +79,7 @@ _CONDITION_LABELS = {
     "structured_train_negatives": "structured + train negatives",
     "structured_holistic": "structured + holistic",
 }
-_FLOATS = ("score", "fp_rate", "complexity")
+_FLOATS = ("score", "fp_rate", "complexity", "null_score")
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ def fig3(
     out_dir: Path | str,
     expected: int | None = None,
     *,
+    grid: str = "",
     tokens_per_record: int = 32,
     condition: str = "structured",
     rule_cap: int | None = None,
@@ -144,7 +146,7 @@ def fig3(
     }
     summary = _grid(frame.group_by(keys).agg(aggs), levels, expected, ("n", "n_nan", "n_fp_nan"))
     caption, incomplete = _coverage(summary, expected, "method x source x layer")
-    caption += f"; {int(summary['n_nan'].sum())} undefined scores dropped"
+    caption += f"; {int(summary['n_nan'].sum())} undefined scores dropped" + (f"; {grid}" if grid else "")
 
     sns = _seaborn()
     methods, sources, layers = levels["method"], levels["source"], levels["layer"]
@@ -186,6 +188,7 @@ def fig4(
     confidence: float = 0.90,
     expected: int | None = None,
     *,
+    grid: str = "",
     source: str = "similar_negative",
     rule_cap: int | None = None,
 ) -> FigureResult:
@@ -200,8 +203,20 @@ def fig4(
     if not 0 < confidence < 1:
         raise ValueError(f"{name}: confidence must lie strictly between 0 and 1, got {confidence}")
     required = ("layer", "feature", "method", "condition", "rule_cap", "source", "score")
-    frame = _select_cap(_prepare(df, name, required, (), {"source": source}, expected), name, rule_cap)
+    frame = _select_cap(
+        _prepare(df, name, required, ("null_score",), {"source": source}, expected), name, rule_cap
+    )
     _check_unique(frame, ("method", "condition", "layer", "feature"), name)
+    # the empty explanation's score per layer (the simulator's prior), drawn as a reference line
+    null = {}
+    if "null_score" in frame.columns:
+        per_feature = frame.unique(("layer", "feature")).filter(pl.col("null_score").is_finite())
+        null = {
+            r["layer"]: r["null_score"]
+            for r in per_feature.group_by("layer").agg(pl.col("null_score").mean()).iter_rows(named=True)
+        }
+        if len(per_feature):
+            null[ALL_LAYERS] = float(per_feature["null_score"].mean())
 
     frame = frame.with_columns(pl.when(pl.col("score").is_nan()).then(0.0).otherwise("score").alias("score0"))
     aggs = [
@@ -237,8 +252,17 @@ def fig4(
         ci_halfwidth=pl.when(pl.col("n") >= 2).then(pl.col("sem") * pl.col("t")).otherwise(math.nan),
         confidence=pl.lit(confidence),
     ).drop("_sd", "t")
+    summary = summary.with_columns(
+        null_score=pl.col("layer").replace_strict(null, default=math.nan, return_dtype=pl.Float64)
+    )
     caption, incomplete = _coverage(per_layer, expected, "method x condition x layer")
-    caption += f"; {int(per_layer['n_nan'].sum())} undefined scores counted as 0"
+    caption += f"; {int(per_layer['n_nan'].sum())} undefined scores counted as 0" + (
+        f"; {grid}" if grid else ""
+    )
+    if null:
+        caption += (
+            f"; dashed: empty explanation (simulator prior), {null.get(ALL_LAYERS, math.nan):.2f} pooled"
+        )
 
     sns = _seaborn()
     groups = [*layers, ALL_LAYERS]
@@ -272,6 +296,9 @@ def fig4(
             ok = np.isfinite(ci) & np.isfinite(mean)  # no error bar rather than a misleading zero-width one
             ax.errorbar(x[ok], mean[ok], yerr=ci[ok], fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
         ax.axhline(0, color="black", linewidth=0.6)
+        for i, group in enumerate(groups):
+            if group in null:
+                ax.hlines(null[group], i - 0.42, i + 0.42, colors="firebrick", linestyles="--", linewidth=1.2)
         ax.set_xticks(x0, groups)
         ax.axvline(len(layers) - 0.5, color="grey", linewidth=0.6, linestyle=":")
         ax.set_xlabel("Layer")
@@ -288,6 +315,10 @@ def fig4(
             )
             for c in conditions
         ]
+        if null:
+            condition_handles.append(
+                Line2D([], [], color="firebrick", linestyle="--", label="empty explanation")
+            )
         ax.add_artist(
             ax.legend(handles=method_handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
         )
@@ -306,6 +337,7 @@ def fig5(
     out_dir: Path | str,
     expected: int | None = None,
     *,
+    grid: str = "",
     method: str = "one_shot",
     condition: str = "structured",
     source: str = "similar_negative",
@@ -361,6 +393,7 @@ def fig5(
         .with_columns(pl.col("mean_score_prop", "mean_mono_score", "mean_mono_prop").fill_null(math.nan))
     )
     caption, incomplete = _coverage(summary, expected, "layer x rule cap")
+    caption += f"; {grid}" if grid else ""
     n_skipped, n_features = int(per_layer["n_skipped"].sum()), features["layer", "feature"].n_unique()
     caption += (
         f"; {int(summary['n_nan'].sum())} undefined scores dropped; {n_skipped} of {n_features} features "

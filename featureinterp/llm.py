@@ -16,9 +16,11 @@ Implementations: ``featureinterp.local_llm.LocalChatBackend`` (transformers) and
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -91,6 +93,9 @@ class Completion:
     """True when served from the on-disk response cache (no tokens paid)."""
 
 
+_SCOPE: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("usage_scope", default=None)
+
+
 @dataclass
 class Usage:
     """Token usage and cost, accumulated across threads."""
@@ -107,6 +112,9 @@ class Usage:
         with self._lock:
             for name, value in amounts.items():
                 setattr(self, name, getattr(self, name) + value)
+        scope = _SCOPE.get()
+        if scope is not None and scope is not self:
+            scope.add(**amounts)
 
     def snapshot(self) -> dict[str, float]:
         with self._lock:
@@ -116,6 +124,20 @@ class Usage:
         """Usage accrued after ``before`` (a snapshot): per-asset accounting on a shared backend."""
         now = self.snapshot()
         return {k: round(now[k] - before.get(k, 0), 6) for k in now}
+
+
+@contextlib.contextmanager
+def tally_usage() -> Iterator[Usage]:
+    """A tally of what the calls made inside the block add to any backend's usage: exact
+    per-feature accounting when several features share one backend at once (a backend's own
+    ``usage`` counts everyone's). Threads started inside the block must run in a copy of the
+    context (``contextvars.copy_context().run``) to be counted."""
+    tally = Usage()
+    token = _SCOPE.set(tally)
+    try:
+        yield tally
+    finally:
+        _SCOPE.reset(token)
 
 
 class ChatBackend(ABC):
@@ -128,6 +150,12 @@ class ChatBackend(ABC):
     @abstractmethod
     def generate(self, messages: Sequence[Message], params: GenerationParams) -> list[Completion]:
         """Up to ``params.n`` completions of the conversation (raises ``BackendError`` on failure)."""
+
+    def forget(self, messages: Sequence[Message], params: GenerationParams) -> None:
+        """Forget a stored answer to this request (a backend with a response cache drops it);
+        called for replies that could not be used, so a rerun asks again. Without a cache there
+        is nothing to forget."""
+        return None
 
     @abstractmethod
     def next_token_logprobs(

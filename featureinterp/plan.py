@@ -1,10 +1,13 @@
 """What a preset costs before a GPU is rented: partitions, runs, model loads, tokens, GPU hours.
 
 No model is loaded. The counts of partitions, runs and model loads follow from the preset and the
-way runs are launched: ``featureinterp run`` runs one Dagster run per (layer, feature) partition
-for records, holistic values and the explain + score stage, all in one process that loads each
-model once; a UI or daemon backfill gives each run its own process, which loads its models. The
-token counts per feature are *measured*: read back from a stand-in run of the same preset
+way runs are launched. The per-feature assets take single-run backfills, so a run covers a range
+of (layer, feature) partitions and loads each model once: ``featureinterp run`` launches one run
+per layer for records (+ holistic values) and one for explain + score, all in one process (one
+load per model for the whole invocation); a UI backfill or ``--partition-range`` launched per
+layer gives each layer's run its own process (a load per layer), which is how eight GPUs share a
+grid. The third way, a run per partition (what the paper's scripts and Dagster's default
+backfills amount to), is kept as the baseline. The token counts per feature are *measured*: read back from a stand-in run of the same preset
 (``featureinterp run --standin``), whose simulator uses a Gemma tokenizer (so simulator token counts
 are those of gemma-2-27b-it on the same prompt layout) and whose explainer prompts carry the same
 records; its explainer *replies* come from a random model, so completion tokens are an upper
@@ -26,7 +29,15 @@ from dataclasses import asdict, dataclass, field
 from featureinterp.config import ApiSpec, Preset
 from featureinterp.experiments import get_condition
 
-__all__ = ["GpuSpec", "MeasuredCost", "PresetPlan", "measured_costs", "plan_preset", "MODEL_PARAMS"]
+__all__ = [
+    "GpuSpec",
+    "MeasuredCost",
+    "PresetPlan",
+    "measured_costs",
+    "paper_tree_tokens",
+    "plan_preset",
+    "MODEL_PARAMS",
+]
 
 MODEL_PARAMS: dict[str, float] = {
     "gpt2": 124e6,
@@ -118,6 +129,8 @@ class PresetPlan:
     gpu_hours: dict[str, float]
     dominant: str
     assumptions: dict = field(default_factory=dict)
+    figures: dict = field(default_factory=dict)
+    """Each paper figure's grid and its own cost (``figure_plans``), for a paper preset."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)
@@ -127,7 +140,8 @@ class PresetPlan:
             f"preset {self.preset}: {self.layers} layer keys x {self.features} features, "
             f"conditions {', '.join(self.conditions)}",
             "partitions: " + ", ".join(f"{k} {v:,}" for k, v in self.partitions.items()),
-            "runs (featureinterp run): " + ", ".join(f"{k} {v:,}" for k, v in self.runs.items()),
+            "runs (featureinterp run, one per layer and stage): "
+            + ", ".join(f"{k} {v:,}" for k, v in self.runs.items()),
             *(
                 f"model loads, {way}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
                 for way, counts in self.model_loads.items()
@@ -155,6 +169,20 @@ class PresetPlan:
                 + ", ".join(f"{k} {v:,.1f}" for k, v in self.gpu_hours.items())
                 + f" (dominated by {self.dominant})"
             )
+        for name, fig in self.figures.items():
+            g = fig["grid"]
+            hours = fig["gpu_hours"].get("featureinterp run: 1x H100 SXM")
+            lines.append(
+                f"paper {name}: {len(g['layers'])} layers x {len(g['features'])} features x "
+                f"{len(g['conditions'])} conditions, explainer {g['explainer']}"
+                + (f", tree depth {g['tree']['depth']} width {g['tree']['width']}" if g["tree"] else "")
+                + (
+                    f"; {hours:,.1f} H100 hours (featureinterp run) for its measured conditions "
+                    f"({', '.join(fig['measured_conditions'])})"
+                    if hours is not None
+                    else ""
+                )
+            )
         return "\n".join(lines)
 
 
@@ -181,22 +209,35 @@ def plan_preset(preset: Preset, readers: Sequence[Stored] = (), gpu: GpuSpec | N
     }
     runs = {
         "tokens+sae+embeddings": 3,
-        "records": lf,
-        "explain+score": lf,
+        "records": n_layers,
+        "explain+score": n_layers,
         "layer_results": n_layers,
         "figures": 1,
     }
     simulator = preset.explain.simulator or preset.model
     names = {"subject": f"subject ({preset.model.name})", "simulator": f"simulator ({simulator.name})"}
-    per_partition = {names["subject"]: 1 + (lf if holistic else 0), names["simulator"]: lf}
-    if preset.explain.explainer is not None and not isinstance(preset.explain.explainer, ApiSpec):
+    local_explainer = preset.explain.explainer is not None and not isinstance(
+        preset.explain.explainer, ApiSpec
+    )
+    if local_explainer:
         names["explainer"] = f"explainer ({preset.explain.explainer.name})"
-        per_partition[names["explainer"]] = lf
+
+    def per_run(n: int) -> dict[str, int]:
+        """Loads when the per-feature stages take ``n`` runs (the activation pass is one more
+        subject load; holistic values need the subject model in every records run)."""
+        return {
+            names["subject"]: 1 + (n if holistic else 0),
+            names["simulator"]: n,
+            **({names["explainer"]: n} if local_explainer else {}),
+        }
+
     loads = {
-        # `featureinterp run`: every run of the invocation shares one process, so one load each
-        "featureinterp run": {name: 1 for name in per_partition},
-        # UI / daemon backfills: a process per partition run, a load per run
-        "one process per run (UI backfill)": per_partition,
+        # every run of the invocation shares one process, so one load each
+        "featureinterp run": {name: 1 for name in names.values()},
+        # a backfill (or --partition-range) per layer: a process per layer run
+        "UI backfill per layer": per_run(n_layers),
+        # the baseline: a run (and a process) per (layer, feature) partition
+        "a run per partition": per_run(lf),
     }
     keys = [f"{f}|{layer}" for layer in preset.layer_keys for f in preset.feature_keys]
     measured = measured_costs(readers, keys, conditions)
@@ -231,11 +272,10 @@ def plan_preset(preset: Preset, readers: Sequence[Stored] = (), gpu: GpuSpec | N
         for way, counts in loads.items():
             load_s = sum(n * 2 * params.get(name, 0.0) for name, n in counts.items()) / (gpu.load_gbps * 1e9)
             parts = compute | {"model loads": load_s}
-            one = sum(parts.values())
-            # eight GPUs split the partitions; in `featureinterp run` each GPU's process loads once
-            eight = sum(compute.values()) / 8 + (load_s if way == "featureinterp run" else load_s / 8)
-            gpu_hours[f"{way}: 1x {gpu.name}"] = one / 3600
-            gpu_hours[f"{way}: 8x {gpu.name}"] = eight / 3600
+            gpu_hours[f"{way}: 1x {gpu.name}"] = sum(parts.values()) / 3600
+            if way != "featureinterp run":  # one process runs one thing at a time: a GPU
+                # eight GPUs split the runs (pool `gpu` = 8), each run loading its own models
+                gpu_hours[f"{way}: 8x {gpu.name}"] = sum(parts.values()) / 8 / 3600
             if way == "featureinterp run":
                 gpu_hours |= {f"of which {k}": v / 3600 for k, v in parts.items()}
                 dominant = max(parts, key=parts.get)
@@ -253,3 +293,70 @@ def plan_preset(preset: Preset, readers: Sequence[Stored] = (), gpu: GpuSpec | N
         dominant=dominant,
         assumptions=asdict(gpu),
     )
+
+
+def paper_tree_tokens(
+    rule_tokens: Callable[[str], int],
+    record_tokens: Sequence[int],
+    n_train: int,
+    node_rules: Sequence[Sequence[str]],
+    batch_size: int,
+) -> int:
+    """Simulator forward tokens the paper code's tree loop spends scoring these nodes
+    (paper-method.md 4.6-4.7 and 5.5), for comparison with ours on the same explanations.
+
+    Each scored node simulates every rule of its explanation on the train records and then on the
+    valid records: the rule message is appended to a copy of the header cache, then the records run
+    in chunks of ``batch_size``, each chunk padded to its longest record and the last one filled up
+    with copies. Nothing is shared between nodes, so a rule kept by a child is simulated again.
+    ``record_tokens`` are the prompt lengths of the train records then the valid ones (the first
+    ``n_train``); ``node_rules`` the rule texts of each node.
+    """
+
+    def chunks(lengths: Sequence[int]) -> int:
+        return sum(
+            batch_size * max(lengths[lo : lo + batch_size]) for lo in range(0, len(lengths), batch_size)
+        )
+
+    per_records = chunks(record_tokens[:n_train]) + chunks(record_tokens[n_train:])
+    return sum(rule_tokens(rule) + per_records for rules in node_rules for rule in rules)
+
+
+def paper_grid(preset: Preset) -> Preset:
+    """The grid the paper's Figure 4 and 5 scripts ran (paper-method.md 9.2-9.3): the 8 layers
+    ``round(linspace(0, L-1, 8))`` of the model and features 0..29, without synthetic features."""
+    import dataclasses
+
+    from featureinterp.figure_grids import paper_layers
+
+    return preset.replace(
+        layers=paper_layers(max(preset.layers) + 1),
+        features=tuple(range(30)),
+        explain=dataclasses.replace(preset.explain, synthetic=False),
+    )
+
+
+def figure_plans(
+    preset: Preset, readers: Sequence[Stored] = (), gpu: GpuSpec | None = None
+) -> dict[str, dict]:
+    """Each paper figure's grid (featureinterp.figure_grids) with what that grid alone costs."""
+    import dataclasses
+
+    from featureinterp.figure_grids import figure_grids
+
+    out = {}
+    for name, grid in figure_grids(preset).items():
+        sub = preset.replace(
+            layers=grid.layers,
+            features=grid.features,
+            explain=dataclasses.replace(preset.explain, conditions=grid.conditions, synthetic=False),
+        )
+        cost = plan_preset(sub, readers, gpu)
+        out[name] = {
+            "grid": grid.to_dict(),
+            "partitions_per_condition": len(grid.layers) * len(grid.features),
+            "measured_conditions": sorted(cost.measured),
+            "explainer_cost_usd": cost.explainer.get("cost_usd"),
+            "gpu_hours": cost.gpu_hours,
+        }
+    return out

@@ -17,6 +17,7 @@ covering header + suffix, and explicit positions. Only the readout rows go throu
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -156,9 +157,13 @@ class SimulatorPrompt:
         for i, (explanation, lines) in enumerate(self.examples, start=1):
             reveal = len(lines) // 3
             body = "\n".join(
-                f"{escape_token(t)}\t{self.placeholder if j < reveal else v}" for j, (t, v) in enumerate(lines)
+                f"{escape_token(t)}\t{self.placeholder if j < reveal else v}"
+                for j, (t, v) in enumerate(lines)
             )
-            msgs += [user(self.rule_text(i, explanation)), assistant(f"{self.reply_prefix}<start>\n{body}\n<end>")]
+            msgs += [
+                user(self.rule_text(i, explanation)),
+                assistant(f"{self.reply_prefix}<start>\n{body}\n<end>"),
+            ]
         return [*msgs, user(self.rule_text(len(self.examples) + 1, "..."))]
 
 
@@ -241,6 +246,20 @@ class LocalSimulator:
         self.forward_tokens = 0
         """Token positions run through the model so far (prefills, padded record batches, uncached
         prompts): the simulator's compute, for cost accounting (``featureinterp plan``)."""
+        self._lock = threading.RLock()  # features explained at once share the model: one pass at a time
+        self._thread = threading.local()
+
+    def thread_tokens(self) -> int:
+        """``forward_tokens`` run for the calling thread only: per-feature accounting when several
+        features' explanations share this simulator from their own threads."""
+        return getattr(self._thread, "tokens", 0)
+
+    def _count(self, n: int, shared: bool = False) -> None:
+        """Count ``n`` forward tokens; ``shared`` ones (the header, prefilled once per simulator)
+        go to the total only, so a feature's count does not depend on whether it came first."""
+        self.forward_tokens += n
+        if not shared:
+            self._thread.tokens = self.thread_tokens() + n
 
     def describe(self) -> dict[str, object]:
         """What the simulator is prompted with (stored with every score, so a run shows which
@@ -299,31 +318,39 @@ class LocalSimulator:
         return torch.tanh(logits / cap) * cap if cap else logits
 
     @torch.no_grad()
-    def _prefill(self, ids: list[int], cache=None):
+    def _prefill(self, ids: list[int], cache=None, shared: bool = False):
         cache = cache if cache is not None else kv_cache.new_cache(self.model)
         start = cache.get_seq_length()
         x = torch.tensor([ids], device=self.device)
         pos = torch.arange(start, start + len(ids), device=self.device)[None]
         self._base()(input_ids=x, position_ids=pos, cache=cache, use_cache=True)
-        self.forward_tokens += len(ids)
+        self._count(len(ids), shared)
         return cache
 
     def _header(self):
         if self._header_cache is None:
-            self._header_cache = self._prefill(self.header_ids)
+            self._header_cache = self._prefill(self.header_ids, shared=True)
         return self._header_cache
 
-    @torch.no_grad()
     def simulate(
         self, explanation: str, records: Sequence[Sequence[str]], cached: bool = True
     ) -> list[np.ndarray]:
         """Expected activation (0..5) of every token of every record under one explanation."""
+        with self._lock:
+            return self._simulate(explanation, records, cached)
+
+    @torch.no_grad()
+    def _simulate(self, explanation: str, records: Sequence[Sequence[str]], cached: bool) -> list[np.ndarray]:
         rule = self.rule_ids(explanation)
         blocks = [self.record_ids(tokens) for tokens in records]
         if not cached:
             return [self._simulate_uncached(self.header_ids + rule, ids, pos) for ids, pos in blocks]
         rule_cache = self._prefill(rule, kv_cache.fork(self._header())) if rule else self._header()
         prefix_len = rule_cache.get_seq_length()
+        # longest first, so each batch pads to lengths close to its own (results are put back in
+        # the records' order; a row's values do not depend on its batch neighbours)
+        order = sorted(range(len(blocks)), key=lambda i: -len(blocks[i][0]))
+        blocks = [blocks[i] for i in order]
         out: list[np.ndarray] = []
         for lo in range(0, len(blocks), self.batch_size):
             chunk = blocks[lo : lo + self.batch_size]
@@ -340,11 +367,14 @@ class LocalSimulator:
             hidden = self._base()(
                 input_ids=x, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
             )[0]
-            self.forward_tokens += x.numel()
+            self._count(x.numel())
             for i, (_, positions) in enumerate(chunk):
                 idx = torch.tensor(positions, device=self.device, dtype=torch.long)
                 out.append(expected_values(self._digit_logits(hidden[i, idx])).cpu().numpy())
-        return out
+        restored: list[np.ndarray] = [np.empty(0)] * len(out)
+        for j, i in enumerate(order):
+            restored[i] = out[j]
+        return restored
 
     def simulate_explanation(
         self, explanation: Explanation, records: Sequence[Sequence[str]], cached: bool = True
@@ -363,6 +393,31 @@ class LocalSimulator:
     def _simulate_uncached(self, prefix: list[int], ids: list[int], positions: list[int]) -> np.ndarray:
         x = torch.tensor([prefix + ids], device=self.device)
         hidden = self._base()(input_ids=x, use_cache=False)[0][0]
-        self.forward_tokens += x.numel()
+        self._count(x.numel())
         idx = torch.tensor([len(prefix) + p for p in positions], device=self.device, dtype=torch.long)
         return expected_values(self._digit_logits(hidden[idx])).cpu().numpy()
+
+
+def batch_size_for_memory(
+    config, free_bytes: int, prefix_tokens: int, record_tokens: int, bytes_per_value: int = 2, cap: int = 64
+) -> int:
+    """Records per forward pass that fit in ``free_bytes`` of accelerator memory (half of it, for
+    fragmentation and the allocator's reserve).
+
+    Per record a pass holds the new tokens' keys and values in every layer (the shared prefix is a
+    view, not copied), one layer's MLP activations, and one layer's attention scores in float32
+    (eager attention, as soft-capped Gemma models need) over prefix + record. ``config`` is the
+    simulator's transformers config; weights are already resident and not counted.
+    """
+    text = getattr(config, "text_config", config)
+    layers = text.num_hidden_layers
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    inter = getattr(text, "intermediate_size", None) or 4 * text.hidden_size
+    t, total = record_tokens, prefix_tokens + record_tokens
+    kv = layers * 2 * kv_heads * head_dim * t * bytes_per_value
+    mlp = 3 * inter * t * bytes_per_value
+    scores = heads * t * total * 4
+    per_record = kv + mlp + scores
+    return int(max(1, min(cap, (free_bytes // 2) // per_record)))

@@ -6,6 +6,7 @@ half-written file that a later run would trust.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,8 @@ from featureinterp.errors import CorruptFileError
 
 __all__ = [
     "ArrayBundle",
+    "NpyStream",
+    "StagedNpy",
     "TableBundle",
     "array_hash",
     "atomic_dir",
@@ -41,6 +44,58 @@ class ArrayBundle:
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.arrays[name]
+
+
+@dataclass(frozen=True)
+class StagedNpy:
+    """A finished .npy file written outside memory (``NpyStream``); ``save_arrays`` moves it into
+    place instead of copying it, so an array larger than memory is never read back."""
+
+    path: Path
+
+    def load(self) -> np.ndarray:
+        return np.load(self.path, mmap_mode="r", allow_pickle=False)
+
+
+class NpyStream:
+    """A C-order ``[A, N, T]`` .npy file written a block of rows at a time.
+
+    Why: ``sae_activations`` of 100k rows x 50 features is 330 MB per layer in float16; holding
+    every layer of a run in memory made peak RSS grow with rows x layers x features. Blocks go to
+    the file with positioned writes (no memory map: a mapping's resident pages count as the
+    process's memory), so memory stays at one batch.
+    """
+
+    def __init__(self, path: Path | str, shape: tuple[int, int, int], dtype) -> None:
+        self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "wb+")  # noqa: SIM115 (closed by finish())
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": self.shape,
+        }
+        np.lib.format.write_array_header_2_0(self._file, header)
+        self._data = self._file.tell()
+        self._file.truncate(self._data + int(np.prod(self.shape)) * self.dtype.itemsize)
+
+    def write_rows(self, row_start: int, block: np.ndarray) -> None:
+        """Write ``block`` [A, b, T] at rows ``row_start .. row_start + b`` of every leading index."""
+        a, b, t = block.shape
+        if a != self.shape[0] or t != self.shape[2] or row_start + b > self.shape[1]:
+            raise ValueError(f"block {block.shape} at row {row_start} does not fit {self.shape}")
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        row_bytes = t * self.dtype.itemsize
+        for i in range(a):  # rows of one leading index are contiguous in C order
+            os.pwrite(
+                self._file.fileno(),
+                block[i].tobytes(),
+                self._data + (i * self.shape[1] + row_start) * row_bytes,
+            )
+
+    def finish(self) -> StagedNpy:
+        self._file.close()
+        return StagedNpy(self.path)
 
 
 @dataclass
@@ -96,7 +151,12 @@ def save_arrays(path: Path | str, arrays: Mapping[str, np.ndarray], meta: Mappin
     """
     with atomic_dir(path) as tmp:
         for name, arr in arrays.items():
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
+            if isinstance(arr, StagedNpy):  # written outside memory: moved, never read back
+                os.replace(arr.path, tmp / f"{name}.npy")
+                with contextlib.suppress(OSError):
+                    arr.path.parent.rmdir()  # the staging folder, once empty
+            else:
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
         (tmp / "meta.json").write_text(json.dumps(dict(meta or {}), indent=1, default=str))
 
 

@@ -2,7 +2,8 @@
 
 A single Dagster CLI run cannot span assets with different partition definitions
 (unpartitioned tokens, per-layer activations, ...), so `featureinterp run` launches one run per
-stage on the persistent instance in $DAGSTER_HOME; every run shows in `dagster dev` afterwards.
+stage (per layer for the per-feature stages, each covering that layer's features) on the
+persistent instance in $DAGSTER_HOME; every run shows in `dagster dev` afterwards.
 Stages already materialized are skipped (reruns resume); `--force` rebuilds them.
 """
 
@@ -24,10 +25,27 @@ from featureinterp.config import PRESET_ENV, feature_key, get_preset, models_dir
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
 from featureinterp.models import load_tokenizer
 
+PRESET_MARKER = "featureinterp_preset"
+"""File in $DAGSTER_HOME naming the preset whose runs the instance holds."""
 
-def _instance() -> dg.DagsterInstance:
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path.cwd() / ".dagster_home")))
+
+def _instance(preset: str) -> dg.DagsterInstance:
+    """The instance of ``preset``: $DAGSTER_HOME, else ./.dagster_home/<preset>.
+
+    One instance serves one preset: every preset has the same asset keys and partition keys
+    (``records`` F0000|L05), so a second preset in the same instance would find the first one's
+    materializations and skip its own stages. The instance remembers its preset and refuses another.
+    """
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path.cwd() / ".dagster_home" / preset)))
     home.mkdir(parents=True, exist_ok=True)
+    marker = home / PRESET_MARKER
+    if marker.exists() and marker.read_text().strip() != preset:
+        raise ConfigError(
+            f"DAGSTER_HOME={home} holds the runs of preset {marker.read_text().strip()!r}, not {preset!r}: "
+            "one instance serves one preset (their asset keys are the same); set DAGSTER_HOME to "
+            f"another folder, e.g. {Path.cwd() / '.dagster_home' / preset}"
+        )
+    marker.write_text(preset + "\n")
     (home / "dagster.yaml").touch()  # default local (SQLite) instance; see the README for Postgres
     return dg.DagsterInstance.get()
 
@@ -68,32 +86,64 @@ def _stored_features(instance, layer: str) -> set[int]:
     return {int(f) for f in re.findall(r"\bF(\d+)\b", str(table.value))} if table else set()
 
 
-def _explain_stage(
-    defs: dg.Definitions, instance, preset, layer_keys: list[str], feature_keys: list[str], force: bool
-) -> tuple[int, list[str]]:
-    """Explanations and test scores of every condition, one run per (layer, feature) partition;
-    a failed partition is reported and the others go on (rerun to retry only the failures).
-    Returns how many partitions ran and which of them failed."""
-    assets = [f"{kind}/{c}" for c in preset.explain.conditions for kind in ("explanations", "scores")]
+def _feature_blocks(
+    instance, layer: str, feature_keys: list[str], assets: list[str], force: bool
+) -> list[tuple[list[str], list[str]]]:
+    """The runs a layer needs: runs of consecutive features that miss the same assets, each
+    ``(features, assets)``. One fresh layer is one run; a rerun after failures covers only them."""
     done = {a: set(instance.get_materialized_partitions(dg.AssetKey(a.split("/")))) for a in assets}
+    blocks: list[tuple[list[str], list[str]]] = []
+    previous = None  # the last feature's (index, todo): a block continues only without a gap
+    for i, feature in enumerate(feature_keys):
+        key = dg.MultiPartitionKey({"layer": layer, "feature": feature})
+        todo = [a for a in assets if force or key not in done[a]]
+        if todo and previous == (i - 1, todo):
+            blocks[-1][0].append(feature)
+        elif todo:
+            blocks.append(([feature], todo))
+        previous = (i, todo) if todo else None
+    return blocks
+
+
+def _range_tags(layer: str, features: list[str]) -> dict[str, str]:
+    first, last = (dg.MultiPartitionKey({"layer": layer, "feature": f}) for f in (features[0], features[-1]))
+    return {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+
+
+def _per_feature_stage(
+    defs: dg.Definitions,
+    instance,
+    assets: list[str],
+    layer_keys: list[str],
+    feature_keys: list[str],
+    force: bool,
+) -> tuple[int, list[str]]:
+    """Materialize per-feature ``assets``, one run per layer (per block of missing features): the
+    run's process loads each model once and records every (layer, feature) on its own. A failed
+    partition is reported and the others go on (rerun to retry only the failures). Returns how
+    many partitions ran and which of them failed."""
     failed, ran = [], 0
     for layer in layer_keys:
-        for feature in feature_keys:
-            key = dg.MultiPartitionKey({"layer": layer, "feature": feature})
-            todo = [a for a in assets if force or key not in done[a]]
-            if todo:
-                ran += 1
-                try:
-                    _run(defs, instance, todo, partition_key=key)
-                except SystemExit as err:
-                    print(err, flush=True)
-                    failed.append(str(key))
+        blocks = _feature_blocks(instance, layer, feature_keys, assets, force)
+        for features, todo in blocks:
+            ran += len(features)
+            try:
+                _run(defs, instance, todo, tags=_range_tags(layer, features))
+            except SystemExit as err:
+                print(err, flush=True)
+        if blocks:  # what is still missing after the layer's runs failed (one query per layer)
+            failed += [
+                f"{f}|{layer}"
+                for fs, _ in _feature_blocks(instance, layer, feature_keys, assets, False)
+                for f in fs
+            ]
     return ran, failed
 
 
-def start_standin(preset_name: str | None):
+def start_standin(preset_name: str | None, serve=None):
     """Build (once) the stand-in files of a paper preset and serve its explainer on 127.0.0.1;
-    returns the stand-in preset and the running server."""
+    returns the stand-in preset and the running server. ``serve`` wraps the explainer backend
+    before it is served (the backfill test makes one feature's replies fail)."""
     import secrets
 
     from featureinterp import standin
@@ -119,8 +169,9 @@ def start_standin(preset_name: str | None):
     model, tok = load_subject_model(ModelSpec(name=str(dirs["explainer"])), models_dir(), "cpu")
     key = secrets.token_hex(16)
     api = base.explain.explainer
+    backend = LocalChatBackend(model, tok, name="standin-explainer")
     server = start(
-        LocalChatBackend(model, tok, name="standin-explainer"),
+        serve(backend) if serve else backend,
         model_name=getattr(api, "model", None),
         api_key=key,
     )
@@ -194,7 +245,7 @@ def _run_lineage(
     os.environ[PRESET_ENV] = preset.name
     load_tokenizer(preset.model, models_dir())  # fail fast, with one clear line, when offline
     defs = build_definitions(preset)  # $FEATUREINTERP_HOME / $FEATUREINTERP_MODELS
-    instance = _instance()
+    instance = _instance(preset.name)
     added = register_layers(instance, preset)
     print(
         f"preset {preset.name}: layers {', '.join(preset.layer_keys)}"
@@ -223,19 +274,23 @@ def _run_lineage(
     stage = ["records"] + (
         ["holistic_activations"] if any(get_condition(c).holistic for c in preset.explain.conditions) else []
     )
-    done = {a: set(instance.get_materialized_partitions(dg.AssetKey(a))) for a in stage}
-    for layer in layer_keys:
-        for feature in feature_keys:
-            key = dg.MultiPartitionKey({"layer": layer, "feature": feature})
-            if force or any(key not in keys for keys in done.values()):
-                _run(defs, instance, stage, partition_key=key)
+    _, failed = _per_feature_stage(defs, instance, stage, layer_keys, feature_keys, force)
+    if failed:
+        raise SystemExit(f"featureinterp: records partitions failed: {', '.join(failed)} (rerun to retry)")
     if explain:
-        ran, failed = _explain_stage(defs, instance, preset, layer_keys, feature_keys, force)
+        assets = [f"{kind}/{c}" for c in preset.explain.conditions for kind in ("explanations", "scores")]
+        ran, failed = _per_feature_stage(
+            defs, instance, assets + ["baselines"], layer_keys, feature_keys, force
+        )
         # Figures show what exists, with an "n of m features" caption when partitions failed.
         if ran or force or instance.get_latest_materialization_event(dg.AssetKey("fig5")) is None:
             for layer in layer_keys:  # the slice this run explained (other layers' tables stand)
                 _run(defs, instance, ["layer_results"], partition_key=layer)
-            _run(defs, instance, ["fig3", "fig4", "fig5"])
+            _run(
+                defs,
+                instance,
+                ["fig3", "fig4", "fig5"] + (["fig_calibration"] if "SYN" in layer_keys else []),
+            )
         if failed:
             raise SystemExit(
                 f"featureinterp: explanation partitions failed: {', '.join(failed)} (rerun to retry)"
@@ -274,7 +329,7 @@ def simulate(preset_name: str | None, layer: str, feature: str, text: str, struc
     explanation = parse_structured(text) if structured else Explanation.text(text)
     s = preset.explain
     model, tok = load_subject_model(s.simulator or preset.model, models_dir())
-    sim = LocalSimulator(model, tok, prompt_for(s.simulator_prompt), batch_size=s.simulator_batch)
+    sim = LocalSimulator(model, tok, prompt_for(s.simulator_prompt), batch_size=s.simulator_batch or 2)
     ev = evaluate(sim.simulate_explanation, explanation, rec.frame, float(rec.meta["max_act"]))
     print(f"{preset.name} {layer}/{feature}: {explanation}")
     print(
@@ -305,9 +360,12 @@ def scores(preset_name: str | None, show_explanations: bool) -> None:
         return storage.stored(dg.AssetKey([kind, cond]), f"{feature}|{layer}")
 
     print(f"{preset.name}: test score (positives + similar non-activating), pooled Pearson r")
-    print(f"{'layer':6s} {'feature':8s} " + " ".join(f"{c:>12s}" for c in conditions))
+    print(
+        "null: the empty explanation's score (the simulator's prior; an explanation near it explains nothing)"
+    )
+    print(f"{'layer':6s} {'feature':8s} " + " ".join(f"{c:>12s}" for c in [*conditions, "null"]))
     for layer in preset.layer_keys:
-        per_cond: dict[str, list[float]] = {c: [] for c in conditions}
+        per_cond: dict[str, list[float]] = {c: [] for c in [*conditions, "null"]}
         for feature in preset.feature_keys:
             row = []
             for c in conditions:
@@ -316,6 +374,11 @@ def scores(preset_name: str | None, show_explanations: bool) -> None:
                 if score is not None and not math.isnan(score):
                     per_cond[c].append(score)
                 row.append("-" if v is None else f"{score:.3f}" if score is not None else "nan")
+            base = storage.stored(dg.AssetKey("baselines"), f"{feature}|{layer}")
+            null = (base or {}).get("null", {}).get("score")
+            if null is not None and not math.isnan(null):
+                per_cond["null"].append(null)
+            row.append("-" if base is None else "nan" if null is None or math.isnan(null) else f"{null:.3f}")
             print(f"{layer:6s} {feature:8s} " + " ".join(f"{x:>12s}" for x in row))
             if show_explanations:
                 if layer == "SYN":
@@ -325,16 +388,19 @@ def scores(preset_name: str | None, show_explanations: bool) -> None:
                     e = load("explanations", c, layer, feature)
                     if e is not None:
                         print(f"{'':15s} {c}: {Explanation.from_record(e['explanation'])}")
-        means = [f"{sum(v) / len(v):.3f} ({len(v)})" if v else "-" for v in (per_cond[c] for c in conditions)]
+        means = [f"{sum(v) / len(v):.3f} ({len(v)})" if v else "-" for v in per_cond.values()]
         print(f"{layer:6s} {'mean':8s} " + " ".join(f"{x:>12s}" for x in means))
 
 
-def plan(preset_name: str | None, conditions: list[str] | None, as_json: bool) -> None:
-    """Print what the preset costs (no model is loaded); see featureinterp/plan.py."""
+def plan(preset_name: str | None, conditions: list[str] | None, as_json: bool, grid: bool = False) -> None:
+    """Print what the preset costs (no model is loaded); see featureinterp/plan.py. ``grid``: the
+    paper's 8 layers x 30 features instead of the whole preset."""
     from featureinterp.experiments import get_condition
-    from featureinterp.plan import plan_preset
+    from featureinterp.plan import paper_grid, plan_preset
 
     preset = get_preset(preset_name)
+    if grid:
+        preset = paper_grid(preset)
     if conditions:
         [get_condition(c) for c in conditions]  # unknown names fail here, with the known ones
         preset = preset.replace(explain=dataclasses.replace(preset.explain, conditions=tuple(conditions)))
@@ -342,7 +408,11 @@ def plan(preset_name: str | None, conditions: list[str] | None, as_json: bool) -
 
     # measured token counts: the preset's stand-in run first, then the preset's own runs
     readers = [_storage(preset.name + SUFFIX).stored, _storage(preset.name).stored]
-    result = plan_preset(preset, [lambda key, part, r=r: r(dg.AssetKey(list(key)), part) for r in readers])
+    from featureinterp.plan import figure_plans
+
+    stored = [lambda key, part, r=r: r(dg.AssetKey(list(key)), part) for r in readers]
+    result = plan_preset(preset, stored)
+    result.figures = {} if grid else figure_plans(get_preset(preset_name), stored)
     print(result.to_json() if as_json else result.text())
 
 
@@ -372,6 +442,11 @@ def main(argv: list[str] | None = None) -> None:
     p_plan.add_argument("--preset")
     p_plan.add_argument("--conditions", help="comma-separated conditions (default: the preset's)")
     p_plan.add_argument("--json", action="store_true", help="print one JSON object")
+    p_plan.add_argument(
+        "--paper-grid",
+        action="store_true",
+        help="the paper's 8 layers x features 0-29 (Figs. 4-5), not the whole preset",
+    )
     p_layers = sub.add_parser("layers", help="register the preset's layers as dynamic partitions")
     p_layers.add_argument("--preset")
     p_sim = sub.add_parser("simulate", help="score a hand-written explanation on stored test records")
@@ -401,7 +476,12 @@ def main(argv: list[str] | None = None) -> None:
                 standin=args.standin,
             )
         elif args.command == "plan":
-            plan(args.preset, args.conditions.split(",") if args.conditions else None, args.json)
+            plan(
+                args.preset,
+                args.conditions.split(",") if args.conditions else None,
+                args.json,
+                args.paper_grid,
+            )
         elif args.command == "scores":
             scores(args.preset, args.explanations)
         elif args.command == "simulate":
@@ -410,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
             from featureinterp_assets.partitions import register_layers
 
             preset = get_preset(args.preset)
-            print("registered:", register_layers(_instance(), preset) or "nothing new")
+            print("registered:", register_layers(_instance(preset.name), preset) or "nothing new")
     except (ConfigError, UnavailableError, CorruptFileError) as err:
         sys.exit(f"featureinterp: {err}")
 

@@ -11,6 +11,4 @@ STORAGE_IO = "storage"
 """IO manager key of the array/JSON store under $FEATUREINTERP_HOME/storage/<preset>."""
 GROUP_EXPLANATIONS = "explanations"
 
-POOL_LLM_API = "llm_api"
-"""Concurrency pool of steps that call a remote explainer API (limit = requests you can afford)."""
 GROUP_FIGURES = "figures"

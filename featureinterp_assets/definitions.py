@@ -13,6 +13,7 @@ import dagster as dg
 
 from featureinterp.config import ApiSpec, Preset, data_home, get_preset, models_dir
 from featureinterp_assets.assets.activations import build_activation_assets
+from featureinterp_assets.assets.baselines import build_baseline_asset
 from featureinterp_assets.assets.corpus import corpus_tokens
 from featureinterp_assets.assets.explanations import build_explanation_assets
 from featureinterp_assets.assets.figures import build_figure_assets
@@ -36,7 +37,12 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
         *build_explanation_assets(
             layers, feature_partitions(preset), list(preset.explain.conditions), preset.name
         ),
-        *build_figure_assets(layers, feature_partitions(preset), list(preset.explain.conditions)),
+        build_baseline_asset(
+            dg.MultiPartitionsDefinition({"layer": layers, "feature": feature_partitions(preset)})
+        ),
+        *build_figure_assets(
+            layers, feature_partitions(preset), list(preset.explain.conditions), preset.explain.synthetic
+        ),
     ]
     layer_job = dg.define_asset_job(
         "layer_job",

@@ -56,6 +56,11 @@ class StorageIOManager(dg.ConfigurableIOManager):
         else:
             _write(self._path(context.asset_key, None), obj)
 
+    def store(self, asset_key: dg.AssetKey, partition_key: str | None, value) -> None:
+        """Write one partition's value (atomically) outside handle_output: a ranged run records its
+        partitions one by one (featureinterp_assets/batch.py)."""
+        _write(self._path(asset_key, partition_key), value)
+
     def stored(self, asset_key: dg.AssetKey, partition_key: str | None = None):
         """The stored value of one partition read outside a run (CLI, notebooks); None if absent."""
         path = self._path(asset_key, partition_key)

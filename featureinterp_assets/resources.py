@@ -28,11 +28,10 @@ _KEEP = 3
 def load_model(what: str, spec: ModelSpec, models_dir: Path, device: str):
     """``(model, tokenizer)`` of ``spec``, loaded once per *process* and shared by its runs.
 
-    `featureinterp run` executes its runs in one process, one run per (layer, feature) partition,
-    so a per-run load would read a 27B simulator thousands of times on a paper preset; here each
-    model is read once per invocation while every partition keeps its own run, materialization,
-    failure and retry. Runs launched by the daemon or the UI get a process each and load once per
-    run. Eval-mode models are only read (no state changes), so sharing them is safe; the least
+    A run covers a range of (layer, feature) partitions (single-run backfills,
+    featureinterp_assets/batch.py) and `featureinterp run` executes its runs (one per layer and
+    stage) in one process, so each model is read once per invocation; runs launched by the daemon
+    or the UI get a process each and load once per run. Eval-mode models are only read (no state changes), so sharing them is safe; the least
     recently used model is dropped beyond three. Each real load writes one event-log line, which
     the stand-in tests count.
     """
@@ -129,6 +128,21 @@ class LanceDBResource(dg.ConfigurableResource):
     uri: str
 
 
+def _batch_from_memory(simulator) -> int:
+    """The simulator batch that the free CUDA memory holds for paper-sized prompts (header + rule
+    + a 64-token record); the paper's 2 on other devices."""
+    from featureinterp.simulator import batch_size_for_memory
+
+    device = simulator.device
+    if device.type != "cuda":
+        return 2
+    free, _ = torch.cuda.mem_get_info(device)
+    rule = 64  # tokens of a rule turn, generous
+    size = batch_size_for_memory(simulator.model.config, free, len(simulator.header_ids) + rule, 64 * 4)
+    dg.get_dagster_logger().info(f"simulator batch {size} from {free / 2**30:.1f} GiB free on {device}")
+    return size
+
+
 class LLMResource(dg.ConfigurableResource):
     """The simulator (local model) and the explainer (local or OpenAI-compatible API) of a preset.
 
@@ -167,8 +181,10 @@ class LLMResource(dg.ConfigurableResource):
             s = self.settings()
             local = self.local_backend()
             self._simulator = LocalSimulator(
-                local.model, local.tok, prompt_for(s.simulator_prompt), batch_size=s.simulator_batch
+                local.model, local.tok, prompt_for(s.simulator_prompt), batch_size=s.simulator_batch or 2
             )
+            if not s.simulator_batch:
+                self._simulator.batch_size = _batch_from_memory(self._simulator)
         return self._simulator
 
     def explainer(self):

@@ -294,6 +294,11 @@ def test_disk_cache(server, tmp_path):
     assert not failing.generate([user("new question")], params)[0].cached
     assert len(server.requests) == 6
 
+    # An answer its caller could not use is forgotten: the next identical request asks again.
+    rerun.forget(HELLO, params)
+    assert not rerun.generate(HELLO, params)[0].cached and len(server.requests) == 7
+    assert rerun.generate(HELLO, params)[0].cached
+
 
 def test_json_schema_modes(server):
     params = GenerationParams(n=3, temperature=0.3, top_p=0.9, max_tokens=50, json_schema=SCHEMA, seed=7)

@@ -58,7 +58,9 @@ def test_sae_activations_equal_a_full_forward(case, tok):
     got = residuals(model, ids, [1, 4])
     sae = LoadedSae.bind(random_sae(64, d_sae=64, k=8, layer=4), model, 4)
     for layer in (1, 4):
-        assert torch.equal(got[layer], hidden[layer + 1]) or (got[layer] - hidden[layer + 1]).abs().max() < 1e-6
+        assert (
+            torch.equal(got[layer], hidden[layer + 1]) or (got[layer] - hidden[layer + 1]).abs().max() < 1e-6
+        )
     acts, ref = sae.encode(got[4]), sae.encode(hidden[5])
     assert (acts > 0).any() and (acts - ref).abs().max() <= 1e-5
 
@@ -95,7 +97,9 @@ def test_local_chat_n_samples(case, tok):
     backend = LocalChatBackend(model, tok, name="tiny")
     msgs = [user("Explain the feature.")]
     schema = explanation_schema(2)
-    sampled = backend.generate(msgs, GenerationParams(n=3, temperature=1.0, max_tokens=40, json_schema=schema, seed=3))
+    sampled = backend.generate(
+        msgs, GenerationParams(n=3, temperature=1.0, max_tokens=40, json_schema=schema, seed=3)
+    )
     assert len(sampled) == 3
     greedy = GenerationParams(n=3, temperature=0, max_tokens=40, json_schema=schema)
     many = backend.generate(msgs, greedy)

@@ -60,8 +60,9 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
     assert "materializing sae, sae_activations" not in run.stdout  # finished before the kill
     assert "holistic_activations" not in run.stdout  # no condition of this run prompts with them
     stages = stage_seconds(run.stdout)  # what benchmarks.end_to_end reports per stage
-    assert {"records", "explanations/one_shot, scores/one_shot", "fig3, fig4, fig5"} <= set(stages)
-    assert stages["explanations/one_shot, scores/one_shot"] > 0
+    explain = "explanations/one_shot, scores/one_shot, baselines"
+    assert {"records", explain, "fig3, fig4, fig5, fig_calibration"} <= set(stages), stages
+    assert stages[explain] > 0
     for p in finished:
         assert (storage / "records" / p / "table.parquet").stat().st_mtime_ns == before[p]
     assert (storage / "corpus_tokens" / "__all__" / "tokens.npy").stat().st_mtime_ns == stamp
@@ -79,7 +80,9 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
     assert table.returncode == 0, table.stderr[-3000:]
     stored = json.loads((storage / "scores" / "one_shot" / "F0000" / "SYN" / "value.json").read_text())
     row = next(line for line in table.stdout.splitlines() if line.startswith("SYN    F0000"))
-    assert row.split()[-1] == f"{stored['score']:.3f}"
+    assert row.split()[2] == f"{stored['score']:.3f}"  # columns: layer, feature, one_shot, null
+    null = json.loads((storage / "baselines" / "F0000" / "SYN" / "value.json").read_text())["null"]
+    assert row.split()[3] == f"{null['score']:.3f}"
     assert "truth: negation words" in table.stdout and "one_shot: " in table.stdout
 
     sim = _run(

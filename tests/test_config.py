@@ -56,3 +56,12 @@ def test_bad_preset_values_are_rejected():
         base.replace(layers=())
     with pytest.raises(ConfigError, match="negative layer"):
         base.replace(layers=(-1,))
+
+
+def test_faithful_presets_are_named_and_stored_apart():
+    from featureinterp.config import get_preset
+
+    plain, faithful = get_preset("embedded"), get_preset("embedded-faithful")
+    assert faithful.faithful and not plain.faithful and faithful.name == "embedded-faithful"
+    assert faithful.replace(name="embedded", faithful=False) == plain  # nothing else changes
+    assert get_preset("gemma-2-9b-standin-faithful").faithful

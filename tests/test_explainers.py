@@ -28,8 +28,11 @@ class ScriptedBackend(ChatBackend):
 
     def __init__(self, replies=(), fn=None):
         self.name, self.usage, self.fn = "scripted", Usage(), fn
-        self.replies, self.calls = list(replies), []
+        self.replies, self.calls, self.forgotten = list(replies), [], []
         self._lock = threading.Lock()
+
+    def forget(self, messages, params):
+        self.forgotten.append(params.seed)
 
     def generate(self, messages, params):
         with self._lock:
@@ -110,6 +113,7 @@ def test_unparseable_sample_is_re_requested_with_a_new_seed():
     assert "no JSON list" in result.completions[0]["error"]
     (_, first), (_, second) = backend.calls
     assert second.n == 1 and first.seed != second.seed
+    assert backend.forgotten == [first.seed]  # a cached unusable reply is not replayed by a rerun
 
 
 def test_failure_is_raised_after_bounded_retries_never_a_dummy():

@@ -26,7 +26,9 @@ def test_fork_shares_the_prefix_and_never_writes_it(gemma):
     forked = kv_cache.fork(src, 3)
     assert forked.layers[0].keys.shape[0] == 3
     assert forked.layers[0].keys.data_ptr() == src.layers[0].keys.data_ptr()  # a view, no copy
-    gemma(input_ids=torch.full((3, 4), 5), cache=forked, use_cache=True, position_ids=torch.arange(10, 14)[None])
+    gemma(
+        input_ids=torch.full((3, 4), 5), cache=forked, use_cache=True, position_ids=torch.arange(10, 14)[None]
+    )
     for layer, (keys, length) in zip(src.layers, before, strict=True):
         assert torch.equal(layer.keys, keys) and layer.get_seq_length() == length == 10
     assert [layer.get_seq_length() for layer in forked.layers] == [14, 14]

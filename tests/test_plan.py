@@ -8,6 +8,7 @@ import json
 import pytest
 
 from featureinterp.config import get_preset
+from featureinterp.experiments import get_condition
 from featureinterp.plan import MODEL_PARAMS, GpuSpec, plan_preset
 
 
@@ -38,9 +39,20 @@ def test_counts_without_a_measurement(tmp_path):
     plan = plan_preset(get_preset("gemma-2-9b"), _readers(tmp_path, "gemma-2-9b"))
     lf = 43 * 50  # 42 layers + SYN, features 0-49
     assert plan.partitions["records"] == plan.partitions["explanations/tree"] == lf
-    cli, ui = plan.model_loads["featureinterp run"], plan.model_loads["one process per run (UI backfill)"]
-    assert cli == {"subject (google/gemma-2-9b)": 1, "simulator (google/gemma-2-27b-it)": 1}
-    assert ui == {"subject (google/gemma-2-9b)": 1, "simulator (google/gemma-2-27b-it)": lf}
+    loads = plan.model_loads
+    assert loads["featureinterp run"] == {
+        "subject (google/gemma-2-9b)": 1,
+        "simulator (google/gemma-2-27b-it)": 1,
+    }
+    assert loads["UI backfill per layer"] == {
+        "subject (google/gemma-2-9b)": 1,
+        "simulator (google/gemma-2-27b-it)": 43,
+    }
+    assert loads["a run per partition"] == {
+        "subject (google/gemma-2-9b)": 1,
+        "simulator (google/gemma-2-27b-it)": lf,
+    }
+    assert plan.runs["records"] == plan.runs["explain+score"] == 43
     assert not plan.measured and not plan.gpu_hours and "not measured yet" in plan.text()
 
 
@@ -64,12 +76,13 @@ def test_projection_from_stored_stand_in_measurements(tmp_path):
     sim = 2 * MODEL_PARAMS["google/gemma-2-27b-it"] * 40_000 * lf / 5e14 / 3600
     weights = 2 * MODEL_PARAMS["google/gemma-2-27b-it"], 2 * MODEL_PARAMS["google/gemma-2-9b"]
     one_load = sum(weights) / 2e9 / 3600
-    ui_loads = (lf * weights[0] + weights[1]) / 2e9 / 3600
+    per_layer_loads = (43 * weights[0] + weights[1]) / 2e9 / 3600
     subject = 2 * MODEL_PARAMS["google/gemma-2-9b"] * 100_000 * 33 / 5e14 / 3600
     assert plan.gpu_hours["of which simulator forward passes"] == pytest.approx(sim, abs=0.01)
     assert plan.gpu_hours["of which model loads"] == pytest.approx(one_load, abs=0.01)
-    ui = plan.gpu_hours["one process per run (UI backfill): 1x H100 SXM"]
-    assert ui == pytest.approx(sim + subject + ui_loads, abs=0.02)
+    ui = plan.gpu_hours["UI backfill per layer: 8x H100 SXM"]
+    assert ui == pytest.approx((sim + subject + per_layer_loads) / 8, abs=0.02)
+    assert "featureinterp run: 8x H100 SXM" not in plan.gpu_hours  # one process drives one GPU
     assert (
         plan.dominant == "simulator forward passes" and json.loads(plan.to_json())["preset"] == "gemma-2-9b"
     )
@@ -87,3 +100,78 @@ def test_plan_command_prints_json_without_loading_a_model(tmp_path):
     plan = json.loads(out.stdout)
     assert plan["preset"] == "llama-3.1-8b" and plan["partitions"]["records"] == 33 * 50
     assert not (tmp_path / "models").exists()  # nothing was converted or downloaded
+
+
+PAPER_LAYERS = {  # paper-method.md 9: get_layer_indices(model, subpoints=8)
+    "gemma-2-9b": [0, 6, 12, 18, 23, 29, 35, 41],
+    "gpt2-small": [0, 2, 3, 5, 6, 8, 9, 11],
+    "llama-3.1-8b": [0, 4, 9, 13, 18, 22, 27, 31],
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER_LAYERS))
+def test_figure_grids_of_the_paper_presets_are_the_papers(preset):
+    from featureinterp.figure_grids import figure_grids
+
+    grids = {k: g.to_dict() for k, g in figure_grids(get_preset(preset)).items()}
+    assert sorted(grids) == (["fig3", "fig4", "fig5"] if preset == "gemma-2-9b" else ["fig4", "fig5"])
+    fig4, fig5 = grids["fig4"], grids["fig5"]
+    assert fig4["layers"] == fig5["layers"] == tuple(PAPER_LAYERS[preset])
+    assert fig4["features"] == fig5["features"] == tuple(range(30))
+    assert sorted(fig4["conditions"]) == sorted(
+        f"{m}{s}"
+        for m in ("one_shot", "tree")
+        for s in ("_unstructured", "", "_structured_holistic", "_structured_train_negatives")
+    )
+    assert fig4["explainer"] == fig5["explainer"] == "meta-llama/llama-4-scout"
+    assert (
+        fig4["tree"]["depth"],
+        fig4["tree"]["width"],
+        fig4["tree"]["roots"],
+        fig4["tree"]["branching"],
+    ) == (2, 2, 3, 2)
+    caps = [get_condition(c).rule_cap for c in fig5["conditions"]]
+    assert caps == [1, 2, 3, 4, 5] and {get_condition(c).method for c in fig5["conditions"]} == {"one_shot"}
+    assert fig5["complexity"] and fig5["tree"] is None
+    if preset == "gemma-2-9b":
+        fig3 = grids["fig3"]
+        assert fig3["layers"] == tuple(range(0, 41, 2)) and len(fig3["layers"]) == 21
+        assert fig3["features"] == tuple(range(50)) and fig3["conditions"] == ("one_shot", "tree")
+        assert fig3["explainer"] == "google/gemini-flash-1.5-8b"
+        tree = fig3["tree"]
+        assert (tree["depth"], tree["width"], tree["roots"], tree["branching"]) == (3, 3, 3, 2)
+        assert (tree["stop_score"], tree["temperature"]) == (0.9, 1.2)
+
+
+def test_plan_json_prints_each_figure_grid(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "FEATUREINTERP_HOME": str(tmp_path)}
+    cmd = [sys.executable, "-m", "featureinterp_assets.cli", "plan", "--preset", "gemma-2-9b", "--json"]
+    out = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)
+    assert out["figures"]["fig3"]["partitions_per_condition"] == 21 * 50
+    assert out["figures"]["fig4"]["grid"]["layers"] == PAPER_LAYERS["gemma-2-9b"]
+
+
+def test_a_figure_keeps_only_the_rows_of_its_paper_grid():
+    import polars as pl
+
+    from featureinterp.figure_grids import figure_grids, select_grid
+
+    rows = [
+        {"layer": layer, "feature": f, "method": "one_shot", "condition": "structured", "rule_cap": cap}
+        for layer in ("L00", "L01", "L06", "SYN")
+        for f in (0, 31)
+        for cap in (1, 5)
+    ]
+    table = pl.DataFrame(rows)
+    grids = figure_grids(get_preset("gemma-2-9b"))
+    fig5, note5 = select_grid(table, grids["fig5"], {"one_shot", "one_shot_cap1"})
+    assert sorted(set(zip(fig5["layer"], fig5["feature"], strict=True))) == [("L00", 0), ("L06", 0)]
+    assert sorted(set(fig5["rule_cap"])) == [1, 5]
+    assert "8 layers x 30 features" in note5 and "one_shot_cap2" in note5  # caps 2-4 not run
+    fig4, _ = select_grid(table, grids["fig4"], {"one_shot"})
+    assert set(fig4["rule_cap"]) == {5}  # cap 1 is not a Figure 4 condition
+    whole, note = select_grid(table, None, set())
+    assert whole.equals(table) and "preset" in note

@@ -4,6 +4,8 @@ Both are partitioned by layer and run as a single run over a range of layers (ba
 `featureinterp run` command), so one forward pass serves every layer of the run.
 """
 
+import shutil
+
 import dagster as dg
 import numpy as np
 
@@ -113,15 +115,23 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
                 parse_layer_key(k): load_layer_sae(ref, model, parse_layer_key(k), preset.torch_device)
                 for k, ref in real.items()
             }
-            results = compute_sae_activations(
-                model,
-                saes,
-                corpus_tokens["tokens"],
-                spec.features,
-                spec.batch_size,
-                spec.prepend_bos,
-                context.log.info,
-            )
+            stage = preset.storage_dir() / ".staging" / context.run_id
+            try:
+                results = compute_sae_activations(
+                    model,
+                    saes,
+                    corpus_tokens["tokens"],
+                    spec.features,
+                    spec.batch_size,
+                    spec.prepend_bos,
+                    context.log.info,
+                    # streamed to files beside the storage (moved into place when stored): memory
+                    # stays at one batch however many rows and layers the run covers
+                    stage_dir=stage,
+                )
+            except BaseException:
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
         if len(real) < len(sae):
             strings = decode_tokens(preset.tokenizer(), corpus_tokens["tokens"])
             results[SYNTHETIC_LAYER] = synthetic_activations(strings, spec.features, spec.prepend_bos)
@@ -142,7 +152,7 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
                 {
                     "features": dg.MetadataValue.md(table),
                     "dead_features": str(dead[key] or "none"),
-                    "rows": r.acts.shape[1],
+                    "rows": int(corpus_tokens["tokens"].shape[0]),
                 },
                 partition_key=key,
             )

@@ -3,24 +3,26 @@
 ``explanations/<condition>`` holds the chosen explanation, the tree's path, every raw completion
 (with request ids, for audit) and token usage; ``scores/<condition>`` holds the test evaluation
 (primary score, per-source scores and false-positive rates for Figure 3, rule complexities).
-Both are partitioned by layer x feature like ``records``. A failed explanation fails its partition
-with the reason and the completions in the failure metadata (never a dummy explanation), so a
-rerun retries exactly the failed partitions.
+Both are partitioned by layer x feature like ``records`` and computed by one step per condition,
+feature after feature, so a run over a layer's features loads the simulator once. A failed
+explanation fails its partition alone, with the reason and the completions in the failure metadata
+(never a dummy explanation), so a rerun retries exactly the failed partitions.
 """
 
 import dagster as dg
 import numpy as np
 
 from featureinterp.complexity import ComplexityAnalyzer, mean_complexity
-from featureinterp.config import ApiSpec, get_preset
+from featureinterp.config import ApiSpec
 from featureinterp.experiments import Condition, evaluate, feature_records, get_condition
 from featureinterp.explainers import ExplanationFailed, explain
 from featureinterp.explanations import Explanation
 from featureinterp.formatting import quantize
 from featureinterp.records import feature_generator
-from featureinterp_assets.assets.records import _layer_feature
-from featureinterp_assets.constants import GROUP_EXPLANATIONS, POOL_GPU, POOL_LLM_API, STORAGE_IO
-from featureinterp_assets.io_managers import single
+from featureinterp_assets.assets.records import _layer_feature_of
+from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition
+from featureinterp_assets.constants import GROUP_EXPLANATIONS, POOL_GPU, STORAGE_IO
+from featureinterp_assets.io_managers import StorageIOManager
 from featureinterp_assets.resources import LLMResource, PresetResource
 
 TRANSIENT_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
@@ -63,143 +65,203 @@ def build_explanation_assets(
     preset_name: str,
 ) -> list[dg.AssetsDefinition]:
     layer_x_feature = dg.MultiPartitionsDefinition({"layer": layers, "feature": features})
-    api = isinstance(get_preset(preset_name).explain.explainer, ApiSpec)
-    return [
-        asset for name in conditions for asset in _condition_assets(get_condition(name), layer_x_feature, api)
-    ]
+    return [_condition_asset(get_condition(name), layer_x_feature) for name in conditions]
 
 
-def _condition_assets(cond: Condition, partitions, api: bool) -> list[dg.AssetsDefinition]:
+def _condition_asset(cond: Condition, partitions) -> dg.AssetsDefinition:
+    """``explanations/<condition>`` and ``scores/<condition>`` as one step: a ranged run (a layer's
+    features, a UI backfill) explains and scores each feature before the next, with the simulator
+    loaded once, and records each (layer, feature) on its own (featureinterp_assets/batch.py).
+    Either asset can be materialized alone: scores alone re-score the stored explanations."""
     ins = {"records": dg.AssetIn("records")}
     if cond.holistic:
         ins["holistic_activations"] = dg.AssetIn("holistic_activations")
+    tags = {"condition": cond.name, "method": cond.method}
+    explanation_key = dg.AssetKey(["explanations", cond.name])
 
-    @dg.asset(
-        name=cond.name,
-        key_prefix="explanations",
+    @dg.multi_asset(
+        name=f"explain_and_score_{cond.name}",
+        outs={
+            "explanation": dg.AssetOut(
+                key=explanation_key,
+                is_required=False,
+                io_manager_key=STORAGE_IO,
+                code_version="1",
+                tags=tags,
+                description=f"The {cond.name} explanation of the feature, its tree path, every raw "
+                "completion (with request ids) and the token usage.",
+            ),
+            "score": dg.AssetOut(
+                key=dg.AssetKey(["scores", cond.name]),
+                is_required=False,
+                io_manager_key=STORAGE_IO,
+                code_version="1",
+                tags=tags,
+                description="Test-split evaluation: primary score (positives + similar-negatives), "
+                "per-source scores and false-positive rates, and each rule's complexity.",
+            ),
+        },
+        internal_asset_deps={
+            "explanation": set(map(dg.AssetKey, ins)),
+            "score": {explanation_key, dg.AssetKey("records")},
+        },
         partitions_def=partitions,
+        backfill_policy=BATCH_POLICY,
         group_name=GROUP_EXPLANATIONS,
-        io_manager_key=STORAGE_IO,
-        pool=POOL_LLM_API if api else POOL_GPU,
-        retry_policy=TRANSIENT_RETRY,
-        code_version="1",
-        ins=ins,
-        tags={"condition": cond.name, "method": cond.method},
-    )
-    def explanation(context: dg.AssetExecutionContext, preset: PresetResource, llm: LLMResource, **inputs):
-        spec = preset.spec()
-        layer, feature = _layer_feature(context)
-        rec = single(inputs["records"])
-        max_act = _max_act(rec)
-        base = {"condition": cond.name, "layer": layer, "feature": feature, "max_act": max_act}
-        if not max_act > 0:
-            context.add_output_metadata({"skipped": "dead feature (never fires)"})
-            return base | {"skipped": "dead feature"}
-        hol, max_h = _holistic(single(inputs["holistic_activations"])) if cond.holistic else (None, 0.0)
-        records = feature_records(rec.frame, max_act, cond, hol, max_h)
-        backend, simulator = llm.explainer(), llm.simulator()
-        settings = spec.explain
-        config = cond.explainer_config(
-            temperature=settings.temperature,
-            tree_temperature=settings.tree_temperature,
-            roots=settings.tree_roots,
-            branching=settings.tree_branching,
-            depth=settings.tree_depth,
-            width=settings.tree_width,
-        )
-        seed = int(feature_generator(spec.seed, spec.name + cond.name, layer, feature).integers(2**31))
-        tokens_before = simulator.forward_tokens
-        try:
-            result = explain(backend, simulator.simulate_explanation, records, config, seed)
-        except ExplanationFailed as err:
-            raise dg.Failure(
-                description=f"no explanation for layer {layer} feature {feature}: {err.reason}",
-                metadata={"completions": dg.MetadataValue.json(err.completions[:20])},
-                allow_retries=False,
-            ) from err
-        path = [
-            {"depth": n.get("depth", 0), "train": n.get("train_score"), "valid": n.get("valid_score")}
-            for n in result.nodes
-        ]
-        context.add_output_metadata(
-            {
-                "explanation": str(result.explanation),
-                "rules": dg.MetadataValue.json(result.explanation.to_record()["rules"]),
-                "train_score": result.train_score,
-                "valid_score": result.valid_score,
-                "tree_path": dg.MetadataValue.json(path),
-                "usage": dg.MetadataValue.json(result.usage),
-                "explainer": backend.name,
-                "simulations": result.simulations,
-                "simulator_tokens": simulator.forward_tokens - tokens_before,
-            }
-        )
-        return base | {
-            "explanation": result.explanation.to_record(),
-            "alternatives": [e.to_record() for e in result.alternatives],
-            "train_score": result.train_score,
-            "valid_score": result.valid_score,
-            "nodes": result.nodes,
-            "completions": result.completions,
-            "usage": result.usage,
-            "explainer": backend.name,
-            "seed": seed,
-            "simulator_tokens": simulator.forward_tokens - tokens_before,
-        }
-
-    @dg.asset(
-        name=cond.name,
-        key_prefix="scores",
-        partitions_def=partitions,
-        group_name=GROUP_EXPLANATIONS,
-        io_manager_key=STORAGE_IO,
         pool=POOL_GPU,
         retry_policy=TRANSIENT_RETRY,
-        code_version="1",
-        ins={"explanation": dg.AssetIn(["explanations", cond.name]), "records": dg.AssetIn("records")},
-        tags={"condition": cond.name, "method": cond.method},
+        can_subset=True,
+        ins=ins,
+        op_tags=tags,
     )
-    def test_score(context: dg.AssetExecutionContext, explanation: dict, records: dict, llm: LLMResource):
-        """Test-split evaluation: primary score (positives + similar-negatives), per-source scores and
-        false-positive rates, and each rule's complexity."""
-        expl, rec = single(explanation), single(records)
-        base = {k: expl[k] for k in ("condition", "layer", "feature")} | {
-            "method": cond.method,
-            "figure_condition": cond.figure_condition,
-            "rule_cap": cond.rule_cap,
-        }
-        if expl.get("skipped"):
-            context.add_output_metadata({"skipped": expl["skipped"]})
-            return base | {"score": float("nan"), "reason": expl["skipped"], "per_source": {}}
-        explanation_obj = Explanation.from_record(expl["explanation"])
-        simulator = llm.simulator()
-        tokens_before = simulator.forward_tokens
-        ev = evaluate(simulator.simulate_explanation, explanation_obj, rec.frame, expl["max_act"])
-        simulator_tokens = simulator.forward_tokens - tokens_before
-        complexities = ComplexityAnalyzer(llm.local_backend()).rate(list(explanation_obj.rules))
-        context.add_output_metadata(
-            {
-                "score": ev.score,
-                "reason": ev.reason or "",
-                "explanation": str(explanation_obj),
-                "per_source": dg.MetadataValue.json(ev.per_source),
-                "complexity": mean_complexity(complexities),
-                "simulator": dg.MetadataValue.json(simulator.describe()),
-                "simulator_tokens": simulator_tokens,
-                "preview": dg.MetadataValue.md(
-                    _preview(rec.frame, explanation_obj, ev.predictions, expl["max_act"])
-                ),
-            }
-        )
-        return base | {
-            "score": ev.score,
-            "reason": ev.reason,
-            "per_source": ev.per_source,
-            "complexities": complexities,
-            "complexity": mean_complexity(complexities),
-            "n_rules": len(explanation_obj.rules),
-            "predictions": ev.predictions,
-            "simulator_tokens": simulator_tokens,
-        }
+    def explain_and_score(
+        context: dg.AssetExecutionContext,
+        preset: PresetResource,
+        llm: LLMResource,
+        storage: dg.ResourceParam[StorageIOManager],
+        **inputs,
+    ):
+        spec = preset.spec()
+        wanted = context.selected_output_names
 
-    return [explanation, test_score]
+        def compute(key: str) -> PartitionResult:
+            layer, feature = _layer_feature_of(key)
+            rec = inputs["records"][key]
+            hol = inputs["holistic_activations"][key] if cond.holistic else None
+            outputs = {}
+            if "explanation" in wanted:
+                outputs["explanation"] = _explain(spec, llm, cond, layer, feature, rec, hol)
+                expl = outputs["explanation"].value
+            else:
+                expl = storage.stored(explanation_key, key)
+                if expl is None:
+                    raise dg.Failure(
+                        description=f"no stored {explanation_key.to_user_string()} for {key}: "
+                        "materialize it first (or both together)",
+                        allow_retries=False,
+                    )
+            if "score" in wanted:
+                outputs["score"] = _score(llm, cond, expl, rec, paper_fp=spec.faithful)
+            return PartitionResult(outputs)
+
+        api = isinstance(spec.explain.explainer, ApiSpec)
+        yield from each_partition(
+            context,
+            compute,
+            storage,
+            as_you_go=True,
+            retries=TRANSIENT_RETRY.max_retries,
+            concurrency=spec.explain.features_at_once if api else 1,
+        )
+
+    return explain_and_score
+
+
+def _explain(spec, llm: LLMResource, cond: Condition, layer: int, feature: int, rec, hol_value) -> Produced:
+    """One feature's explanation (the stored value and its metadata); a failed search raises
+    ``dg.Failure`` with the completions, never a dummy explanation."""
+    max_act = _max_act(rec)
+    base = {"condition": cond.name, "layer": layer, "feature": feature, "max_act": max_act}
+    if not max_act > 0:
+        return Produced(base | {"skipped": "dead feature"}, {"skipped": "dead feature (never fires)"})
+    hol, max_h = _holistic(hol_value) if cond.holistic else (None, 0.0)
+    records = feature_records(rec.frame, max_act, cond, hol, max_h)
+    backend, simulator = llm.explainer(), llm.simulator()
+    settings = spec.explain
+    config = cond.explainer_config(
+        temperature=settings.temperature,
+        tree_temperature=settings.tree_temperature,
+        roots=settings.tree_roots,
+        branching=settings.tree_branching,
+        depth=settings.tree_depth,
+        width=settings.tree_width,
+    )
+    seed = int(feature_generator(spec.seed, spec.name + cond.name, layer, feature).integers(2**31))
+    tokens_before = simulator.thread_tokens()  # this feature's passes only, when features share it
+    try:
+        result = explain(backend, simulator.simulate_explanation, records, config, seed)
+    except ExplanationFailed as err:
+        raise dg.Failure(
+            description=f"no explanation for layer {layer} feature {feature}: {err.reason}",
+            metadata={"completions": dg.MetadataValue.json(err.completions[:20])},
+            allow_retries=False,
+        ) from err
+    simulator_tokens = simulator.thread_tokens() - tokens_before
+    path = [
+        {"depth": n.get("depth", 0), "train": n.get("train_score"), "valid": n.get("valid_score")}
+        for n in result.nodes
+    ]
+    metadata = {
+        "explanation": str(result.explanation),
+        "rules": dg.MetadataValue.json(result.explanation.to_record()["rules"]),
+        "train_score": result.train_score,
+        "valid_score": result.valid_score,
+        "tree_path": dg.MetadataValue.json(path),
+        "usage": dg.MetadataValue.json(result.usage),
+        "explainer": backend.name,
+        "simulations": result.simulations,
+        "simulator_tokens": simulator_tokens,
+    }
+    value = base | {
+        "explanation": result.explanation.to_record(),
+        "alternatives": [e.to_record() for e in result.alternatives],
+        "train_score": result.train_score,
+        "valid_score": result.valid_score,
+        "nodes": result.nodes,
+        "completions": result.completions,
+        "usage": result.usage,
+        "explainer": backend.name,
+        "seed": seed,
+        "simulator_tokens": simulator_tokens,
+    }
+    return Produced(value, metadata)
+
+
+PAPER_FP_BELOW = 10.0
+"""The paper's false-positive rule: a token is quiet when its raw activation is below 10."""
+
+
+def _score(llm: LLMResource, cond: Condition, expl: dict, rec, paper_fp: bool = False) -> Produced:
+    """Test-split evaluation of one stored explanation, with each rule's complexity; ``paper_fp``
+    counts false positives by the paper's absolute rule instead of ours (faithful presets)."""
+    base = {k: expl[k] for k in ("condition", "layer", "feature")} | {
+        "method": cond.method,
+        "figure_condition": cond.figure_condition,
+        "rule_cap": cond.rule_cap,
+    }
+    if expl.get("skipped"):
+        value = base | {"score": float("nan"), "reason": expl["skipped"], "per_source": {}}
+        return Produced(value, {"skipped": expl["skipped"]})
+    explanation_obj = Explanation.from_record(expl["explanation"])
+    simulator = llm.simulator()
+    tokens_before = simulator.thread_tokens()
+    ev = evaluate(
+        simulator.simulate_explanation,
+        explanation_obj,
+        rec.frame,
+        expl["max_act"],
+        fp_true_below=PAPER_FP_BELOW if paper_fp else None,
+    )
+    simulator_tokens = simulator.thread_tokens() - tokens_before
+    complexities = ComplexityAnalyzer(llm.local_backend()).rate(list(explanation_obj.rules))
+    metadata = {
+        "score": ev.score,
+        "reason": ev.reason or "",
+        "explanation": str(explanation_obj),
+        "per_source": dg.MetadataValue.json(ev.per_source),
+        "complexity": mean_complexity(complexities),
+        "simulator": dg.MetadataValue.json(simulator.describe()),
+        "simulator_tokens": simulator_tokens,
+        "preview": dg.MetadataValue.md(_preview(rec.frame, explanation_obj, ev.predictions, expl["max_act"])),
+    }
+    value = base | {
+        "score": ev.score,
+        "reason": ev.reason,
+        "per_source": ev.per_source,
+        "complexities": complexities,
+        "complexity": mean_complexity(complexities),
+        "n_rules": len(explanation_obj.rules),
+        "predictions": ev.predictions,
+        "simulator_tokens": simulator_tokens,
+    }
+    return Produced(value, metadata)

@@ -13,17 +13,26 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from featureinterp import figures
+from featureinterp import calibration, figures
+from featureinterp.config import SYNTHETIC_LAYER, feature_key, layer_key
+from featureinterp.figure_grids import figure_grids, select_grid
 from featureinterp.storage import TableBundle
 from featureinterp_assets.constants import GROUP_FIGURES, STORAGE_IO
 from featureinterp_assets.resources import PresetResource
 
+SYNTHETIC_KEY = layer_key(SYNTHETIC_LAYER)
 ALLOW_MISSING = {"allow_missing": True}
 """Input metadata read by StorageIOManager: load the partitions that exist, skip the others."""
 
 
-def result_rows(score: dict) -> list[dict]:
-    """One figure-table row per test source of one scores partition."""
+def _reference(baseline: dict | None, kind: str, source: str) -> float:
+    value = (baseline or {}).get(kind) or {}
+    return float(value.get("per_source", {}).get(source, {}).get("score", float("nan")))
+
+
+def result_rows(score: dict, baseline: dict | None = None) -> list[dict]:
+    """One figure-table row per test source of one scores partition, with the feature's baseline
+    scores on the same source (NaN when not computed)."""
     base = {
         "layer": score["layer_key"],
         "feature": int(score["feature"]),
@@ -34,19 +43,28 @@ def result_rows(score: dict) -> list[dict]:
         "n_rules": int(score.get("n_rules", 0)),
     }
     return [
-        base | {"source": source, "score": float(v["score"]), "fp_rate": float(v["fp_rate"])}
+        base
+        | {"source": source, "score": float(v["score"]), "fp_rate": float(v["fp_rate"])}
+        | {f"{kind}_score": _reference(baseline, kind, source) for kind in BASELINE_KINDS}
         for source, v in score.get("per_source", {}).items()
     ]
 
 
+BASELINE_KINDS = ("null", "true_rule", "other_rule")
+
+
 def build_figure_assets(
-    layers: dg.DynamicPartitionsDefinition, features: dg.StaticPartitionsDefinition, conditions: list[str]
+    layers: dg.DynamicPartitionsDefinition,
+    features: dg.StaticPartitionsDefinition,
+    conditions: list[str],
+    synthetic: bool = True,
 ) -> list[dg.AssetsDefinition]:
     by_layer = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="layer")
     ins = {
         f"scores_{c}": dg.AssetIn(["scores", c], partition_mapping=by_layer, metadata=ALLOW_MISSING)
         for c in conditions
     }
+    ins["baselines"] = dg.AssetIn("baselines", partition_mapping=by_layer, metadata=ALLOW_MISSING)
 
     @dg.asset(
         partitions_def=layers,
@@ -56,17 +74,21 @@ def build_figure_assets(
         ins=ins,
         kinds={"polars"},
     )
-    def layer_results(context: dg.AssetExecutionContext, preset: PresetResource, **scores) -> TableBundle:
+    def layer_results(
+        context: dg.AssetExecutionContext, preset: PresetResource, baselines: dict, **scores
+    ) -> TableBundle:
         """Every condition's test scores for one layer: rows (feature, condition, source) -> score,
-        false-positive rate, complexity; missing feature partitions are listed in the metadata."""
+        false-positive rate, complexity, and the feature's baselines on that source (empty
+        explanation; true / other rule on SYN); missing feature partitions are listed."""
         layer = context.partition_key
         expected = preset.spec().feature_keys
         rows, missing = [], {}
+        refs = {int(v["feature"]): v for v in baselines.values()}
         for name, values in scores.items():
             have = {k.split("|")[0] for k in values}  # keys "F0003|L05"
             missing[name.removeprefix("scores_")] = [f for f in expected if f not in have]
             for value in values.values():
-                rows.extend(result_rows(value | {"layer_key": layer}))
+                rows.extend(result_rows(value | {"layer_key": layer}, refs.get(int(value["feature"]))))
         frame = pl.DataFrame(rows, schema=_SCHEMA)
         context.add_output_metadata(
             {
@@ -77,10 +99,15 @@ def build_figure_assets(
         )
         return TableBundle(frame, {"layer": layer, "missing": missing, "expected": len(expected)})
 
-    return [layer_results, *(_figure_asset(name) for name in ("fig3", "fig4", "fig5"))]
+    figs = [_figure_asset(name) for name in ("fig3", "fig4", "fig5")]
+    return [layer_results, *figs, *([_calibration_asset()] if synthetic else [])]
 
 
 class FigureConfig(dg.Config):
+    grid: str = "paper"
+    """``paper``: the paper's grid of this figure where the preset is a paper preset (its layers,
+    features and conditions, featureinterp/figure_grids.py), else the preset's; ``preset``: every
+    layer x feature x condition the preset materializes (a widened grid)."""
     allow_incomplete: bool = True
     """True: plot what exists with a visible "n of m features" caption; False: fail and name the
     missing (layer, feature, condition) partitions."""
@@ -99,13 +126,25 @@ def _figure_asset(name: str) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, config: FigureConfig, layer_results: dict, preset: PresetResource
     ):
         spec = preset.spec()
+        if config.grid not in ("paper", "preset"):
+            raise dg.Failure(description=f"{name}: grid must be 'paper' or 'preset', not {config.grid!r}")
+        grid = figure_grids(spec).get(name) if config.grid == "paper" else None
+        layers = (
+            [layer_key(x) for x in grid.layers]
+            if grid
+            else [k for k in spec.layer_keys if k != SYNTHETIC_KEY]
+        )
+        features = {feature_key(f) for f in (grid.features if grid else spec.features)}
+        conditions = set(grid.conditions) if grid else set(spec.explain.conditions)
+        # the synthetic features are a calibration, never pooled into the paper's figures
+        layer_results = {k: v for k, v in layer_results.items() if k in layers}
         missing = {
-            f"{layer}/{cond}": feats
+            f"{layer}/{cond}": [f for f in feats if f in features]
             for layer, value in layer_results.items()
             for cond, feats in value.meta["missing"].items()
-            if feats
+            if cond in conditions and any(f in features for f in feats)
         }
-        absent_layers = [k for k in spec.layer_keys if k not in layer_results]
+        absent_layers = [k for k in layers if k not in layer_results]
         if not config.allow_incomplete and (missing or absent_layers):
             raise dg.Failure(
                 description=f"{name}: inputs incomplete; missing layers {absent_layers or 'none'}, "
@@ -115,10 +154,12 @@ def _figure_asset(name: str) -> dg.AssetsDefinition:
         frames = [v.frame for v in layer_results.values() if len(v.frame)]
         if not frames:
             raise dg.Failure(description=f"{name}: no scores yet; materialize scores/* first")
-        table = pl.concat(frames)
+        table, grid_note = select_grid(pl.concat(frames), grid, set(spec.explain.conditions))
+        if not len(table):
+            raise dg.Failure(description=f"{name}: no scores inside the figure's {grid_note}")
         out_dir = Path(preset.storage_dir()) / "figures"
         fn = getattr(figures, name)
-        result = fn(table, out_dir, expected=len(spec.features))
+        result = fn(table, out_dir, expected=len(features), grid=grid_note)
         png = result.png.read_bytes()
         context.add_output_metadata(
             {
@@ -126,6 +167,7 @@ def _figure_asset(name: str) -> dg.AssetsDefinition:
                     f"![{name}](data:image/png;base64,{base64.b64encode(png).decode()})"
                 ),
                 "caption": result.caption,
+                "grid": grid_note,
                 "incomplete": result.incomplete,
                 "missing": dg.MetadataValue.json(missing),
                 "summary": dg.MetadataValue.md(_markdown(result.summary)),
@@ -141,6 +183,42 @@ def _figure_asset(name: str) -> dg.AssetsDefinition:
     return figure
 
 
+def _calibration_asset() -> dg.AssetsDefinition:
+    @dg.asset(
+        name="fig_calibration",
+        group_name=GROUP_FIGURES,
+        io_manager_key=STORAGE_IO,
+        code_version="1",
+        ins={"layer_results": dg.AssetIn(metadata=ALLOW_MISSING)},
+        kinds={"seaborn"},
+    )
+    def fig_calibration(context: dg.AssetExecutionContext, layer_results: dict, preset: PresetResource):
+        """The synthetic features (layer SYN) as a calibration, next to the paper's figures: the
+        simulator's discrimination (true rule vs another feature's rule vs an empty explanation)
+        and how much of the true rule each explainer condition recovers."""
+        syn = layer_results.get(SYNTHETIC_KEY)
+        if syn is None or not len(syn.frame):
+            raise dg.Failure(
+                description="fig_calibration: no scores of layer SYN yet; materialize records, baselines and "
+                "scores/* for the SYN partitions first (`featureinterp run --layers SYN`)"
+            )
+        result = calibration.calibration_figure(syn.frame, Path(preset.storage_dir()) / "figures")
+        png = result.png.read_bytes()
+        context.add_output_metadata(
+            {
+                "image": dg.MetadataValue.md(
+                    f"![fig_calibration](data:image/png;base64,{base64.b64encode(png).decode()})"
+                ),
+                "caption": result.caption,
+                "summary": dg.MetadataValue.md(_markdown(result.summary)),
+                "png": dg.MetadataValue.path(str(result.png)),
+            }
+        )
+        return {"png": str(result.png), "caption": result.caption}
+
+    return fig_calibration
+
+
 _SCHEMA = {
     "layer": pl.String,
     "feature": pl.Int64,
@@ -152,6 +230,9 @@ _SCHEMA = {
     "source": pl.String,
     "score": pl.Float64,
     "fp_rate": pl.Float64,
+    "null_score": pl.Float64,
+    "true_rule_score": pl.Float64,
+    "other_rule_score": pl.Float64,
 }
 
 

@@ -1,5 +1,7 @@
 """Records stage: corpus embeddings in LanceDB, per-feature records and holistic activations."""
 
+import dataclasses
+
 import dagster as dg
 import numpy as np
 
@@ -17,8 +19,9 @@ from featureinterp.records import (
 from featureinterp.retrieval import CorpusIndex, embed_texts, load_embedder, table_name
 from featureinterp.sae import load_layer_sae
 from featureinterp.storage import ArrayBundle, TableBundle
+from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition
 from featureinterp_assets.constants import GROUP_RECORDS, POOL_GPU, STORAGE_IO
-from featureinterp_assets.io_managers import single
+from featureinterp_assets.io_managers import StorageIOManager
 from featureinterp_assets.resources import LanceDBResource, PresetResource
 
 RECORD_CHECKS = [
@@ -94,6 +97,7 @@ def build_records_assets(
 
     @dg.asset(
         partitions_def=layer_x_feature,
+        backfill_policy=BATCH_POLICY,
         group_name=GROUP_RECORDS,
         io_manager_key=STORAGE_IO,
         code_version="1",
@@ -108,6 +112,7 @@ def build_records_assets(
         sae_activations: dict,
         corpus_embeddings: dict,
         preset: PresetResource,
+        storage: dg.ResourceParam[StorageIOManager],
     ):
         """The feature's records: 30 positives (from the top 100 rows) and 30 rows from each of six
         complementary sources (random, random-negative, similar, similar-negative and their projected
@@ -115,54 +120,22 @@ def build_records_assets(
         global search over the whole corpus in LanceDB.
         """
         spec = preset.spec()
-        layer, feature = _layer_feature(context)
-        acts_bundle = single(sae_activations)
-        stored = [int(f) for f in acts_bundle.meta["features"]]
-        if feature not in stored:  # the preset gained features after the activations were written
-            raise dg.Failure(
-                description=f"sae_activations[{layer_key(layer)}] holds features {stored}, not {feature}: "
-                f"rematerialize sae_activations for {layer_key(layer)} (`featureinterp run` does it)"
-            )
-        f_idx = stored.index(feature)
-        acts = np.asarray(acts_bundle["acts"][f_idx], dtype=np.float32)  # [N, T]
-        start = int(spec.prepend_bos)
-        row_max = acts[:, start:].max(axis=1)
         index = CorpusIndex.open(corpus_embeddings["uri"], corpus_embeddings["table"])
         params = config.params(spec.per_split)
-        rng = feature_generator(spec.seed, spec.name, layer, feature)
-        sel = select_rows(row_max, index.vectors(), index, params, rng)
-        frame = records_frame(
-            assign_splits(sel, params), corpus_tokens["tokens"], acts, preset.tokenizer(), bool(start)
-        )
-        meta = {
-            "layer": layer,
-            "feature": feature,
-            "max_act": float(row_max.max()),
-            "dead": sel.dead,
-            "short_sources": sel.short,
-            "faithful": params.faithful,
-        }
-        counts = {"positive": len(sel.positives), **{s: len(v) for s, v in sel.sources.items()}}
-        yield dg.Output(
-            TableBundle(frame, meta),
-            metadata={
-                "counts": dg.MetadataValue.json(counts),
-                "max_act": meta["max_act"],
-                "dead": sel.dead,
-                "short_sources": dg.MetadataValue.json(sel.short),
-                "preview": dg.MetadataValue.md(records_preview(frame, meta["max_act"])),
-            },
-        )
-        for outcome in check_records(frame, row_max, params):
-            yield dg.AssetCheckResult(
-                check_name=outcome.name,
-                passed=outcome.passed,
-                severity=dg.AssetCheckSeverity.ERROR if outcome.blocking else dg.AssetCheckSeverity.WARN,
-                metadata={"detail": outcome.detail},
+        if spec.faithful:  # the preset-level switch implies the records' own
+            params = dataclasses.replace(params, faithful=True)
+
+        def compute(key: str) -> PartitionResult:
+            layer, feature = _layer_feature_of(key)
+            return _records_of(
+                spec, preset, params, index, corpus_tokens, sae_activations[layer_key(layer)], layer, feature
             )
+
+        yield from each_partition(context, compute, storage, as_you_go=False)
 
     @dg.asset(
         partitions_def=layer_x_feature,
+        backfill_policy=BATCH_POLICY,
         group_name=GROUP_RECORDS,
         io_manager_key=STORAGE_IO,
         pool=POOL_GPU,
@@ -171,38 +144,112 @@ def build_records_assets(
         ins={"sae": dg.AssetIn(partition_mapping=by_layer)},
     )
     def holistic_activations(
-        context: dg.AssetExecutionContext, records: dict, sae: dict, corpus_tokens, preset: PresetResource
-    ) -> ArrayBundle:
+        context: dg.AssetExecutionContext,
+        records: dict,
+        sae: dict,
+        corpus_tokens,
+        preset: PresetResource,
+        storage: dg.ResourceParam[StorageIOManager],
+    ):
         """Exact drop-one-token (holistic) activations of the feature on every row its records show.
 
         H_d = mean_t a_t(x) - mean_t a_t(x without token d); the 0..5 display normaliser
         `max_holistic` is the maximum over the rows computed here.
         """
         spec = preset.spec()
-        layer, feature = _layer_feature(context)
-        rows = np.unique(single(records).frame["row"].to_numpy())
-        if single(sae).get("synthetic"):
-            # A synthetic feature is a rule on tokens, not a latent of the model: no holistic values.
-            context.add_output_metadata({"rows": len(rows), "max_holistic": 0.0, "synthetic": True})
-            zeros = np.zeros((len(rows), spec.row_len), dtype=np.float32)
-            return ArrayBundle({"rows": rows, "holistic": zeros}, {"max_holistic": 0.0, "synthetic": True})
-        model, _ = preset.model_and_tokenizer()
-        loaded = load_layer_sae(single(sae), model, layer, preset.torch_device)
-        tokens = np.asarray(corpus_tokens["tokens"])[rows]
-        h = compute_holistic(
-            model, loaded, tokens, [feature], spec.batch_size, spec.prepend_bos, log=context.log.info
-        )[0]
-        max_h = float(h.max()) if len(rows) else 0.0
-        context.add_output_metadata({"rows": len(rows), "max_holistic": max_h})
-        return ArrayBundle({"rows": rows, "holistic": h}, {"max_holistic": max_h})
+        loaded_saes: dict[int, object] = {}  # one SAE load per layer of the run
+
+        def compute(key: str) -> PartitionResult:
+            layer, feature = _layer_feature_of(key)
+            rows = np.unique(records[key].frame["row"].to_numpy())
+            ref = sae[layer_key(layer)]
+            if ref.get("synthetic"):
+                # A synthetic feature is a rule on tokens, not a latent of the model: no holistic values.
+                zeros = np.zeros((len(rows), spec.row_len), dtype=np.float32)
+                meta = {"max_holistic": 0.0, "synthetic": True}
+                return PartitionResult(
+                    {
+                        "result": Produced(
+                            ArrayBundle({"rows": rows, "holistic": zeros}, meta), meta | {"rows": len(rows)}
+                        )
+                    }
+                )
+            model, _ = preset.model_and_tokenizer()
+            if layer not in loaded_saes:
+                loaded_saes[layer] = load_layer_sae(ref, model, layer, preset.torch_device)
+            tokens = np.asarray(corpus_tokens["tokens"])[rows]
+            h = compute_holistic(
+                model,
+                loaded_saes[layer],
+                tokens,
+                [feature],
+                spec.batch_size,
+                spec.prepend_bos,
+                log=context.log.info,
+            )[0]
+            max_h = float(h.max()) if len(rows) else 0.0
+            value = ArrayBundle({"rows": rows, "holistic": h}, {"max_holistic": max_h})
+            return PartitionResult({"result": Produced(value, {"rows": len(rows), "max_holistic": max_h})})
+
+        yield from each_partition(context, compute, storage, as_you_go=False)
 
     return [records, holistic_activations]
 
 
-def _layer_feature(context: dg.AssetExecutionContext) -> tuple[int, int]:
-    """(layer, feature) indices of a layer × feature partition."""
-    keys = context.partition_key.keys_by_dimension
-    return parse_layer_key(keys["layer"]), parse_feature_key(keys["feature"])
+def _records_of(
+    spec, preset, params, index, corpus_tokens, acts_bundle, layer: int, feature: int
+) -> PartitionResult:
+    """One feature's records table, its metadata and its check outcomes."""
+    stored = [int(f) for f in acts_bundle.meta["features"]]
+    if feature not in stored:  # the preset gained features after the activations were written
+        raise dg.Failure(
+            description=f"sae_activations[{layer_key(layer)}] holds features {stored}, not {feature}: "
+            f"rematerialize sae_activations for {layer_key(layer)} (`featureinterp run` does it)"
+        )
+    f_idx = stored.index(feature)
+    acts = np.asarray(acts_bundle["acts"][f_idx], dtype=np.float32)  # [N, T]
+    start = int(spec.prepend_bos)
+    row_max = acts[:, start:].max(axis=1)
+    rng = feature_generator(spec.seed, spec.name, layer, feature)
+    sel = select_rows(row_max, index.vectors(), index, params, rng)
+    frame = records_frame(
+        assign_splits(sel, params), corpus_tokens["tokens"], acts, preset.tokenizer(), bool(start)
+    )
+    meta = {
+        "layer": layer,
+        "feature": feature,
+        "max_act": float(row_max.max()),
+        "dead": sel.dead,
+        "short_sources": sel.short,
+        "faithful": params.faithful,
+    }
+    counts = {"positive": len(sel.positives), **{s: len(v) for s, v in sel.sources.items()}}
+    metadata = {
+        "counts": dg.MetadataValue.json(counts),
+        "max_act": meta["max_act"],
+        "dead": sel.dead,
+        "short_sources": dg.MetadataValue.json(sel.short),
+        "preview": dg.MetadataValue.md(records_preview(frame, meta["max_act"])),
+    }
+    checks = [
+        dg.AssetCheckResult(
+            check_name=outcome.name,
+            passed=outcome.passed,
+            severity=dg.AssetCheckSeverity.ERROR if outcome.blocking else dg.AssetCheckSeverity.WARN,
+            metadata={"detail": outcome.detail},
+        )
+        for outcome in check_records(frame, row_max, params)
+    ]
+    return PartitionResult({"result": Produced(TableBundle(frame, meta), metadata)}, checks)
+
+
+def _layer_feature_of(key: str) -> tuple[int, int]:
+    """(layer, feature) indices of a layer × feature partition key ("F0003|L06")."""
+    feature = [p for p in str(key).split("|") if p.startswith("F")]
+    layer = [p for p in str(key).split("|") if not p.startswith("F")]
+    if len(feature) != 1 or len(layer) != 1:
+        raise ValueError(f"not a layer x feature partition key: {key!r}")
+    return parse_layer_key(layer[0]), parse_feature_key(feature[0])
 
 
 def records_preview(frame, max_act: float, n: int = 4) -> str:

@@ -49,14 +49,18 @@ def test_fig5_star_is_downstream_and_star_fig5_is_the_whole_lineage(tmp_path):
     assert "fig4" not in lineage and "holistic_activations" not in lineage  # not fig5's inputs
 
 
-def test_explanation_assets_carry_pools_retries_and_code_versions(tmp_path):
+def test_explanation_assets_carry_pools_retries_code_versions_and_one_run_backfills(tmp_path):
     defs = build_definitions(get_preset("embedded"), home=tmp_path, models=tmp_path)
     graph = defs.resolve_asset_graph()
     for cond in get_preset("embedded").explain.conditions:
-        node = graph.get(dg.AssetKey(["explanations", cond]))
-        assert node.pools == {"gpu"} and node.code_version  # local explainer: the gpu pool
+        for kind in ("explanations", "scores"):
+            node = graph.get(dg.AssetKey([kind, cond]))
+            assert node.pools == {"gpu"} and node.code_version  # the step holds the simulator
+            assert node.backfill_policy == dg.BackfillPolicy.single_run()
+    for name in ("records", "holistic_activations"):
+        assert graph.get(dg.AssetKey(name)).backfill_policy == dg.BackfillPolicy.single_run()
     api = build_definitions(get_preset("gemma-2-9b"), home=tmp_path, models=tmp_path)
     node = api.resolve_asset_graph().get(dg.AssetKey(["explanations", "one_shot"]))
-    assert node.pools == {"llm_api"}  # API explainer: its own pool
+    assert node.pools == {"gpu"}  # API requests are bounded inside the step (max_concurrent)
     job = defs.resolve_implicit_global_asset_job_def()
-    assert job.graph.node_named("explanations__one_shot").definition.retry_policy is not None
+    assert job.graph.node_named("explain_and_score_one_shot").definition.retry_policy is not None

@@ -246,22 +246,58 @@ def test_layer_results_and_figures_name_what_is_missing(explained):
 
     from featureinterp.storage import load_table
 
+    for layer, feature in (("SYN", "F0000"), ("L03", "F0001")):
+        key = dg.MultiPartitionKey({"layer": layer, "feature": feature})
+        result = _materialize(defs, instance, ["baselines"], partition_key=key)
+        assert result.success, _failure(result)
     for layer in ("SYN", "L03"):
         assert _materialize(defs, instance, ["layer_results"], partition_key=layer).success
     syn = load_table(storage / "layer_results" / "SYN")
     assert syn.meta["missing"] == {"one_shot": ["F0001"], "tree": ["F0001"]}
-    assert len(syn.frame.filter(pl.col("source") == "similar_negative")) == 2  # one per condition
+    primary = syn.frame.filter(pl.col("source") == "similar_negative")
+    assert len(primary) == 2  # one per condition
+    assert primary["true_rule_score"].is_finite().all() and primary["null_score"].is_finite().all()
+    real = load_table(storage / "layer_results" / "L03").frame
+    assert real["null_score"].is_finite().all() and real["true_rule_score"].is_nan().all()
     strict = _materialize(
         defs, instance, ["fig4"], run_config={"ops": {"fig4": {"config": {"allow_incomplete": False}}}}
     )
-    assert not strict.success and "F0001" in _failure(strict) and "L06" in _failure(strict)
-    ok = _materialize(defs, instance, ["fig3", "fig4", "fig5"])
+    # SYN is not part of the paper figures: only L03's missing F0000 and the absent L06 are named
+    assert not strict.success and "L03/one_shot" in _failure(strict) and "L06" in _failure(strict)
+    assert "SYN" not in _failure(strict)
+    ok = _materialize(defs, instance, ["fig3", "fig4", "fig5", "fig_calibration"])
     assert ok.success, _failure(ok)
     for name in ("fig3", "fig4", "fig5"):
         md = instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization.metadata
         assert md["image"].value.startswith(f"![{name}](data:image/png;base64,")
         assert md["incomplete"].value is True and "of" in md["caption"].value
         assert (storage / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        summary = pl.read_parquet(storage / "figures" / f"{name}.parquet")
+        if "layer" in summary.columns:
+            assert "SYN" not in summary["layer"].to_list(), name  # synthetic rows never pooled in
+    fig4 = pl.read_parquet(storage / "figures" / "fig4.parquet")
+    assert fig4.filter(pl.col("layer") == "L03")["null_score"].is_finite().all()
+    calib = pl.read_parquet(storage / "figures" / "fig_calibration.parquet")
+    negation = calib.filter(pl.col("feature") == "negation")
+    assert set(negation["explanation"]) >= {"true rule", "another feature's rule", "empty explanation"}
+    assert len(negation) == 5  # three references + one_shot + tree
+    assert (storage / "figures" / "fig_calibration.png").stat().st_size > 10_000
+
+
+def test_scores_command_shows_the_null_baseline(explained, monkeypatch, capsys):
+    defs, instance, storage, _ = explained
+    key = dg.MultiPartitionKey({"layer": "L03", "feature": "F0001"})
+    assert _materialize(defs, instance, ["baselines"], partition_key=key).success
+    from featureinterp_assets import cli
+
+    monkeypatch.setenv("FEATUREINTERP_HOME", str(storage.parent.parent))
+    cli.scores(PRESET.name, False)
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("layer"))
+    assert header.split()[-1] == "null"
+    row = next(line for line in out.splitlines() if line.startswith("L03    F0001"))
+    null = __import__("json").loads((storage / "baselines" / "F0001" / "L03" / "value.json").read_text())
+    assert row.split()[-1] == f"{null['null']['score']:.3f}"
 
 
 def test_runs_of_one_process_share_their_models(explained):

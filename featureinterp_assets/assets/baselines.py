@@ -1,0 +1,54 @@
+"""``baselines``: per (layer, feature), the scores an explanation's score is read against — the
+empty explanation's (the simulator's prior), and on layer SYN the true and a wrong rule's
+(featureinterp/baselines.py). One simulation per kind on the test records, the simulator loaded
+once per ranged run like the explain stage."""
+
+import dagster as dg
+
+from featureinterp.baselines import baseline_scores
+from featureinterp.config import SYNTHETIC_LAYER, layer_key
+from featureinterp_assets.assets.records import _layer_feature_of
+from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition
+from featureinterp_assets.constants import GROUP_EXPLANATIONS, POOL_GPU, STORAGE_IO
+from featureinterp_assets.io_managers import StorageIOManager
+from featureinterp_assets.resources import LLMResource
+
+
+def build_baseline_asset(partitions: dg.MultiPartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        partitions_def=partitions,
+        backfill_policy=BATCH_POLICY,
+        group_name=GROUP_EXPLANATIONS,
+        io_manager_key=STORAGE_IO,
+        pool=POOL_GPU,
+        code_version="1",
+        ins={"records": dg.AssetIn("records")},
+    )
+    def baselines(
+        context: dg.AssetExecutionContext,
+        records: dict,
+        llm: LLMResource,
+        storage: dg.ResourceParam[StorageIOManager],
+    ):
+        """Null baseline (empty explanation) of every feature; true / other rule on SYN."""
+
+        def compute(key: str) -> PartitionResult:
+            layer, feature = _layer_feature_of(key)
+            rec = records[key]
+            max_act = float(rec.meta.get("max_act", 0.0))
+            base = {"layer": layer_key(layer), "feature": feature, "max_act": max_act}
+            if not max_act > 0:
+                return PartitionResult(
+                    {"result": Produced(base | {"skipped": "dead feature"}, {"skipped": "dead"})}
+                )
+            synthetic = feature if layer == SYNTHETIC_LAYER else None
+            scores = baseline_scores(llm.simulator().simulate, rec.frame, max_act, synthetic)
+            metadata = {f"{kind}_score": v["score"] for kind, v in scores.items()}
+            return PartitionResult({"result": Produced(base | scores, metadata)})
+
+        yield from each_partition(context, compute, storage, as_you_go=False)
+
+    return baselines
+
+
+__all__ = ["build_baseline_asset"]
