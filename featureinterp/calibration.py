@@ -31,7 +31,7 @@ REFERENCES = {
 
 def calibration_summary(frame: pl.DataFrame, source: str = PRIMARY_SOURCE) -> pl.DataFrame:
     """One row per (synthetic feature, explanation): the reference rules, then each explainer
-    condition (method/condition/cap), with its score on ``source`` and the share of the true
+    condition (by its name), with its score on ``source`` and the share of the true
     rule's score it reaches (``recovery``)."""
     rows = frame.filter(pl.col("source") == source)
     if not len(rows):
@@ -42,8 +42,8 @@ def calibration_summary(frame: pl.DataFrame, source: str = PRIMARY_SOURCE) -> pl
         name = SYNTHETIC_FEATURES[feature].name if feature < len(SYNTHETIC_FEATURES) else f"F{feature:04d}"
         true = float(part["true_rule_score"][0])
         scores = {label: float(part[column][0]) for column, label in REFERENCES.items()}
-        for r in part.sort("method", "condition", "rule_cap").iter_rows(named=True):
-            scores[f"{r['method']} {r['condition']} (cap {r['rule_cap']})"] = float(r["score"])
+        for r in part.sort("experiment").iter_rows(named=True):
+            scores[r["experiment"]] = float(r["score"])
         out += [
             {
                 "feature": name,

@@ -40,6 +40,10 @@ SYSTEM_PROMPT = (
     "Answer with the rating, then one line saying why."
 )
 REPLY_PREFIX = "Complexity:\t"
+PLACEHOLDER = "unknown"
+"""The paper's query reply ``Complexity:<TAB>unknown``: it reads the digit distribution at the
+placeholder's position, i.e. the prediction of the token *after* it (paper-method.md 11.1, item 4).
+Causal attention makes ending the prompt at the placeholder the same read-out."""
 """Start of the reply; the next token is the rating digit."""
 _DIGITS = tuple(str(d) for d in range(MAX_VALUE + 1))
 
@@ -84,7 +88,11 @@ class ComplexityAnalyzer:
         backend: ChatBackend,
         examples: Sequence[ComplexityExample] = DEFAULT_EXAMPLES,
         system_prompt: str = SYSTEM_PROMPT,
+        faithful: bool = False,
     ):
+        """``faithful``: the paper's read-out, one token late (``PLACEHOLDER``); for measuring
+        that fix only."""
+        self.faithful = faithful
         for ex in examples:
             if not 0 <= ex.complexity <= MAX_VALUE:
                 raise ValueError(f"example complexity {ex.complexity} outside 0..{MAX_VALUE}: {ex.rule!r}")
@@ -101,8 +109,10 @@ class ComplexityAnalyzer:
         return [*self.header, user(f"Explanation:\n{text}")]
 
     def logprobs(self, rule: Rule | str) -> np.ndarray:
-        """Log-probabilities of the digits 0..5 as the first token after ``Complexity:<TAB>``."""
-        return self.backend.next_token_logprobs(self.messages(rule), REPLY_PREFIX, _DIGITS)
+        """Log-probabilities of the digits 0..5 as the first token after ``Complexity:<TAB>``
+        (faithful: as the token after ``Complexity:<TAB>unknown``, where the paper reads them)."""
+        prefix = REPLY_PREFIX + (PLACEHOLDER if self.faithful else "")
+        return self.backend.next_token_logprobs(self.messages(rule), prefix, _DIGITS)
 
     def rate(self, rules: Sequence[Rule | str]) -> list[float]:
         """Expected complexity (0..5) of each rule; NaN where the backend gives no digit any mass."""

@@ -77,6 +77,26 @@ class ApiSpec:
     """USD per million prompt tokens (for the cost metadata)."""
     price_out_per_mtok: float = 0.0
     max_concurrent: int = 8
+    route_prefix: str = ""
+    """Prepended to every model id sent to the route (a stand-in server's ``standin/``)."""
+    other_prices: tuple[tuple[str, float, float], ...] = ()
+    """(model, USD per M prompt tokens, per M completion tokens) of the other models a condition
+    may ask this route for (``Condition.explainer_model``, e.g. the paper's Figure 3 explainer)."""
+
+    def served(self, model: str | None = None) -> "ApiSpec":
+        """This route serving ``model`` (None: its own), with that model's prices."""
+        name = model or self.model
+        if name == self.model:
+            return dataclasses.replace(self, model=self.route_prefix + name, route_prefix="")
+        prices = {m: (i, o) for m, i, o in self.other_prices}
+        price_in, price_out = prices.get(name, (0.0, 0.0))
+        return dataclasses.replace(
+            self,
+            model=self.route_prefix + name,
+            route_prefix="",
+            price_in_per_mtok=price_in,
+            price_out_per_mtok=price_out,
+        )
 
 
 @dataclass(frozen=True)
@@ -282,13 +302,39 @@ _EMBEDDED = Preset(
     ),
 )
 
+PAPER_CONDITIONS = (
+    "fig3_one_shot",
+    "fig3_tree",
+    "one_shot_unstructured",
+    "one_shot",
+    "one_shot_structured_holistic",
+    "one_shot_structured_train_negatives",
+    "tree_unstructured",
+    "tree",
+    "tree_structured_holistic",
+    "tree_structured_train_negatives",
+    "one_shot_cap1",
+    "one_shot_cap2",
+    "one_shot_cap3",
+    "one_shot_cap4",
+)
+"""Every condition of the paper's Figures 3-5 (equal to figure_grids.paper_conditions(), tested)."""
+
 # The paper's simulator (4-bit on CUDA) and explainer (OpenRouter), shared by the three GPU presets.
 _PAPER_EXPLAIN = ExplainSettings(
     simulator=ModelSpec(name="google/gemma-2-27b-it", dtype="bfloat16", quantization="4bit"),
     simulator_prompt="paper",
     simulator_batch=0,  # from free GPU memory (the paper's constant 2 leaves an H100 mostly idle)
-    explainer=ApiSpec(model="meta-llama/llama-4-scout", price_in_per_mtok=0.08, price_out_per_mtok=0.30),
-    conditions=("one_shot", "tree"),
+    explainer=ApiSpec(
+        model="meta-llama/llama-4-scout",
+        price_in_per_mtok=0.08,
+        price_out_per_mtok=0.30,
+        # OpenRouter's list price of the Figure 3 explainer (2025)
+        other_prices=(("google/gemini-flash-1.5-8b", 0.0375, 0.15),),
+    ),
+    # the paper's three figures (featureinterp.figure_grids.paper_conditions); each condition runs
+    # only on the layers x features of the figures that draw it (figure_grids.condition_scope)
+    conditions=PAPER_CONDITIONS,
     tree_depth=2,
     tree_width=2,
     synthetic=True,

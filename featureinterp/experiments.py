@@ -23,7 +23,9 @@ from featureinterp.scoring import score
 __all__ = [
     "CONDITIONS",
     "Condition",
+    "FIG3_EXPLAINER",
     "PRIMARY_SOURCE",
+    "TreeSize",
     "evaluate",
     "feature_records",
     "get_condition",
@@ -31,6 +33,23 @@ __all__ = [
 
 PRIMARY_SOURCE = "similar_negative"
 """Test set of the headline score (Figures 4 and 5): 10 positives + 10 similar non-activating rows."""
+
+
+@dataclass(frozen=True)
+class TreeSize:
+    """The size of a tree search (paper-method.md 4.6): 1 request for ``roots`` explanations, then
+    ``depth`` levels where each of the ``width`` kept nodes asks for ``branching`` revisions."""
+
+    roots: int = 3
+    branching: int = 2
+    depth: int = 2
+    width: int = 2
+    stop_score: float = 0.9
+    temperature: float = 1.2
+
+
+FIG3_EXPLAINER = "google/gemini-flash-1.5-8b"
+"""The explainer of the paper's Figure 3 (its other figures use the preset's, Llama-4-Scout)."""
 
 
 @dataclass(frozen=True)
@@ -44,8 +63,24 @@ class Condition:
     rule_cap: int = 5
     figure_condition: str = "structured"
     """Label in the figures' ``condition`` column."""
+    explainer_model: str | None = None
+    """API model id this condition explains with, on the preset's explainer route (the paper's
+    Figure 3 used another explainer than its Figures 4-5); None: the preset's explainer."""
+    tree: TreeSize | None = None
+    """Tree size of this condition; None: the preset's (``ExplainSettings.tree_*``)."""
 
     def explainer_config(self, **overrides) -> ExplainerConfig:
+        """The explainer settings: the preset's ``overrides`` (temperatures, tree size), then this
+        condition's own tree size where it fixes one."""
+        if self.tree is not None:
+            overrides |= {
+                "roots": self.tree.roots,
+                "branching": self.tree.branching,
+                "depth": self.tree.depth,
+                "width": self.tree.width,
+                "stop_score": self.tree.stop_score,
+                "tree_temperature": self.tree.temperature,
+            }
         return ExplainerConfig(
             method=self.method,
             structured=self.structured,
@@ -70,11 +105,16 @@ def _grid() -> dict[str, Condition]:
     for cap in range(1, 6):  # Figure 5: one-shot, structured, rule caps 1..5 (cap 5 = "one_shot")
         if cap < 5:
             out[f"one_shot_cap{cap}"] = Condition(f"one_shot_cap{cap}", "one_shot", rule_cap=cap)
+    # Figure 3: its own explainer and a deeper tree (depth 3, width 3), structured, rule cap 5
+    fig3 = {"explainer_model": FIG3_EXPLAINER, "tree": TreeSize(depth=3, width=3)}
+    out["fig3_one_shot"] = Condition("fig3_one_shot", "one_shot", **fig3)  # type: ignore[arg-type]
+    out["fig3_tree"] = Condition("fig3_tree", "tree", **fig3)  # type: ignore[arg-type]
     return out
 
 
 CONDITIONS: dict[str, Condition] = _grid()
-"""Every condition the figures use: Figure 4's 2 x 4 grid and Figure 5's rule caps."""
+"""Every condition the figures use: Figure 4's 2 x 4 grid, Figure 5's rule caps and Figure 3's
+one-shot and tree runs with the Figure 3 explainer."""
 
 
 def get_condition(name: str) -> Condition:

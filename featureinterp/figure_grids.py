@@ -9,30 +9,36 @@ wide grid cannot reproduce them. ``featureinterp plan --json`` prints these grid
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from featureinterp.config import Preset
+from featureinterp.config import Preset, feature_key, layer_key
+from featureinterp.experiments import FIG3_EXPLAINER, TreeSize
 
-__all__ = ["FigureGrid", "TreeSize", "figure_grids", "paper_layers"]
+__all__ = [
+    "FigureGrid",
+    "TreeSize",
+    "condition_scope",
+    "figure_conditions",
+    "figure_grids",
+    "paper_conditions",
+    "paper_layers",
+    "select_grid",
+]
 
 PAPER_MODELS = {"gpt2-small": 12, "gemma-2-9b": 42, "llama-3.1-8b": 32}
 """Paper preset -> number of layers of its subject model."""
 
 FIG4_VARIANTS = ("unstructured", "structured", "structured_holistic", "structured_train_negatives")
-
-
-@dataclass(frozen=True)
-class TreeSize:
-    """The tree search of a figure (paper-method.md 4.6)."""
-
-    roots: int = 3
-    branching: int = 2
-    depth: int = 2
-    width: int = 2
-    stop_score: float = 0.9
-    temperature: float = 1.2
+FIG4_CONDITIONS = tuple(
+    f"{method}{'' if v == 'structured' else '_' + v}"
+    for method in ("one_shot", "tree")
+    for v in FIG4_VARIANTS
+)
+FIG5_CONDITIONS = ("one_shot_cap1", "one_shot_cap2", "one_shot_cap3", "one_shot_cap4", "one_shot")
+FIG3_CONDITIONS = ("fig3_one_shot", "fig3_tree")
 
 
 @dataclass(frozen=True)
@@ -70,11 +76,7 @@ def figure_grids(preset: Preset) -> dict[str, FigureGrid]:
             "fig4",
             layers8,
             tuple(range(30)),
-            tuple(
-                f"{method}{'' if v == 'structured' else '_' + v}"
-                for method in ("one_shot", "tree")
-                for v in FIG4_VARIANTS
-            ),
+            FIG4_CONDITIONS,
             scout,
             TreeSize(depth=2, width=2),
             notes=("unstructured + holistic is not run",),
@@ -83,7 +85,7 @@ def figure_grids(preset: Preset) -> dict[str, FigureGrid]:
             "fig5",
             layers8,
             tuple(range(30)),
-            ("one_shot_cap1", "one_shot_cap2", "one_shot_cap3", "one_shot_cap4", "one_shot"),
+            FIG5_CONDITIONS,
             scout,
             complexity=True,
             notes=("one explanation per (feature, rule cap)",),
@@ -95,8 +97,8 @@ def figure_grids(preset: Preset) -> dict[str, FigureGrid]:
                 "fig3",
                 tuple(range(0, 41, 2)),
                 tuple(range(50)),
-                ("one_shot", "tree"),
-                "google/gemini-flash-1.5-8b",
+                FIG3_CONDITIONS,
+                FIG3_EXPLAINER,
                 TreeSize(depth=3, width=3),
                 complexity=True,
                 notes=(
@@ -109,32 +111,72 @@ def figure_grids(preset: Preset) -> dict[str, FigureGrid]:
     return grids
 
 
-def select_grid(table, grid: FigureGrid | None, present_conditions: set[str]) -> tuple[object, str]:
+def paper_conditions() -> tuple[str, ...]:
+    """Every condition of the paper's three figures, in figure order (the paper presets' default)."""
+    return tuple(dict.fromkeys(FIG3_CONDITIONS + FIG4_CONDITIONS + FIG5_CONDITIONS))
+
+
+def figure_conditions(figure: str, present: Iterable[str]) -> tuple[str, ...]:
+    """The conditions a figure draws from those a preset materializes (``present``), when it shows
+    the preset's own grid: Figure 3 its ``fig3_*`` runs if the preset has them, else the preset's
+    structured one-shot and tree; Figure 4 its 2 x 4 cells; Figure 5 its rule caps."""
+    present = tuple(present)
+    if figure == "fig3":
+        own = tuple(c for c in FIG3_CONDITIONS if c in present)
+        return own or tuple(c for c in ("one_shot", "tree") if c in present)
+    wanted = {"fig4": FIG4_CONDITIONS, "fig5": FIG5_CONDITIONS}.get(figure)
+    return tuple(c for c in present if wanted is None or c in wanted)
+
+
+def condition_scope(preset: Preset) -> dict[str, frozenset[str]]:
+    """Condition -> the (layer, feature) partition keys (``"F0003|L05"``) it is run on, for the
+    conditions that only the paper figures' grids use: the paper ran Figure 3 on 21 layers x 50
+    features and Figures 4-5 on 8 x 30, so running every condition on every partition of a preset
+    would cost several times the paper's GPU time for cells no figure draws. Conditions missing
+    here (and every condition of a preset without paper grids) run on all partitions. The
+    synthetic ``SYN`` features are in every scope: the calibration figure compares conditions on
+    them, and they are few."""
+    scope: dict[str, set[str]] = {}
+    synthetic = {f"{f}|SYN" for f in preset.feature_keys} if "SYN" in preset.layer_keys else set()
+    own = {(layer_key(x), feature_key(f)) for x in preset.layers for f in preset.features}
+    for grid in figure_grids(preset).values():
+        keys = {
+            f"{f}|{x}"
+            for x in map(layer_key, grid.layers)
+            for f in map(feature_key, grid.features)
+            if (x, f) in own
+        }
+        for cond in grid.conditions:
+            scope.setdefault(cond, set(synthetic)).update(keys)
+    return {c: frozenset(k) for c, k in scope.items()}
+
+
+def select_grid(
+    table, grid: FigureGrid | None, present_conditions: Iterable[str], figure: str
+) -> tuple[object, str]:
     """The rows of a figure table (``layer_results`` rows) inside ``grid`` and the caption note
     that names the grid; ``present_conditions``: the conditions the preset materializes. Without
-    a grid the table is returned whole ("preset grid")."""
+    a grid the preset's layers and features are kept, with the conditions of ``figure``
+    (``figure_conditions``)."""
     import polars as pl
 
-    from featureinterp.config import layer_key
-    from featureinterp.experiments import get_condition
-
+    present = tuple(present_conditions)
+    if "experiment" not in table.columns:
+        raise ValueError(
+            "layer_results tables without the 'experiment' column (written before conditions had "
+            "their own explainers): rematerialize layer_results"
+        )
     if grid is None:
-        return table, "grid: the preset's layers x features x conditions"
-    wanted = [get_condition(c) for c in grid.conditions]
-    cells = pl.DataFrame(
-        {
-            "method": [c.method for c in wanted],
-            "condition": [c.figure_condition for c in wanted],
-            "rule_cap": [c.rule_cap for c in wanted],
-        },
-        schema={"method": pl.String, "condition": pl.String, "rule_cap": pl.Int64},
-    )
+        wanted = figure_conditions(figure, present)
+        rows = table.filter(pl.col("experiment").is_in(list(wanted)))
+        return rows, f"grid: the preset's layers x features; conditions {', '.join(wanted)}"
     rows = table.filter(
         pl.col("layer").is_in([layer_key(x) for x in grid.layers])
         & pl.col("feature").is_in(list(grid.features))
-    ).join(cells, on=["method", "condition", "rule_cap"], how="semi")
-    absent = [c for c in grid.conditions if c not in present_conditions]
-    note = f"grid: the paper's ({len(grid.layers)} layers x {len(grid.features)} features)"
+        & pl.col("experiment").is_in(list(grid.conditions))
+    )
+    absent = [c for c in grid.conditions if c not in present]
+    note = f"grid: the paper's ({len(grid.layers)} layers x {len(grid.features)} features, explainer {grid.explainer})"
     if absent:
         note += f"; conditions not run: {', '.join(absent)}"
     return rows, note

@@ -18,6 +18,7 @@ long-lived worker neither leak figures nor need a display.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -97,7 +98,8 @@ class FigureResult:
     """True when some cell has fewer than ``expected`` results."""
     png: Path
     files: Mapping[str, Path]
-    """Every file written, by role: "png", "summary" and, for fig5, "features"."""
+    """Every file written, by role: "png", "summary", "panels" (fig3, fig5: the paper's other
+    panels, featureinterp.figure_panels) and, for fig5, "features" and "layers"."""
     tables: Mapping[str, pl.DataFrame] = field(default_factory=dict)
     """Extra tables beyond the summary (fig5: "features", the per-feature monotone scores)."""
 
@@ -179,7 +181,10 @@ def fig3(
         _title(
             fig, f"Complementary test sentences (rule cap {int(frame['rule_cap'][0])})", caption, incomplete
         )
-    return _write(name, fig, summary, {}, out_dir, caption, incomplete)
+    result = _write(name, fig, summary, {}, out_dir, caption, incomplete)
+    from featureinterp.figure_panels import fig3_panels  # the paper's combined one-shot vs tree plots
+
+    return _with_panels(result, fig3_panels(summary, Path(out_dir), caption, incomplete, "similar_negative"))
 
 
 def fig4(
@@ -429,7 +434,13 @@ def fig5(
             ax.set_ylabel("Layer")
             ax.set_title(title)
         _title(fig, f"Rule caps: {_METHOD_LABELS.get(method, method)}, {condition}", caption, incomplete)
-    return _write(name, fig, summary, {"features": features}, out_dir, caption, incomplete)
+    from featureinterp.figure_panels import fig5_layer_table, fig5_panels  # the paper's other panels
+
+    per_layer = fig5_layer_table(frame, features, layers)
+    result = _write(
+        name, fig, summary, {"features": features, "layers": per_layer}, out_dir, caption, incomplete
+    )
+    return _with_panels(result, fig5_panels(summary, per_layer, Path(out_dir), caption, incomplete))
 
 
 def t_quantile(q: float, df: int) -> float:
@@ -677,6 +688,10 @@ def _write(
         files[role] = out_dir / f"{name}_{role}.parquet"
         _atomic_write(files[role], table.write_parquet)
     return FigureResult(name, summary, caption, incomplete, files["png"], files, dict(tables))
+
+
+def _with_panels(result: FigureResult, panels: Path) -> FigureResult:
+    return dataclasses.replace(result, files={**result.files, "panels": panels})
 
 
 def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 from featureinterp.config import ApiSpec, Preset
 from featureinterp.experiments import get_condition
+from featureinterp.figure_grids import condition_scope
 
 __all__ = [
     "GpuSpec",
@@ -186,31 +187,41 @@ class PresetPlan:
         return "\n".join(lines)
 
 
-def plan_preset(preset: Preset, readers: Sequence[Stored] = (), gpu: GpuSpec | None = None) -> PresetPlan:
+def plan_preset(
+    preset: Preset, readers: Sequence[Stored] = (), gpu: GpuSpec | None = None, scoped: bool = True
+) -> PresetPlan:
     """Partitions, runs, model loads, measured tokens and projected GPU hours of ``preset``;
-    ``readers`` give the stored values token counts are measured from (see ``measured_costs``)."""
+    ``readers`` give the stored values token counts are measured from (see ``measured_costs``).
+    ``scoped``: each paper condition on its figures' partitions only, as ``featureinterp run``
+    runs it (False: ``--whole-grid``, every condition everywhere)."""
     gpu = gpu or GpuSpec()
     conditions = list(preset.explain.conditions)
     conds = [get_condition(c) for c in conditions]
     n_layers, n_feat = len(preset.layer_keys), len(preset.features)
     lf = n_layers * n_feat
-    holistic = any(c.holistic for c in conds)
+    every = {f"{f}|{layer}" for layer in preset.layer_keys for f in preset.feature_keys}
+    # a condition of a paper figure runs on that figure's partitions only (condition_scope)
+    scope = {c: every & keys for c, keys in condition_scope(preset).items()} if scoped else {}
+    counts = {c: len(scope.get(c, every)) for c in conditions}
+    explained = set().union(*(scope.get(c, every) for c in conditions)) if conditions else set()
+    holistic_keys = set().union(*(scope.get(c.name, every) for c in conds if c.holistic))
+    holistic = bool(holistic_keys)
     partitions = {
         "corpus_tokens": 1,
         "sae": n_layers,
         "sae_activations": n_layers,
         "corpus_embeddings": 1,
         "records": lf,
-        **({"holistic_activations": lf} if holistic else {}),
-        **{f"explanations/{c}": lf for c in conditions},
-        **{f"scores/{c}": lf for c in conditions},
+        **({"holistic_activations": len(holistic_keys)} if holistic else {}),
+        **{f"explanations/{c}": counts[c] for c in conditions},
+        **{f"scores/{c}": counts[c] for c in conditions},
         "layer_results": n_layers,
         "figures": 3,
     }
     runs = {
         "tokens+sae+embeddings": 3,
         "records": n_layers,
-        "explain+score": n_layers,
+        "explain+score": len({k.split("|")[1] for k in explained}),  # layers with any condition
         "layer_results": n_layers,
         "figures": 1,
     }
@@ -222,11 +233,11 @@ def plan_preset(preset: Preset, readers: Sequence[Stored] = (), gpu: GpuSpec | N
     if local_explainer:
         names["explainer"] = f"explainer ({preset.explain.explainer.name})"
 
-    def per_run(n: int) -> dict[str, int]:
-        """Loads when the per-feature stages take ``n`` runs (the activation pass is one more
+    def per_run(n: int, records_runs: int) -> dict[str, int]:
+        """Loads when the explain stage takes ``n`` runs (the activation pass is one more
         subject load; holistic values need the subject model in every records run)."""
         return {
-            names["subject"]: 1 + (n if holistic else 0),
+            names["subject"]: 1 + (records_runs if holistic else 0),
             names["simulator"]: n,
             **({names["explainer"]: n} if local_explainer else {}),
         }
@@ -235,21 +246,32 @@ def plan_preset(preset: Preset, readers: Sequence[Stored] = (), gpu: GpuSpec | N
         # every run of the invocation shares one process, so one load each
         "featureinterp run": {name: 1 for name in names.values()},
         # a backfill (or --partition-range) per layer: a process per layer run
-        "UI backfill per layer": per_run(n_layers),
-        # the baseline: a run (and a process) per (layer, feature) partition
-        "a run per partition": per_run(lf),
+        "UI backfill per layer": per_run(runs["explain+score"], n_layers),
+        # the baseline: a run (and a process) per explained (layer, feature) partition
+        "a run per partition": per_run(len(explained), len(explained)),
     }
     keys = [f"{f}|{layer}" for layer in preset.layer_keys for f in preset.feature_keys]
     measured = measured_costs(readers, keys, conditions)
     explainer: dict = {}
     if isinstance(preset.explain.explainer, ApiSpec) and measured:
         api = preset.explain.explainer
-        req = sum(m.explainer_requests for m in measured.values()) * lf
-        pt = sum(m.explainer_prompt_tokens for m in measured.values()) * lf
-        ct = sum(m.explainer_completion_tokens for m in measured.values()) * lf
-        cost = (pt * api.price_in_per_mtok + ct * api.price_out_per_mtok) / 1e6
+        req = pt = ct = cost = 0.0
+        for cond, m in measured.items():
+            n, route = counts[cond], api.served(get_condition(cond).explainer_model)
+            req += m.explainer_requests * n
+            pt += m.explainer_prompt_tokens * n
+            ct += m.explainer_completion_tokens * n
+            cost += (
+                n
+                * (
+                    m.explainer_prompt_tokens * route.price_in_per_mtok
+                    + m.explainer_completion_tokens * route.price_out_per_mtok
+                )
+                / 1e6
+            )
+        models = {get_condition(c).explainer_model or api.model for c in measured}
         explainer = {
-            "model": api.model,
+            "model": ", ".join(sorted(models)),
             "requests": req,
             "prompt_tokens": pt,
             "completion_tokens": ct,
@@ -261,7 +283,7 @@ def plan_preset(preset: Preset, readers: Sequence[Stored] = (), gpu: GpuSpec | N
     subj_params = MODEL_PARAMS.get(preset.model.name)
     if measured and sim_params and subj_params:
         rate = gpu.peak_flops * gpu.utilisation
-        sim_tokens = sum(m.simulator_tokens for m in measured.values()) * lf
+        sim_tokens = sum(m.simulator_tokens * counts[c] for c, m in measured.items())
         # A load reads the bf16 weights (2 bytes per parameter; the simulator is quantized to 4-bit
         # after reading them).
         params = {names["subject"]: subj_params, names["simulator"]: sim_params}

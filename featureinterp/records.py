@@ -35,6 +35,7 @@ __all__ = [
     "RecordParams",
     "Selection",
     "feature_generator",
+    "records_generator",
     "select_rows",
     "assign_splits",
     "records_frame",
@@ -72,13 +73,24 @@ class RecordParams:
     per_split: int = 10
     """Positives and rows of each complementary source per split."""
     faithful: bool = False
-    """Reproduce the paper: prefix-scan retrieval and valid split == train slice."""
+    """Reproduce the paper: prefix-scan retrieval, valid split == train slice and the same
+    random draws for every feature of a layer (``records_generator``)."""
 
 
 def feature_generator(seed: int, preset: str, layer: int, feature: int) -> np.random.Generator:
     """Independent, reproducible randomness per (preset, layer, feature); never a global seed."""
     digest = hashlib.sha256(f"{seed}|{preset}|{layer}|{feature}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def records_generator(
+    seed: int, preset: str, layer: int, feature: int, faithful: bool
+) -> np.random.Generator:
+    """The generator of one feature's row selection. ``faithful``: the paper's behaviour, where the
+    projection training resets the global seed for every feature (paper-method.md 11.1, item 3),
+    so every feature of a layer draws its random rows and its top-100 sample from the same state:
+    one generator per layer, not per feature (the paper's first feature may differ; ours does not)."""
+    return feature_generator(seed, preset, layer, -1 if faithful else feature)
 
 
 @dataclass

@@ -163,7 +163,7 @@ def standin_preset(base: Preset | str) -> Preset:
             simulator_batch=8,
             explainer=dataclasses.replace(
                 api,
-                model=f"standin/{api.model}",
+                route_prefix="standin/",  # replies name the served model; ids keep the paper's
                 base_url=os.environ.get(STANDIN_URL_ENV) or DEFAULT_URL,
                 api_key_env=STANDIN_KEY_ENV,
                 max_concurrent=2,

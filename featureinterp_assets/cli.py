@@ -87,22 +87,54 @@ def _stored_features(instance, layer: str) -> set[int]:
 
 
 def _feature_blocks(
-    instance, layer: str, feature_keys: list[str], assets: list[str], force: bool
+    instance,
+    layer: str,
+    feature_keys: list[str],
+    assets: list[str],
+    force: bool,
+    scope: dict[str, frozenset[str]] | None = None,
 ) -> list[tuple[list[str], list[str]]]:
     """The runs a layer needs: runs of consecutive features that miss the same assets, each
-    ``(features, assets)``. One fresh layer is one run; a rerun after failures covers only them."""
+    ``(features, assets)``. One fresh layer is one run; a rerun after failures covers only them.
+    ``scope``: asset -> the partition keys it is run on (absent: all)."""
     done = {a: set(instance.get_materialized_partitions(dg.AssetKey(a.split("/")))) for a in assets}
+    scope = scope or {}
     blocks: list[tuple[list[str], list[str]]] = []
     previous = None  # the last feature's (index, todo): a block continues only without a gap
     for i, feature in enumerate(feature_keys):
         key = dg.MultiPartitionKey({"layer": layer, "feature": feature})
-        todo = [a for a in assets if force or key not in done[a]]
+        todo = [
+            a
+            for a in assets
+            if (a not in scope or f"{feature}|{layer}" in scope[a]) and (force or key not in done[a])
+        ]
         if todo and previous == (i - 1, todo):
             blocks[-1][0].append(feature)
         elif todo:
             blocks.append(([feature], todo))
         previous = (i, todo) if todo else None
     return blocks
+
+
+def _asset_scope(preset) -> dict[str, frozenset[str]]:
+    """Per-feature asset -> the partitions ``featureinterp run`` materializes it on, for the
+    conditions of the paper figures (featureinterp.figure_grids.condition_scope: each runs on its
+    figures' layers x features only); holistic values and baselines where a condition needs them."""
+    from featureinterp.experiments import get_condition
+    from featureinterp.figure_grids import condition_scope
+
+    conditions = preset.explain.conditions
+    by_condition = condition_scope(preset)
+    if not by_condition:
+        return {}
+    every = frozenset(f"{f}|{x}" for x in preset.layer_keys for f in preset.feature_keys)
+    keys = {c: by_condition.get(c, every) for c in conditions}
+    scope = {f"{kind}/{c}": k for c, k in keys.items() for kind in ("explanations", "scores")}
+    scope["baselines"] = frozenset().union(*keys.values())
+    scope["holistic_activations"] = frozenset().union(
+        *(k for c, k in keys.items() if get_condition(c).holistic)
+    )
+    return scope
 
 
 def _range_tags(layer: str, features: list[str]) -> dict[str, str]:
@@ -117,6 +149,7 @@ def _per_feature_stage(
     layer_keys: list[str],
     feature_keys: list[str],
     force: bool,
+    scope: dict[str, frozenset[str]] | None = None,
 ) -> tuple[int, list[str]]:
     """Materialize per-feature ``assets``, one run per layer (per block of missing features): the
     run's process loads each model once and records every (layer, feature) on its own. A failed
@@ -124,7 +157,7 @@ def _per_feature_stage(
     many partitions ran and which of them failed."""
     failed, ran = [], 0
     for layer in layer_keys:
-        blocks = _feature_blocks(instance, layer, feature_keys, assets, force)
+        blocks = _feature_blocks(instance, layer, feature_keys, assets, force, scope)
         for features, todo in blocks:
             ran += len(features)
             try:
@@ -134,7 +167,7 @@ def _per_feature_stage(
         if blocks:  # what is still missing after the layer's runs failed (one query per layer)
             failed += [
                 f"{f}|{layer}"
-                for fs, _ in _feature_blocks(instance, layer, feature_keys, assets, False)
+                for fs, _ in _feature_blocks(instance, layer, feature_keys, assets, False, scope)
                 for f in fs
             ]
     return ran, failed
@@ -188,6 +221,7 @@ def run(
     features: list[int] | None = None,
     layers: list[str] | None = None,
     standin: bool = False,
+    whole_grid: bool = False,
 ) -> None:
     server = None
     # a stand-in preset named directly (e.g. FEATUREINTERP_PRESET=gemma-2-9b-standin) needs its
@@ -198,7 +232,7 @@ def run(
             preset, server = start_standin(preset_name)
         else:
             preset = get_preset(preset_name)
-        _run_lineage(preset, force, explain, conditions, features, layers)
+        _run_lineage(preset, force, explain, conditions, features, layers, whole_grid)
     finally:
         if server is not None:
             print(f"stand-in explainer server answered {server.requests} requests", flush=True)
@@ -216,6 +250,7 @@ def _run_lineage(
     conditions: list[str] | None,
     features: list[int] | None,
     layers: list[str] | None,
+    whole_grid: bool = False,
 ) -> None:
     from featureinterp.experiments import get_condition
     from featureinterp_assets.definitions import build_definitions
@@ -271,16 +306,17 @@ def _run_lineage(
         _run(defs, instance, ["corpus_embeddings"])
     # Holistic values cost a forward pass per (row, token) of the top records: only computed when
     # a condition of this run prompts with them (Fig. 4's structured_holistic cells).
+    scope = {} if whole_grid else _asset_scope(preset)
     stage = ["records"] + (
         ["holistic_activations"] if any(get_condition(c).holistic for c in preset.explain.conditions) else []
     )
-    _, failed = _per_feature_stage(defs, instance, stage, layer_keys, feature_keys, force)
+    _, failed = _per_feature_stage(defs, instance, stage, layer_keys, feature_keys, force, scope)
     if failed:
         raise SystemExit(f"featureinterp: records partitions failed: {', '.join(failed)} (rerun to retry)")
     if explain:
         assets = [f"{kind}/{c}" for c in preset.explain.conditions for kind in ("explanations", "scores")]
         ran, failed = _per_feature_stage(
-            defs, instance, assets + ["baselines"], layer_keys, feature_keys, force
+            defs, instance, assets + ["baselines"], layer_keys, feature_keys, force, scope
         )
         # Figures show what exists, with an "n of m features" caption when partitions failed.
         if ran or force or instance.get_latest_materialization_event(dg.AssetKey("fig5")) is None:
@@ -392,9 +428,16 @@ def scores(preset_name: str | None, show_explanations: bool) -> None:
         print(f"{layer:6s} {'mean':8s} " + " ".join(f"{x:>12s}" for x in means))
 
 
-def plan(preset_name: str | None, conditions: list[str] | None, as_json: bool, grid: bool = False) -> None:
+def plan(
+    preset_name: str | None,
+    conditions: list[str] | None,
+    as_json: bool,
+    grid: bool = False,
+    whole_grid: bool = False,
+) -> None:
     """Print what the preset costs (no model is loaded); see featureinterp/plan.py. ``grid``: the
-    paper's 8 layers x 30 features instead of the whole preset."""
+    paper's 8 layers x 30 features instead of the whole preset; ``whole_grid``: every condition
+    on every partition (``featureinterp run --whole-grid``)."""
     from featureinterp.experiments import get_condition
     from featureinterp.plan import paper_grid, plan_preset
 
@@ -411,7 +454,7 @@ def plan(preset_name: str | None, conditions: list[str] | None, as_json: bool, g
     from featureinterp.plan import figure_plans
 
     stored = [lambda key, part, r=r: r(dg.AssetKey(list(key)), part) for r in readers]
-    result = plan_preset(preset, stored)
+    result = plan_preset(preset, stored, scoped=not whole_grid)
     result.figures = {} if grid else figure_plans(get_preset(preset_name), stored)
     print(result.to_json() if as_json else result.text())
 
@@ -438,6 +481,12 @@ def main(argv: list[str] | None = None) -> None:
         help="run a paper preset on CPU with tiny random-weight stand-ins of its models and SAEs "
         "(same architectures and loading code; the numbers are meaningless by design)",
     )
+    p_run.add_argument(
+        "--whole-grid",
+        action="store_true",
+        help="paper presets: run every condition on every layer x feature of the preset, not only "
+        "on the layers x features of the figures that draw it",
+    )
     p_plan = sub.add_parser("plan", help="partitions, runs, model loads, tokens and GPU hours of a preset")
     p_plan.add_argument("--preset")
     p_plan.add_argument("--conditions", help="comma-separated conditions (default: the preset's)")
@@ -446,6 +495,9 @@ def main(argv: list[str] | None = None) -> None:
         "--paper-grid",
         action="store_true",
         help="the paper's 8 layers x features 0-29 (Figs. 4-5), not the whole preset",
+    )
+    p_plan.add_argument(
+        "--whole-grid", action="store_true", help="every condition on every partition (as `run --whole-grid`)"
     )
     p_layers = sub.add_parser("layers", help="register the preset's layers as dynamic partitions")
     p_layers.add_argument("--preset")
@@ -474,6 +526,7 @@ def main(argv: list[str] | None = None) -> None:
                 features=[int(f) for f in args.features.split(",")] if args.features else None,
                 layers=args.layers.split(",") if args.layers else None,
                 standin=args.standin,
+                whole_grid=args.whole_grid,
             )
         elif args.command == "plan":
             plan(
@@ -481,6 +534,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.conditions.split(",") if args.conditions else None,
                 args.json,
                 args.paper_grid,
+                args.whole_grid,
             )
         elif args.command == "scores":
             scores(args.preset, args.explanations)

@@ -28,6 +28,7 @@ from featureinterp_assets.sensors import build_new_layers_sensor, build_stale_sc
 def build_definitions(preset: Preset, home: Path | None = None, models: Path | None = None) -> dg.Definitions:
     """All definitions for ``preset``; stored values under ``home``, converted models under ``models``."""
     home = Path(home or data_home())
+    _check_explainers(preset)
     layers = layer_partitions(preset)
     assets = [
         corpus_tokens,
@@ -65,6 +66,22 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
         },
         executor=dg.in_process_executor,  # one process per run: the model loads once per run
     )
+
+
+def _check_explainers(preset: Preset) -> None:
+    """A condition with its own explainer model (the paper's Figure 3) needs an API route."""
+    from featureinterp.errors import ConfigError
+    from featureinterp.experiments import get_condition
+
+    if isinstance(preset.explain.explainer, ApiSpec):
+        return
+    own = [c for c in preset.explain.conditions if get_condition(c).explainer_model]
+    if own:
+        raise ConfigError(
+            f"preset {preset.name!r}: conditions {', '.join(own)} explain with "
+            f"{get_condition(own[0]).explainer_model!r} over an API, but the preset's explainer is "
+            "local; give it an API explainer (ApiSpec) or drop those conditions"
+        )
 
 
 def _llm_resource(preset: Preset, home: Path, models: Path) -> LLMResource:

@@ -159,7 +159,7 @@ class LLMResource(dg.ConfigurableResource):
     """Explainer API key (set from the preset's ``api_key_env`` by definitions.py)."""
 
     _local = PrivateAttr(default=None)
-    _explainer = PrivateAttr(default=None)
+    _explainer = PrivateAttr(default_factory=dict)
     _simulator = PrivateAttr(default=None)
 
     def settings(self):
@@ -187,36 +187,48 @@ class LLMResource(dg.ConfigurableResource):
                 self._simulator.batch_size = _batch_from_memory(self._simulator)
         return self._simulator
 
-    def explainer(self):
+    def explainer(self, model: str | None = None):
+        """The explainer backend; ``model``: another model id on the preset's API route (a
+        condition's ``explainer_model``), one backend per model id and run."""
         from featureinterp.api_llm import OpenAIChatBackend
         from featureinterp.config import ApiSpec
         from featureinterp.errors import ConfigError
         from featureinterp.local_llm import LocalChatBackend
 
-        if self._explainer is None:
-            spec = self.settings().explainer
+        spec = self.settings().explainer
+        if model is not None and not isinstance(spec, ApiSpec):
+            local = "the simulator model" if spec is None else spec.name
+            raise ConfigError(
+                f"a condition asks for the explainer {model!r}, but preset {self.preset!r} explains "
+                f"with a local model ({local}); give the preset an API explainer (ApiSpec) or drop "
+                "the condition"
+            )
+        key = model or ""
+        if key not in self._explainer:
             if spec is None:
-                self._explainer = self.local_backend()
+                self._explainer[key] = self.local_backend()
             elif isinstance(spec, ApiSpec):
                 if not self.api_key:
                     raise ConfigError(
                         f"the explainer {spec.model!r} needs an API key in ${spec.api_key_env} "
                         f"(base URL {spec.base_url})"
                     )
-                self._explainer = OpenAIChatBackend(
-                    model=spec.model,
-                    base_url=spec.base_url,
+                route = spec.served(model)
+                self._explainer[key] = OpenAIChatBackend(
+                    model=route.model,
+                    base_url=route.base_url,
                     api_key=self.api_key,
                     cache_dir=Path(self.home) / "llm_cache",
-                    json_schema_mode=spec.json_schema_mode,
-                    price_in_per_mtok=spec.price_in_per_mtok,
-                    price_out_per_mtok=spec.price_out_per_mtok,
-                    max_concurrent=spec.max_concurrent,
+                    json_schema_mode=route.json_schema_mode,
+                    price_in_per_mtok=route.price_in_per_mtok,
+                    price_out_per_mtok=route.price_out_per_mtok,
+                    max_concurrent=route.max_concurrent,
                 )
             else:
-                model, tok = load_model("explainer", spec, Path(self.models_dir), self.device)
-                self._explainer = LocalChatBackend(model, tok, name=spec.name)
-        return self._explainer
+                model_, tok = load_model("explainer", spec, Path(self.models_dir), self.device)
+                self._explainer[key] = LocalChatBackend(model_, tok, name=spec.name)
+        return self._explainer[key]
 
     def teardown_after_execution(self, context) -> None:
-        self._local = self._explainer = self._simulator = None
+        self._local = self._simulator = None
+        self._explainer = {}

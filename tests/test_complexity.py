@@ -82,3 +82,6 @@ def test_local_rating_reads_the_digit_position_not_one_late(embedded_model):
     # the original's read-out: a placeholder after the tab, read at the placeholder's own position
     late = backend.prompt_ids(analyzer.messages(rule), REPLY_PREFIX + "unknown")
     assert late[: len(ids)] == ids and abs(rated - ev_at(late, -1)) > 1e-3
+    # the faithful analyzer (faithful presets) reproduces that read-out, to measure the fix
+    (faithful,) = ComplexityAnalyzer(backend, faithful=True).rate([rule])
+    assert faithful == pytest.approx(ev_at(late, -1), abs=1e-5)

@@ -65,3 +65,18 @@ def test_faithful_presets_are_named_and_stored_apart():
     assert faithful.faithful and not plain.faithful and faithful.name == "embedded-faithful"
     assert faithful.replace(name="embedded", faithful=False) == plain  # nothing else changes
     assert get_preset("gemma-2-9b-standin-faithful").faithful
+
+
+def test_an_api_route_serves_a_conditions_own_model_at_its_price():
+    from featureinterp.config import ApiSpec
+    from featureinterp.figure_grids import paper_conditions
+
+    api = get_preset("gemma-2-9b").explain.explainer
+    assert get_preset("gemma-2-9b").explain.conditions == paper_conditions()
+    assert api.served() == api and api.served(api.model) == api
+    gemini = api.served("google/gemini-flash-1.5-8b")
+    assert (gemini.model, gemini.base_url) == ("google/gemini-flash-1.5-8b", api.base_url)
+    assert (gemini.price_in_per_mtok, gemini.price_out_per_mtok) == (0.0375, 0.15)
+    assert api.served("other/model").price_in_per_mtok == 0.0  # unknown price: cost not counted
+    standin = ApiSpec(model="m", route_prefix="standin/")
+    assert standin.served().model == "standin/m" and standin.served("x").model == "standin/x"

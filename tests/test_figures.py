@@ -205,6 +205,17 @@ def test_fig5_monotone_scores_by_hand(tmp_path):
     assert res.files["features"].exists() and pl.read_parquet(res.files["features"]).equals(feats)
     assert_png(res.png)
 
+    # the paper's other panels: rules needed for 90% of the best score (feature 0: cap 2 reaches
+    # 1.0; feature 1: only cap 3), and the cap-3 complexity with its 80% t band over the 4 features
+    layer = res.tables["layers"].row(0, named=True)
+    assert layer["mean_rules_for_share"] == pytest.approx(2.5) and layer["n_rules_for_share"] == 2
+    assert layer["rules_for_share_ci"] == pytest.approx(0.5 * t_quantile(0.9, 1))  # sem of (2, 3) = 0.5
+    comp = np.array([2.0, 3.0, 4.0, 5.0])  # cap 3: complexity c + f with c = 2
+    sem = comp.std(ddof=1) / 2
+    assert layer["mean_complexity"] == pytest.approx(3.5)
+    assert layer["complexity_ci"] == pytest.approx(sem * t_quantile(0.9, 3))
+    assert_png(res.files["panels"])
+
 
 def test_fig5_reports_missing_caps_and_features(tmp_path):
     df = results(np.random.default_rng(5), n_features=3)

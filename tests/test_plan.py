@@ -38,21 +38,30 @@ def _readers(home, preset):
 def test_counts_without_a_measurement(tmp_path):
     plan = plan_preset(get_preset("gemma-2-9b"), _readers(tmp_path, "gemma-2-9b"))
     lf = 43 * 50  # 42 layers + SYN, features 0-49
-    assert plan.partitions["records"] == plan.partitions["explanations/tree"] == lf
+    assert plan.partitions["records"] == lf
+    # each condition on its figures' partitions (+ the 50 SYN ones): Figure 4's 8 x 30, Figure 3's 21 x 50
+    assert plan.partitions["explanations/tree"] == plan.partitions["scores/one_shot_cap1"] == 8 * 30 + 50
+    assert plan.partitions["explanations/fig3_tree"] == 21 * 50 + 50
+    assert plan.partitions["holistic_activations"] == 8 * 30 + 50
+    # partitions explained by anything: Figure 3's, Figure 4's odd or > 40 layers (23, 29, 35, 41), SYN
+    explained = 21 * 50 + 4 * 30 + 50
     loads = plan.model_loads
     assert loads["featureinterp run"] == {
         "subject (google/gemma-2-9b)": 1,
         "simulator (google/gemma-2-27b-it)": 1,
     }
+    # holistic values (Figure 4's structured + holistic cells) need the subject model in every
+    # records run
     assert loads["UI backfill per layer"] == {
-        "subject (google/gemma-2-9b)": 1,
-        "simulator (google/gemma-2-27b-it)": 43,
+        "subject (google/gemma-2-9b)": 1 + 43,
+        "simulator (google/gemma-2-27b-it)": 21 + 4 + 1,  # the layers with an explain run
     }
     assert loads["a run per partition"] == {
-        "subject (google/gemma-2-9b)": 1,
-        "simulator (google/gemma-2-27b-it)": lf,
+        "subject (google/gemma-2-9b)": 1 + explained,
+        "simulator (google/gemma-2-27b-it)": explained,
     }
-    assert plan.runs["records"] == plan.runs["explain+score"] == 43
+    assert plan.runs["records"] == 43
+    assert plan.runs["explain+score"] == 21 + 4 + 1  # Figure 3's layers, Figure 4's others, SYN
     assert not plan.measured and not plan.gpu_hours and "not measured yet" in plan.text()
 
 
@@ -68,7 +77,7 @@ def test_projection_from_stored_stand_in_measurements(tmp_path):
     plan = plan_preset(preset, _readers(tmp_path, "gemma-2-9b"), gpu=gpu)
     m = plan.measured["one_shot"]
     assert m["partitions"] == 2 and m["explainer_prompt_tokens"] == 2000 and m["simulator_tokens"] == 40_000
-    lf = 43 * 50
+    lf = 8 * 30 + 50  # one_shot runs on the partitions of Figures 4-5 and SYN (condition_scope)
     api = preset.explain.explainer
     assert plan.explainer["cost_usd"] == pytest.approx(
         lf * (2000 * api.price_in_per_mtok + 100 * api.price_out_per_mtok) / 1e6
@@ -76,7 +85,7 @@ def test_projection_from_stored_stand_in_measurements(tmp_path):
     sim = 2 * MODEL_PARAMS["google/gemma-2-27b-it"] * 40_000 * lf / 5e14 / 3600
     weights = 2 * MODEL_PARAMS["google/gemma-2-27b-it"], 2 * MODEL_PARAMS["google/gemma-2-9b"]
     one_load = sum(weights) / 2e9 / 3600
-    per_layer_loads = (43 * weights[0] + weights[1]) / 2e9 / 3600
+    per_layer_loads = (9 * weights[0] + weights[1]) / 2e9 / 3600  # explain runs: Figure 4's 8 layers + SYN
     subject = 2 * MODEL_PARAMS["google/gemma-2-9b"] * 100_000 * 33 / 5e14 / 3600
     assert plan.gpu_hours["of which simulator forward passes"] == pytest.approx(sim, abs=0.01)
     assert plan.gpu_hours["of which model loads"] == pytest.approx(one_load, abs=0.01)
@@ -136,11 +145,57 @@ def test_figure_grids_of_the_paper_presets_are_the_papers(preset):
     if preset == "gemma-2-9b":
         fig3 = grids["fig3"]
         assert fig3["layers"] == tuple(range(0, 41, 2)) and len(fig3["layers"]) == 21
-        assert fig3["features"] == tuple(range(50)) and fig3["conditions"] == ("one_shot", "tree")
+        assert fig3["features"] == tuple(range(50))
+        assert [get_condition(c).method for c in fig3["conditions"]] == ["one_shot", "tree"]
         assert fig3["explainer"] == "google/gemini-flash-1.5-8b"
         tree = fig3["tree"]
         assert (tree["depth"], tree["width"], tree["roots"], tree["branching"]) == (3, 3, 3, 2)
         assert (tree["stop_score"], tree["temperature"]) == (0.9, 1.2)
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER_LAYERS))
+def test_each_figure_condition_explains_as_its_figure_did(preset):
+    """The grids are not only labels: the explainer config a condition builds (with the preset's
+    settings, as the explain asset does) has the figure's tree size and explainer model, and the
+    preset materializes every condition of its figures."""
+    from featureinterp.figure_grids import figure_grids, paper_conditions
+
+    spec = get_preset(preset)
+    assert spec.explain.conditions == paper_conditions()
+    s = spec.explain
+    settings = {
+        "temperature": s.temperature,
+        "tree_temperature": s.tree_temperature,
+        "roots": s.tree_roots,
+        "branching": s.tree_branching,
+        "depth": s.tree_depth,
+        "width": s.tree_width,
+    }
+    for grid in figure_grids(spec).values():
+        for name in grid.conditions:
+            cond = get_condition(name)
+            config = cond.explainer_config(**settings)
+            assert (cond.explainer_model or s.explainer.model) == grid.explainer, (grid.figure, name)
+            assert spec.explain.explainer.served(cond.explainer_model).model == grid.explainer
+            if cond.method == "tree":
+                got = (config.roots, config.branching, config.depth, config.width, config.stop_score)
+                want = (grid.tree.roots, grid.tree.branching, grid.tree.depth, grid.tree.width)
+                assert got == (*want, grid.tree.stop_score), (grid.figure, name)
+                assert config.tree_temperature == grid.tree.temperature
+            assert config.rule_cap == (cond.rule_cap if cond.structured else None)
+
+
+def test_conditions_run_only_on_the_partitions_of_their_figures():
+    from featureinterp.figure_grids import condition_scope
+
+    spec = get_preset("gemma-2-9b")
+    scope = condition_scope(spec)
+    syn = {f"{f}|SYN" for f in spec.feature_keys}
+    assert scope["fig3_tree"] == {f"F{f:04d}|L{x:02d}" for x in range(0, 41, 2) for f in range(50)} | syn
+    fig4_keys = {f"F{f:04d}|L{x:02d}" for x in PAPER_LAYERS["gemma-2-9b"] for f in range(30)} | syn
+    assert scope["tree_structured_holistic"] == fig4_keys
+    assert scope["one_shot"] == fig4_keys  # Figures 4 and 5 share the cap-5 one-shot cells
+    assert condition_scope(get_preset("embedded")) == {}  # no paper grid: everything runs everywhere
 
 
 def test_plan_json_prints_each_figure_grid(tmp_path):
@@ -160,18 +215,29 @@ def test_a_figure_keeps_only_the_rows_of_its_paper_grid():
     from featureinterp.figure_grids import figure_grids, select_grid
 
     rows = [
-        {"layer": layer, "feature": f, "method": "one_shot", "condition": "structured", "rule_cap": cap}
+        {"layer": layer, "feature": f, "experiment": name, "rule_cap": cap}
         for layer in ("L00", "L01", "L06", "SYN")
         for f in (0, 31)
-        for cap in (1, 5)
+        for name, cap in (("one_shot_cap1", 1), ("one_shot", 5), ("fig3_one_shot", 5), ("tree", 5))
     ]
     table = pl.DataFrame(rows)
     grids = figure_grids(get_preset("gemma-2-9b"))
-    fig5, note5 = select_grid(table, grids["fig5"], {"one_shot", "one_shot_cap1"})
+    present = ("one_shot", "one_shot_cap1", "fig3_one_shot", "tree")
+    fig5, note5 = select_grid(table, grids["fig5"], present, "fig5")
     assert sorted(set(zip(fig5["layer"], fig5["feature"], strict=True))) == [("L00", 0), ("L06", 0)]
     assert sorted(set(fig5["rule_cap"])) == [1, 5]
     assert "8 layers x 30 features" in note5 and "one_shot_cap2" in note5  # caps 2-4 not run
-    fig4, _ = select_grid(table, grids["fig4"], {"one_shot"})
-    assert set(fig4["rule_cap"]) == {5}  # cap 1 is not a Figure 4 condition
-    whole, note = select_grid(table, None, set())
-    assert whole.equals(table) and "preset" in note
+    fig4, _ = select_grid(table, grids["fig4"], present, "fig4")
+    assert set(fig4["experiment"]) == {"one_shot", "tree"}  # cap 1 and Figure 3's runs are not Figure 4's
+    fig3, note3 = select_grid(table, grids["fig3"], present, "fig3")
+    assert set(fig3["experiment"]) == {"fig3_one_shot"} and "fig3_tree" in note3
+    assert set(fig3["layer"]) == {"L00", "L06"}  # L01 is odd: not in Figure 3's layers
+    # the preset's own grid: Figure 3 takes its own runs when the preset has them, else the
+    # structured one-shot and tree; SYN rows are dropped by the figure asset, not here
+    whole, note = select_grid(table, None, present, "fig3")
+    assert set(whole["experiment"]) == {"fig3_one_shot"} and "preset" in note
+    plain, _ = select_grid(table, None, ("one_shot", "tree"), "fig3")
+    assert set(plain["experiment"]) == {"one_shot", "tree"}
+    old = table.drop("experiment")
+    with pytest.raises(ValueError, match="rematerialize layer_results"):
+        select_grid(old, None, present, "fig4")

@@ -10,6 +10,7 @@ from featureinterp.records import (
     check_records,
     feature_generator,
     records_frame,
+    records_generator,
     select_rows,
 )
 
@@ -71,6 +72,33 @@ def test_seeded_per_feature_not_globally(synthetic):
         a.positives, b.positives
     )
     assert not np.array_equal(a.sources["random"], other.sources["random"])  # the paper repeats these
+
+
+def test_faithful_records_repeat_random_rows_across_features(synthetic):
+    """The paper's global-seed reset: every feature of a layer draws its random-negative rows from
+    the same state (faithful); ours draws them per feature."""
+    row_max, vecs = synthetic
+    # two features of one layer that fire on the same rows (the random-negative pool is shared)
+    picks = {
+        (f, faithful): select_rows(
+            row_max * (1 + f),
+            vecs,
+            None,
+            RecordParams(faithful=faithful),
+            records_generator(0, "t", 5, f, faithful),
+        )
+        for f in (3, 4)
+        for faithful in (False, True)
+    }
+
+    def same(faithful: bool) -> bool:
+        a, b = (picks[(f, faithful)].sources["random_negative"] for f in (3, 4))
+        return np.array_equal(a, b)
+
+    assert same(True) and not same(False)
+    assert np.array_equal(picks[(3, True)].positives, picks[(4, True)].positives)  # same top-100 pattern
+    other_layer = records_generator(0, "t", 6, 3, True).integers(2**62)
+    assert other_layer != records_generator(0, "t", 5, 3, True).integers(2**62)
 
 
 def test_dead_feature_gives_an_empty_selection(synthetic):

@@ -20,10 +20,17 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from featureinterp.experiments import get_condition
 from featureinterp_assets.resources import LOAD_LINE
 from tests.conftest import CACHE
 
-LAYER, FEATURES, CONDITIONS = "L00", ("F0000", "F0001"), ("one_shot", "tree")
+LAYER, FEATURES = "L00", ("F0000", "F0001")
+
+
+def _conditions(preset: str) -> tuple[str, ...]:
+    """Figure 4's structured cells; on Gemma also Figure 3's one-shot, whose explainer is another
+    model on the same API route."""
+    return ("one_shot", "tree") + (("fig3_one_shot",) if preset == "gemma-2-9b" else ())
 
 
 def _run_standin(preset: str, root: Path) -> tuple[subprocess.CompletedProcess, float]:
@@ -35,7 +42,7 @@ def _run_standin(preset: str, root: Path) -> tuple[subprocess.CompletedProcess, 
         "HF_HUB_OFFLINE": "1",
     }
     cmd = [sys.executable, "-m", "featureinterp_assets.cli", "run", "--standin", "--layers", LAYER]
-    cmd += ["--features", "0,1", "--conditions", ",".join(CONDITIONS)]
+    cmd += ["--features", "0,1", "--conditions", ",".join(_conditions(preset))]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     return proc, time.perf_counter() - start
@@ -44,6 +51,7 @@ def _run_standin(preset: str, root: Path) -> tuple[subprocess.CompletedProcess, 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["gpt2-small", "gemma-2-9b", "llama-3.1-8b"])
 def test_standin_run_of_a_paper_preset(preset, tmp_path, monkeypatch):
+    conditions = _conditions(preset)
     proc, wall = _run_standin(preset, tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
@@ -57,12 +65,12 @@ def test_standin_run_of_a_paper_preset(preset, tmp_path, monkeypatch):
     for key in ("sae", "sae_activations", "layer_results"):
         assert LAYER in instance.get_materialized_partitions(dg.AssetKey(key)), key
     keys = {dg.MultiPartitionKey({"layer": LAYER, "feature": f}) for f in FEATURES}
-    for key in ["records"] + [f"{kind}/{c}" for c in CONDITIONS for kind in ("explanations", "scores")]:
+    for key in ["records"] + [f"{kind}/{c}" for c in conditions for kind in ("explanations", "scores")]:
         assert keys <= instance.get_materialized_partitions(dg.AssetKey(key.split("/"))), key
 
     storage = tmp_path / "home" / "storage" / f"{preset}-standin"
     finite = 0
-    for cond in CONDITIONS:
+    for cond in conditions:
         for feature in FEATURES:
             score = json.loads((storage / "scores" / cond / feature / LAYER / "value.json").read_text())
             expl = json.loads((storage / "explanations" / cond / feature / LAYER / "value.json").read_text())
@@ -73,10 +81,12 @@ def test_standin_run_of_a_paper_preset(preset, tmp_path, monkeypatch):
                 assert score["reason"] == "predictions are constant", (cond, feature, score["reason"])
                 assert all(r["strength"] <= 0 for r in rules), (cond, feature, rules)
             assert expl["explainer"].startswith("standin/") and expl["usage"]["requests"] >= 1
+            model = get_condition(cond).explainer_model or "meta-llama/llama-4-scout"
+            assert expl["explainer"] == f"standin/{model}", (cond, expl["explainer"])
         record = instance.fetch_materializations(dg.AssetKey(["scores", cond]), limit=1).records[0]
         simulator = record.asset_materialization.metadata["simulator"].value
         assert simulator["layout"] == "chat" and simulator["bos"] and simulator["placeholder"] == "unknown"
-    assert finite >= len(CONDITIONS) * len(FEATURES) - 1, (
+    assert finite >= len(conditions) * len(FEATURES) - 1, (
         "the simulator path must score nearly every partition"
     )
     for name in ("fig3", "fig4", "fig5"):

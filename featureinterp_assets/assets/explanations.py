@@ -141,7 +141,7 @@ def _condition_asset(cond: Condition, partitions) -> dg.AssetsDefinition:
                         allow_retries=False,
                     )
             if "score" in wanted:
-                outputs["score"] = _score(llm, cond, expl, rec, paper_fp=spec.faithful)
+                outputs["score"] = _score(llm, cond, expl, rec, faithful=spec.faithful)
             return PartitionResult(outputs)
 
         api = isinstance(spec.explain.explainer, ApiSpec)
@@ -166,7 +166,7 @@ def _explain(spec, llm: LLMResource, cond: Condition, layer: int, feature: int, 
         return Produced(base | {"skipped": "dead feature"}, {"skipped": "dead feature (never fires)"})
     hol, max_h = _holistic(hol_value) if cond.holistic else (None, 0.0)
     records = feature_records(rec.frame, max_act, cond, hol, max_h)
-    backend, simulator = llm.explainer(), llm.simulator()
+    backend, simulator = llm.explainer(cond.explainer_model), llm.simulator()
     settings = spec.explain
     config = cond.explainer_config(
         temperature=settings.temperature,
@@ -221,9 +221,10 @@ PAPER_FP_BELOW = 10.0
 """The paper's false-positive rule: a token is quiet when its raw activation is below 10."""
 
 
-def _score(llm: LLMResource, cond: Condition, expl: dict, rec, paper_fp: bool = False) -> Produced:
-    """Test-split evaluation of one stored explanation, with each rule's complexity; ``paper_fp``
-    counts false positives by the paper's absolute rule instead of ours (faithful presets)."""
+def _score(llm: LLMResource, cond: Condition, expl: dict, rec, faithful: bool = False) -> Produced:
+    """Test-split evaluation of one stored explanation, with each rule's complexity; ``faithful``
+    (faithful presets): false positives by the paper's absolute rule instead of ours, and the
+    paper's complexity read-out one token late."""
     base = {k: expl[k] for k in ("condition", "layer", "feature")} | {
         "method": cond.method,
         "figure_condition": cond.figure_condition,
@@ -240,10 +241,11 @@ def _score(llm: LLMResource, cond: Condition, expl: dict, rec, paper_fp: bool = 
         explanation_obj,
         rec.frame,
         expl["max_act"],
-        fp_true_below=PAPER_FP_BELOW if paper_fp else None,
+        fp_true_below=PAPER_FP_BELOW if faithful else None,
     )
     simulator_tokens = simulator.thread_tokens() - tokens_before
-    complexities = ComplexityAnalyzer(llm.local_backend()).rate(list(explanation_obj.rules))
+    analyzer = ComplexityAnalyzer(llm.local_backend(), faithful=faithful)
+    complexities = analyzer.rate(list(explanation_obj.rules))
     metadata = {
         "score": ev.score,
         "reason": ev.reason or "",

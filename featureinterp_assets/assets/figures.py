@@ -15,7 +15,7 @@ import polars as pl
 
 from featureinterp import calibration, figures
 from featureinterp.config import SYNTHETIC_LAYER, feature_key, layer_key
-from featureinterp.figure_grids import figure_grids, select_grid
+from featureinterp.figure_grids import figure_conditions, figure_grids, select_grid
 from featureinterp.storage import TableBundle
 from featureinterp_assets.constants import GROUP_FIGURES, STORAGE_IO
 from featureinterp_assets.resources import PresetResource
@@ -36,6 +36,7 @@ def result_rows(score: dict, baseline: dict | None = None) -> list[dict]:
     base = {
         "layer": score["layer_key"],
         "feature": int(score["feature"]),
+        "experiment": score["condition"],
         "method": score["method"],
         "condition": score["figure_condition"],
         "rule_cap": int(score["rule_cap"]),
@@ -70,7 +71,7 @@ def build_figure_assets(
         partitions_def=layers,
         group_name=GROUP_FIGURES,
         io_manager_key=STORAGE_IO,
-        code_version="1",
+        code_version="2",
         ins=ins,
         kinds={"polars"},
     )
@@ -135,7 +136,7 @@ def _figure_asset(name: str) -> dg.AssetsDefinition:
             else [k for k in spec.layer_keys if k != SYNTHETIC_KEY]
         )
         features = {feature_key(f) for f in (grid.features if grid else spec.features)}
-        conditions = set(grid.conditions) if grid else set(spec.explain.conditions)
+        conditions = set(grid.conditions if grid else figure_conditions(name, spec.explain.conditions))
         # the synthetic features are a calibration, never pooled into the paper's figures
         layer_results = {k: v for k, v in layer_results.items() if k in layers}
         missing = {
@@ -154,7 +155,7 @@ def _figure_asset(name: str) -> dg.AssetsDefinition:
         frames = [v.frame for v in layer_results.values() if len(v.frame)]
         if not frames:
             raise dg.Failure(description=f"{name}: no scores yet; materialize scores/* first")
-        table, grid_note = select_grid(pl.concat(frames), grid, set(spec.explain.conditions))
+        table, grid_note = select_grid(pl.concat(frames), grid, spec.explain.conditions, name)
         if not len(table):
             raise dg.Failure(description=f"{name}: no scores inside the figure's {grid_note}")
         out_dir = Path(preset.storage_dir()) / "figures"
@@ -222,6 +223,7 @@ def _calibration_asset() -> dg.AssetsDefinition:
 _SCHEMA = {
     "layer": pl.String,
     "feature": pl.Int64,
+    "experiment": pl.String,
     "method": pl.String,
     "condition": pl.String,
     "rule_cap": pl.Int64,

@@ -12,8 +12,8 @@ from featureinterp.records import (
     RecordParams,
     assign_splits,
     check_records,
-    feature_generator,
     records_frame,
+    records_generator,
     select_rows,
 )
 from featureinterp.retrieval import CorpusIndex, embed_texts, load_embedder, table_name
@@ -210,7 +210,7 @@ def _records_of(
     acts = np.asarray(acts_bundle["acts"][f_idx], dtype=np.float32)  # [N, T]
     start = int(spec.prepend_bos)
     row_max = acts[:, start:].max(axis=1)
-    rng = feature_generator(spec.seed, spec.name, layer, feature)
+    rng = records_generator(spec.seed, spec.name, layer, feature, params.faithful)
     sel = select_rows(row_max, index.vectors(), index, params, rng)
     frame = records_frame(
         assign_splits(sel, params), corpus_tokens["tokens"], acts, preset.tokenizer(), bool(start)

@@ -64,3 +64,17 @@ def test_explanation_assets_carry_pools_retries_code_versions_and_one_run_backfi
     assert node.pools == {"gpu"}  # API requests are bounded inside the step (max_concurrent)
     job = defs.resolve_implicit_global_asset_job_def()
     assert job.graph.node_named("explain_and_score_one_shot").definition.retry_policy is not None
+
+
+def test_a_condition_with_its_own_api_explainer_needs_an_api_preset(tmp_path):
+    import dataclasses
+
+    from featureinterp.errors import ConfigError
+
+    base = get_preset("embedded")
+    local = base.replace(explain=dataclasses.replace(base.explain, conditions=("one_shot", "fig3_tree")))
+    with pytest.raises(ConfigError, match="fig3_tree.*google/gemini-flash-1.5-8b.*local"):
+        build_definitions(local, home=tmp_path, models=tmp_path)
+    # the paper presets carry Figure 3's conditions, explained over their API route
+    graph = build_definitions(get_preset("gemma-2-9b"), home=tmp_path, models=tmp_path).resolve_asset_graph()
+    assert graph.get(dg.AssetKey(["explanations", "fig3_tree"])).pools == {"gpu"}

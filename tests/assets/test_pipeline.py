@@ -275,6 +275,8 @@ def test_layer_results_and_figures_name_what_is_missing(explained):
         summary = pl.read_parquet(storage / "figures" / f"{name}.parquet")
         if "layer" in summary.columns:
             assert "SYN" not in summary["layer"].to_list(), name  # synthetic rows never pooled in
+    for name in ("fig3", "fig5"):  # the paper's other panels, beside the main image
+        assert (storage / "figures" / f"{name}_panels.png").stat().st_size > 10_000, name
     fig4 = pl.read_parquet(storage / "figures" / "fig4.parquet")
     assert fig4.filter(pl.col("layer") == "L03")["null_score"].is_finite().all()
     calib = pl.read_parquet(storage / "figures" / "fig_calibration.parquet")
