@@ -399,8 +399,13 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str | None = None) -> Preset:
-    """The preset called ``name``, else the one named by $FEATUREINTERP_PRESET, else ``embedded``."""
+    """The preset called ``name`` (a built-in name, ``<name>-faithful``, ``<name>-standin`` or the
+    path of a preset file), else the one $FEATUREINTERP_PRESET names, else ``embedded``."""
     name = name or os.environ.get(PRESET_ENV) or "embedded"
+    from featureinterp.preset_files import is_preset_file, load_preset_file
+
+    if is_preset_file(name):  # a user's preset file (TOML, YAML or JSON)
+        return load_preset_file(name)
     if name.endswith(FAITHFUL_SUFFIX):  # the paper code's behaviour, stored apart to compare with
         return get_preset(name.removesuffix(FAITHFUL_SUFFIX)).replace(name=name, faithful=True)
     base = name.removesuffix(STANDIN_SUFFIX)
@@ -413,7 +418,7 @@ def get_preset(name: str | None = None) -> Preset:
     except KeyError:
         raise ConfigError(
             f"unknown preset {name!r} (from {'$' + PRESET_ENV if os.environ.get(PRESET_ENV) == name else 'argument'}); "
-            f"choose one of: {', '.join(sorted(PRESETS))}"
+            f"choose one of: {', '.join(sorted(PRESETS))}, or the path of a preset file (.toml, .yaml, .json)"
         ) from None
 
 

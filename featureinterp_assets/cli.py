@@ -277,7 +277,10 @@ def _run_lineage(
                 f"(its layers: {','.join(layer_keys)})"
             )
         layer_keys = list(dict.fromkeys(layers))
-    os.environ[PRESET_ENV] = preset.name
+    from featureinterp.preset_files import is_preset_file
+
+    if not is_preset_file(os.environ.get(PRESET_ENV, "")):  # a preset file stays named by its path
+        os.environ[PRESET_ENV] = preset.name
     load_tokenizer(preset.model, models_dir())  # fail fast, with one clear line, when offline
     defs = build_definitions(preset)  # $FEATUREINTERP_HOME / $FEATUREINTERP_MODELS
     instance = _instance(preset.name)
@@ -459,6 +462,19 @@ def plan(
     print(result.to_json() if as_json else result.text())
 
 
+def presets(command: str, name: str | None, fmt: str) -> None:
+    """``presets list``: the built-in names; ``presets show NAME``: the preset as a file's text
+    (start a preset file of your own from this output; loading it gives the same preset)."""
+    from featureinterp.config import PRESETS
+    from featureinterp.preset_files import dump_preset
+
+    if command == "list":
+        for key, preset in PRESETS.items():
+            print(f"{key:16s} {preset.model.name}, layers {','.join(map(str, preset.layers))}")
+        return
+    print(dump_preset(get_preset(name), fmt), end="")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="featureinterp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -499,6 +515,12 @@ def main(argv: list[str] | None = None) -> None:
     p_plan.add_argument(
         "--whole-grid", action="store_true", help="every condition on every partition (as `run --whole-grid`)"
     )
+    p_presets = sub.add_parser("presets", help="list the built-in presets, or print one as a file")
+    presets_sub = p_presets.add_subparsers(dest="presets_command", required=True)
+    presets_sub.add_parser("list", help="the built-in preset names")
+    p_show = presets_sub.add_parser("show", help="print a preset (built-in or file) as TOML, YAML or JSON")
+    p_show.add_argument("name", nargs="?", help=f"preset name or file (default: ${PRESET_ENV} or 'embedded')")
+    p_show.add_argument("--format", default="toml", choices=["toml", "yaml", "json"])
     p_layers = sub.add_parser("layers", help="register the preset's layers as dynamic partitions")
     p_layers.add_argument("--preset")
     p_sim = sub.add_parser("simulate", help="score a hand-written explanation on stored test records")
@@ -536,6 +558,8 @@ def main(argv: list[str] | None = None) -> None:
                 args.paper_grid,
                 args.whole_grid,
             )
+        elif args.command == "presets":
+            presets(args.presets_command, getattr(args, "name", None), getattr(args, "format", "toml"))
         elif args.command == "scores":
             scores(args.preset, args.explanations)
         elif args.command == "simulate":

@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from featureinterp.config import ApiSpec, Preset, data_home, get_preset, models_dir
+from featureinterp.preset_files import preset_to_json
 from featureinterp_assets.assets.activations import build_activation_assets
 from featureinterp_assets.assets.baselines import build_baseline_asset
 from featureinterp_assets.assets.corpus import corpus_tokens
@@ -90,6 +91,7 @@ def _llm_resource(preset: Preset, home: Path, models: Path) -> LLMResource:
     key = dg.EnvVar(explainer.api_key_env) if isinstance(explainer, ApiSpec) else None
     return LLMResource(
         preset=preset.name,
+        preset_json=preset_to_json(preset),
         home=str(home),
         models_dir=str(models),
         device=os.environ.get("FEATUREINTERP_DEVICE", "auto"),

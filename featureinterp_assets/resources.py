@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -13,7 +14,9 @@ import torch
 from pydantic import PrivateAttr
 
 from featureinterp.config import ModelSpec, Preset, get_preset
+from featureinterp.errors import ConfigError
 from featureinterp.models import load_subject_model, load_tokenizer, resolve_device
+from featureinterp.preset_files import preset_from_json, preset_to_json
 
 _LOADED: OrderedDict[tuple[str, ...], tuple] = OrderedDict()
 _LOADED_LOCK = threading.Lock()
@@ -73,11 +76,14 @@ class PresetResource(dg.ConfigurableResource):
     """CPU threads for torch; 0 keeps torch's default."""
     features: list[int] | None = None
     """SAE latent indices to study instead of the preset's (None keeps the preset's)."""
+    preset_json: str = ""
+    """The resolved preset as data (featureinterp.preset_files), so a run computes with the preset
+    it was launched with (a preset file, CLI overrides); empty: the built-in preset ``name``."""
 
     _model = PrivateAttr(default=None)
 
     def spec(self) -> Preset:
-        preset = get_preset(self.name)
+        preset = resolved_preset(self.name, self.preset_json)
         return preset if self.features is None else preset.replace(features=tuple(self.features))
 
     @property
@@ -116,9 +122,21 @@ def default_preset_resource(preset: Preset, home: Path, models: Path) -> PresetR
         name=preset.name,
         home=str(home),
         models_dir=str(models),
-        features=None if preset == get_preset(preset.name) else list(preset.features),
+        preset_json=preset_to_json(preset),
         device=os.environ.get("FEATUREINTERP_DEVICE", "auto"),
     )
+
+
+@functools.lru_cache(maxsize=16)
+def resolved_preset(name: str, preset_json: str) -> Preset:
+    """The preset a resource carries: its data when given, else the built-in ``name`` (parsed
+    once per process: every partition of a batched run asks for it)."""
+    if not preset_json:
+        return get_preset(name)
+    preset = preset_from_json(preset_json)
+    if preset.name != name:
+        raise ConfigError(f"resource config: preset_json names preset {preset.name!r}, not {name!r}")
+    return preset
 
 
 class LanceDBResource(dg.ConfigurableResource):
@@ -156,6 +174,8 @@ class LLMResource(dg.ConfigurableResource):
     models_dir: str
     device: str = "auto"
     api_key: str | None = None
+    preset_json: str = ""
+    """The resolved preset as data (see ``PresetResource.preset_json``)."""
     """Explainer API key (set from the preset's ``api_key_env`` by definitions.py)."""
 
     _local = PrivateAttr(default=None)
@@ -163,13 +183,13 @@ class LLMResource(dg.ConfigurableResource):
     _simulator = PrivateAttr(default=None)
 
     def settings(self):
-        return get_preset(self.preset).explain
+        return resolved_preset(self.preset, self.preset_json).explain
 
     def local_backend(self):
         from featureinterp.local_llm import LocalChatBackend
 
         if self._local is None:
-            spec = self.settings().simulator or get_preset(self.preset).model
+            spec = self.settings().simulator or resolved_preset(self.preset, self.preset_json).model
             model, tok = load_model("simulator", spec, Path(self.models_dir), self.device)
             self._local = LocalChatBackend(model, tok, name=spec.name)
         return self._local

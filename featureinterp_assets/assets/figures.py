@@ -54,6 +54,14 @@ def result_rows(score: dict, baseline: dict | None = None) -> list[dict]:
 BASELINE_KINDS = ("null", "true_rule", "other_rule")
 
 
+def build_hint(preset: str) -> str:
+    """The one command that builds a figure's whole lineage (for errors over missing inputs)."""
+    return (
+        f"build the lineage with `FEATUREINTERP_PRESET={preset} featureinterp run` (resumable: it "
+        "runs only what is missing), then materialize the figure again"
+    )
+
+
 def build_figure_assets(
     layers: dg.DynamicPartitionsDefinition,
     features: dg.StaticPartitionsDefinition,
@@ -154,10 +162,12 @@ def _figure_asset(name: str) -> dg.AssetsDefinition:
             )
         frames = [v.frame for v in layer_results.values() if len(v.frame)]
         if not frames:
-            raise dg.Failure(description=f"{name}: no scores yet; materialize scores/* first")
+            raise dg.Failure(description=f"{name}: no scores yet; {build_hint(spec.name)}")
         table, grid_note = select_grid(pl.concat(frames), grid, spec.explain.conditions, name)
         if not len(table):
-            raise dg.Failure(description=f"{name}: no scores inside the figure's {grid_note}")
+            raise dg.Failure(
+                description=f"{name}: no scores inside the figure's {grid_note}; {build_hint(spec.name)}"
+            )
         out_dir = Path(preset.storage_dir()) / "figures"
         fn = getattr(figures, name)
         result = fn(table, out_dir, expected=len(features), grid=grid_note)

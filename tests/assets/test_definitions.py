@@ -78,3 +78,24 @@ def test_a_condition_with_its_own_api_explainer_needs_an_api_preset(tmp_path):
     # the paper presets carry Figure 3's conditions, explained over their API route
     graph = build_definitions(get_preset("gemma-2-9b"), home=tmp_path, models=tmp_path).resolve_asset_graph()
     assert graph.get(dg.AssetKey(["explanations", "fig3_tree"])).pools == {"gpu"}
+
+
+def test_a_figure_on_a_fresh_install_names_the_command_that_builds_it(tmp_path):
+    """What a new user types first: `dagster asset materialize --select 'fig5*'` on nothing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = os.environ | {
+        "FEATUREINTERP_PRESET": "embedded-tiny",
+        "FEATUREINTERP_HOME": str(tmp_path / "home"),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    (tmp_path / "dagster").mkdir()
+    dagster = str(Path(sys.executable).parent / "dagster")
+    cmd = [dagster, "asset", "materialize", "-m", "featureinterp_assets.definitions", "--select", "fig5*"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "FEATUREINTERP_PRESET=embedded-tiny featureinterp run" in out.stdout + out.stderr
