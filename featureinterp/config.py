@@ -165,6 +165,32 @@ class SaeSpec:
     """Training settings (source ``train``)."""
     path_format: str | None = None
     """Folder of a layer's SAE with a ``{layer}`` placeholder (source ``disk``)."""
+    discover_layers: bool = False
+    """Source ``disk``: every existing folder that matches ``path_format`` adds its layer to the
+    preset's ``layers`` (a preset file re-read by the new-layer sensor picks up a dropped folder)."""
+
+    def discovered_layers(self) -> tuple[int, ...]:
+        """Layers with an SAE folder matching ``path_format`` (``discover_layers``; else none)."""
+        import re
+        import string
+
+        if not (self.discover_layers and self.source == "disk" and self.path_format):
+            return ()
+        pattern, glob = "", ""
+        for literal, name, spec, _ in string.Formatter().parse(self.path_format):
+            pattern, glob = pattern + re.escape(literal), glob + literal
+            if name == "layer":
+                pattern, glob = pattern + r"(\d+)", glob + "*"
+            elif name is not None:
+                raise ConfigError(f"sae.path_format {self.path_format!r}: only a {{layer}} field is allowed")
+        root = Path(glob)
+        anchor = Path(root.anchor or ".")
+        found = set()
+        for path in anchor.glob(str(root.relative_to(anchor)) if root.is_absolute() else glob):
+            match = re.fullmatch(pattern, str(path))
+            if match and path.is_dir():
+                found.add(int(match.group(1)))
+        return tuple(sorted(found))
 
     def path(self, layer: int) -> str:
         if self.path_format is None:

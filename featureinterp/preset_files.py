@@ -256,4 +256,8 @@ def load_preset_file(path: str | Path) -> Preset:
         raise ConfigError(
             f"preset file {path} does not exist (FEATUREINTERP_PRESET takes a preset name or a file path)"
         )
-    return parse_preset(path.read_text(), fmt, str(path), default_name=path.stem)
+    preset = parse_preset(path.read_text(), fmt, str(path), default_name=path.stem)
+    found = preset.sae.discovered_layers()  # SAE folders present now (sae.discover_layers)
+    if found and not set(found) <= set(preset.layers):
+        preset = preset.replace(layers=tuple(sorted(set(preset.layers) | set(found))))
+    return preset

@@ -12,6 +12,8 @@ from pathlib import Path
 import dagster as dg
 
 from featureinterp.config import ApiSpec, Preset, data_home, get_preset, models_dir
+from featureinterp.experiments import get_condition
+from featureinterp.figure_grids import condition_scope
 from featureinterp.preset_files import preset_to_json
 from featureinterp_assets.assets.activations import build_activation_assets
 from featureinterp_assets.assets.baselines import build_baseline_asset
@@ -19,6 +21,7 @@ from featureinterp_assets.assets.corpus import corpus_tokens
 from featureinterp_assets.assets.explanations import build_explanation_assets
 from featureinterp_assets.assets.figures import build_figure_assets
 from featureinterp_assets.assets.records import build_records_assets, corpus_embeddings
+from featureinterp_assets.automation import automation_sensor
 from featureinterp_assets.constants import STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
 from featureinterp_assets.partitions import feature_partitions, layer_partitions
@@ -31,16 +34,20 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
     home = Path(home or data_home())
     _check_explainers(preset)
     layers = layer_partitions(preset)
+    # automation (automation.py) carries a new layer to the figures; a paper preset's conditions
+    # run on their figures' partitions only, which `featureinterp run` or a backfill launches
+    automate = not condition_scope(preset)
+    holistic = any(get_condition(c).holistic for c in preset.explain.conditions)
     assets = [
         corpus_tokens,
         *build_activation_assets(layers),
         corpus_embeddings,
-        *build_records_assets(layers, feature_partitions(preset)),
+        *build_records_assets(layers, feature_partitions(preset), automate_holistic=automate and holistic),
         *build_explanation_assets(
-            layers, feature_partitions(preset), list(preset.explain.conditions), preset.name
+            layers, feature_partitions(preset), list(preset.explain.conditions), preset.name, automate
         ),
         build_baseline_asset(
-            dg.MultiPartitionsDefinition({"layer": layers, "feature": feature_partitions(preset)})
+            dg.MultiPartitionsDefinition({"layer": layers, "feature": feature_partitions(preset)}), automate
         ),
         *build_figure_assets(
             layers, feature_partitions(preset), list(preset.explain.conditions), preset.explain.synthetic
@@ -55,7 +62,7 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
     return dg.Definitions(
         assets=assets,
         jobs=[layer_job],
-        sensors=[build_new_layers_sensor(preset, layer_job)],
+        sensors=[build_new_layers_sensor(preset, layer_job, _preset_file(preset)), automation_sensor()],
         schedules=[build_stale_schedule(assets)],
         resources={
             "preset": default_preset_resource(preset, home, Path(models or models_dir())),
@@ -67,6 +74,14 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
         },
         executor=dg.in_process_executor,  # one process per run: the model loads once per run
     )
+
+
+def _preset_file(preset: Preset) -> str | None:
+    """The preset file $FEATUREINTERP_PRESET names, when ``preset`` came from it."""
+    from featureinterp.preset_files import is_preset_file
+
+    source = os.environ.get("FEATUREINTERP_PRESET", "")
+    return source if is_preset_file(source) and get_preset(source).name == preset.name else None
 
 
 def _check_explainers(preset: Preset) -> None:

@@ -1,24 +1,44 @@
-"""Automation: pick up layers added to the preset."""
+"""Automation: pick up layers added to the preset (its file, or a new SAE folder)."""
 
 import dagster as dg
 
-from featureinterp.config import Preset
+from featureinterp.config import Preset, get_preset
+from featureinterp.errors import ConfigError
 from featureinterp_assets.partitions import layer_partitions
 
 
-def build_new_layers_sensor(preset: Preset, job) -> dg.SensorDefinition:
+def build_new_layers_sensor(preset: Preset, job, source: str | None = None) -> dg.SensorDefinition:
+    """``source``: the preset file, read again at every tick, so a layer added to it (or an SAE
+    folder dropped into a ``discover_layers`` SAE directory) is picked up without a restart;
+    None: the built-in ``preset``. What follows the new layer's activations is declarative
+    automation (featureinterp_assets/automation.py)."""
     layers = layer_partitions(preset)
 
-    @dg.sensor(job=job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+    def current() -> Preset:
+        if source is None:
+            return preset
+        fresh = get_preset(source)
+        if fresh.name != preset.name:
+            raise ConfigError(
+                f"{source} now names preset {fresh.name!r}, not {preset.name!r}: a renamed preset is a "
+                "new code location (restart `dagster dev`)"
+            )
+        return fresh
+
+    @dg.sensor(job=job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
     def new_layers_sensor(context: dg.SensorEvaluationContext):
         """Adds the preset's layers missing from the instance and requests their SAE + activations."""
+        try:
+            spec = current()
+        except ConfigError as err:  # a half-written file: say so and try again next tick
+            return dg.SkipReason(str(err))
         known = set(context.instance.get_dynamic_partitions(layers.name))
-        new = [k for k in preset.layer_keys if k not in known]
+        new = [k for k in spec.layer_keys if k not in known]
         if not new:
-            return dg.SkipReason(f"all {len(known)} layers of preset {preset.name!r} are registered")
+            return dg.SkipReason(f"all {len(known)} layers of preset {spec.name!r} are registered")
         return dg.SensorResult(
             dynamic_partitions_requests=[layers.build_add_request(new)],
-            run_requests=[dg.RunRequest(partition_key=k, run_key=f"{preset.name}:{k}") for k in new],
+            run_requests=[dg.RunRequest(partition_key=k, run_key=f"{spec.name}:{k}") for k in new],
         )
 
     return new_layers_sensor

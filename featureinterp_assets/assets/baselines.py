@@ -8,15 +8,19 @@ import dagster as dg
 from featureinterp.baselines import baseline_scores
 from featureinterp.config import SYNTHETIC_LAYER, layer_key
 from featureinterp_assets.assets.records import _layer_feature_of
+from featureinterp_assets.automation import PER_PARTITION
 from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition
 from featureinterp_assets.constants import GROUP_EXPLANATIONS, POOL_GPU, STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
 from featureinterp_assets.resources import LLMResource
 
 
-def build_baseline_asset(partitions: dg.MultiPartitionsDefinition) -> dg.AssetsDefinition:
+def build_baseline_asset(
+    partitions: dg.MultiPartitionsDefinition, automate: bool = False
+) -> dg.AssetsDefinition:
     @dg.asset(
         partitions_def=partitions,
+        automation_condition=PER_PARTITION if automate else None,
         backfill_policy=BATCH_POLICY,
         group_name=GROUP_EXPLANATIONS,
         io_manager_key=STORAGE_IO,

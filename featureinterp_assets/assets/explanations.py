@@ -20,6 +20,7 @@ from featureinterp.explanations import Explanation
 from featureinterp.formatting import quantize
 from featureinterp.records import feature_generator
 from featureinterp_assets.assets.records import _layer_feature_of
+from featureinterp_assets.automation import PER_PARTITION
 from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition
 from featureinterp_assets.constants import GROUP_EXPLANATIONS, POOL_GPU, STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
@@ -63,12 +64,15 @@ def build_explanation_assets(
     features: dg.StaticPartitionsDefinition,
     conditions: list[str],
     preset_name: str,
+    automate: bool = False,
 ) -> list[dg.AssetsDefinition]:
+    """One explain-and-score step per condition; ``automate``: eager, so a new layer's records
+    lead to its explanations (featureinterp_assets/automation.py)."""
     layer_x_feature = dg.MultiPartitionsDefinition({"layer": layers, "feature": features})
-    return [_condition_asset(get_condition(name), layer_x_feature) for name in conditions]
+    return [_condition_asset(get_condition(name), layer_x_feature, automate) for name in conditions]
 
 
-def _condition_asset(cond: Condition, partitions) -> dg.AssetsDefinition:
+def _condition_asset(cond: Condition, partitions, automate: bool = False) -> dg.AssetsDefinition:
     """``explanations/<condition>`` and ``scores/<condition>`` as one step: a ranged run (a layer's
     features, a UI backfill) explains and scores each feature before the next, with the simulator
     loaded once, and records each (layer, feature) on its own (featureinterp_assets/batch.py).
@@ -88,6 +92,7 @@ def _condition_asset(cond: Condition, partitions) -> dg.AssetsDefinition:
                 io_manager_key=STORAGE_IO,
                 code_version="1",
                 tags=tags,
+                automation_condition=PER_PARTITION if automate else None,
                 description=f"The {cond.name} explanation of the feature, its tree path, every raw "
                 "completion (with request ids) and the token usage.",
             ),
@@ -97,6 +102,7 @@ def _condition_asset(cond: Condition, partitions) -> dg.AssetsDefinition:
                 io_manager_key=STORAGE_IO,
                 code_version="1",
                 tags=tags,
+                automation_condition=PER_PARTITION if automate else None,
                 description="Test-split evaluation: primary score (positives + similar-negatives), "
                 "per-source scores and false-positive rates, and each rule's complexity.",
             ),

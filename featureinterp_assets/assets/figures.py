@@ -17,6 +17,7 @@ from featureinterp import calibration, figures
 from featureinterp.config import SYNTHETIC_LAYER, feature_key, layer_key
 from featureinterp.figure_grids import figure_conditions, figure_grids, select_grid
 from featureinterp.storage import TableBundle
+from featureinterp_assets.automation import SUMMARY
 from featureinterp_assets.constants import GROUP_FIGURES, STORAGE_IO
 from featureinterp_assets.resources import PresetResource
 
@@ -82,6 +83,7 @@ def build_figure_assets(
         code_version="2",
         ins=ins,
         kinds={"polars"},
+        automation_condition=SUMMARY,
     )
     def layer_results(
         context: dg.AssetExecutionContext, preset: PresetResource, baselines: dict, **scores
@@ -130,6 +132,7 @@ def _figure_asset(name: str) -> dg.AssetsDefinition:
         code_version="1",
         ins={"layer_results": dg.AssetIn(metadata=ALLOW_MISSING)},
         kinds={"seaborn"},
+        automation_condition=SUMMARY,
     )
     def figure(
         context: dg.AssetExecutionContext, config: FigureConfig, layer_results: dict, preset: PresetResource
@@ -138,10 +141,12 @@ def _figure_asset(name: str) -> dg.AssetsDefinition:
         if config.grid not in ("paper", "preset"):
             raise dg.Failure(description=f"{name}: grid must be 'paper' or 'preset', not {config.grid!r}")
         grid = figure_grids(spec).get(name) if config.grid == "paper" else None
+        # the preset's layers and any registered since (a layer added to a preset file reaches
+        # the figures before the code location reloads)
         layers = (
             [layer_key(x) for x in grid.layers]
             if grid
-            else [k for k in spec.layer_keys if k != SYNTHETIC_KEY]
+            else sorted({k for k in [*spec.layer_keys, *layer_results] if k != SYNTHETIC_KEY})
         )
         features = {feature_key(f) for f in (grid.features if grid else spec.features)}
         conditions = set(grid.conditions if grid else figure_conditions(name, spec.explain.conditions))
@@ -202,6 +207,7 @@ def _calibration_asset() -> dg.AssetsDefinition:
         code_version="1",
         ins={"layer_results": dg.AssetIn(metadata=ALLOW_MISSING)},
         kinds={"seaborn"},
+        automation_condition=SUMMARY,
     )
     def fig_calibration(context: dg.AssetExecutionContext, layer_results: dict, preset: PresetResource):
         """The synthetic features (layer SYN) as a calibration, next to the paper's figures: the

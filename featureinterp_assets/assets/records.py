@@ -19,6 +19,7 @@ from featureinterp.records import (
 from featureinterp.retrieval import CorpusIndex, embed_texts, load_embedder, table_name
 from featureinterp.sae import load_layer_sae
 from featureinterp.storage import ArrayBundle, TableBundle
+from featureinterp_assets.automation import PER_PARTITION
 from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition
 from featureinterp_assets.constants import GROUP_RECORDS, POOL_GPU, STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
@@ -90,8 +91,12 @@ def corpus_embeddings(
 
 
 def build_records_assets(
-    layers: dg.DynamicPartitionsDefinition, features: dg.StaticPartitionsDefinition
+    layers: dg.DynamicPartitionsDefinition,
+    features: dg.StaticPartitionsDefinition,
+    automate_holistic: bool = False,
 ) -> list[dg.AssetsDefinition]:
+    """``records`` (automated: featureinterp_assets/automation.py) and ``holistic_activations``
+    (automated only where a condition that needs them runs on every partition)."""
     layer_x_feature = dg.MultiPartitionsDefinition({"layer": layers, "feature": features})
     by_layer = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="layer")
 
@@ -102,6 +107,7 @@ def build_records_assets(
         io_manager_key=STORAGE_IO,
         code_version="1",
         kinds={"polars", "parquet"},
+        automation_condition=PER_PARTITION,
         ins={"sae_activations": dg.AssetIn(partition_mapping=by_layer)},
         check_specs=[dg.AssetCheckSpec(name, asset="records") for name in RECORD_CHECKS],
     )
@@ -141,6 +147,7 @@ def build_records_assets(
         pool=POOL_GPU,
         code_version="1",
         kinds={"pytorch", "numpy"},
+        automation_condition=PER_PARTITION if automate_holistic else None,
         ins={"sae": dg.AssetIn(partition_mapping=by_layer)},
     )
     def holistic_activations(

@@ -1,0 +1,149 @@
+"""A new layer runs to the figures by itself, under a real `dagster-daemon`.
+
+The preset is a file (embedded-tiny, one layer, one feature, one condition). After `featureinterp
+run` has built its lineage, a layer is added to the file; the daemon's new-layer sensor re-reads
+the file, registers the layer and launches its SAE + activations, and declarative automation
+(featureinterp_assets/automation.py) materializes the new layer's records, explanation, score,
+baseline, layer table and the figures, without recomputing anything of the old layer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from featureinterp.config import get_preset
+from featureinterp.preset_files import dump_preset
+from tests.conftest import CACHE
+
+PER_FEATURE = ["records", "explanations/one_shot", "scores/one_shot", "baselines"]
+
+
+def _tiny(layers: tuple[int, ...]):
+    base = get_preset("embedded-tiny")
+    import dataclasses
+
+    return base.replace(
+        name="auto-tiny",
+        layers=layers,
+        features=(0,),
+        explain=dataclasses.replace(base.explain, conditions=("one_shot",), synthetic=False),
+    )
+
+
+def _keys(instance, asset: str) -> set[str]:
+    return set(instance.get_materialized_partitions(dg.AssetKey(asset.split("/"))))
+
+
+def _count(instance, asset: str, partition: str) -> int:
+    return len(
+        instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset.split("/")), asset_partitions=[partition]),
+            limit=100,
+        ).records
+    )
+
+
+@pytest.mark.slow
+def test_a_layer_added_to_the_preset_file_reaches_the_figures(tmp_path, monkeypatch):
+    path = tmp_path / "auto-tiny.toml"
+    path.write_text(dump_preset(_tiny((3,)), "toml"))
+    env = {
+        "FEATUREINTERP_PRESET": str(path),
+        "FEATUREINTERP_HOME": str(tmp_path / "home"),
+        "FEATUREINTERP_MODELS": str(CACHE / "models"),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "dagster").mkdir()
+    from featureinterp_assets import cli
+
+    cli.run(str(path), False)  # the old layer's whole lineage, as a user builds it first
+    instance = dg.DagsterInstance.get()
+    old, new = "F0000|L03", "F0000|L06"
+    before = {a: _count(instance, a, old) for a in PER_FEATURE}
+    fig5_before = instance.get_latest_materialization_event(dg.AssetKey("fig5")).timestamp
+
+    path.write_text(dump_preset(_tiny((3, 6)), "toml"))  # a new layer, no code change
+    daemon = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster-daemon"),
+            "run",
+            "-m",
+            "featureinterp_assets.definitions",
+        ],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its run workers die with it
+    )
+    try:
+        deadline = time.time() + 1200
+        done = False
+        while time.time() < deadline and not done:
+            time.sleep(5)
+            assert daemon.poll() is None, daemon.stderr.read()[-3000:]
+            fig5 = instance.get_latest_materialization_event(dg.AssetKey("fig5"))
+            layer = instance.get_latest_materialization_event(dg.AssetKey("layer_results"))
+            done = (
+                all(new in _keys(instance, a) for a in PER_FEATURE)
+                and "L06" in _keys(instance, "layer_results")
+                and fig5.timestamp > fig5_before
+                and layer is not None
+                and fig5.timestamp >= layer.timestamp
+            )
+        assert done, {
+            a: sorted(_keys(instance, a)) for a in [*PER_FEATURE, "sae", "sae_activations", "layer_results"]
+        }
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(timeout=60)
+    for asset in ("sae", "sae_activations"):
+        assert "L06" in _keys(instance, asset)
+    assert {a: _count(instance, a, old) for a in PER_FEATURE} == before  # the old layer untouched
+    assert _count(instance, "layer_results", "L03") == 1
+    runs = instance.get_runs()
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), [(r.job_name, r.status) for r in runs]
+    storage = tmp_path / "home" / "storage" / "auto-tiny" / "figures"
+    import polars as pl
+
+    assert "L06" in pl.read_parquet(storage / "fig5.parquet")["layer"].to_list()
+
+
+def test_an_sae_folder_dropped_into_the_preset_directory_is_a_new_layer(tmp_path, monkeypatch):
+    """The new-layer sensor of a `discover_layers` preset, evaluated against a real instance."""
+    import dataclasses
+
+    saes = tmp_path / "saes"
+    (saes / "L03").mkdir(parents=True)
+    preset = _tiny((3,))
+    preset = preset.replace(
+        sae=dataclasses.replace(
+            preset.sae, source="disk", path_format=str(saes / "L{layer:02d}"), discover_layers=True
+        )
+    )
+    path = tmp_path / "auto-tiny.toml"
+    path.write_text(dump_preset(preset, "toml"))
+    monkeypatch.setenv("FEATUREINTERP_PRESET", str(path))
+    from featureinterp_assets.definitions import build_definitions
+
+    defs = build_definitions(get_preset(str(path)), home=tmp_path / "home", models=tmp_path)
+    sensor = defs.get_sensor_def("new_layers_sensor")
+    with dg.instance_for_test() as instance:
+        first = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
+        assert [r.partition_key for r in first.run_requests] == ["L03"]
+        instance.add_dynamic_partitions(first.dynamic_partitions_requests[0].partitions_def_name, ["L03"])
+        assert isinstance(sensor(dg.build_sensor_context(instance=instance, definitions=defs)), dg.SkipReason)
+        (saes / "L06").mkdir()  # a user drops the next layer's SAE folder
+        second = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
+        assert [r.partition_key for r in second.run_requests] == ["L06"]
