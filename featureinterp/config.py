@@ -177,7 +177,7 @@ class SaeSpec:
         if not (self.discover_layers and self.source == "disk" and self.path_format):
             return ()
         pattern, glob = "", ""
-        for literal, name, spec, _ in string.Formatter().parse(self.path_format):
+        for literal, name, _format, _ in string.Formatter().parse(self.path_format):
             pattern, glob = pattern + re.escape(literal), glob + literal
             if name == "layer":
                 pattern, glob = pattern + r"(\d+)", glob + "*"
