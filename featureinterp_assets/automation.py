@@ -5,7 +5,7 @@ folder) and launches its ``sae`` + ``sae_activations``. From there Dagster's own
 automation carries it on, partition by partition: every per-feature asset is ``eager`` (requested
 once its upstream partitions are updated and none is missing or in progress, so records wait for
 the layer's activations, explanations for the records), and the summaries (``layer_results`` and
-the figures) are eager without waiting for *all* their inputs, since they read whatever partitions
+the figures) run when any input updates, without waiting for *all* their inputs, since they read whatever partitions
 exist and say what is missing. The ``featureinterp_automation`` sensor evaluates these conditions;
 the ``gpu`` pool bounds what runs at once, the explainer's ``max_concurrent`` its API requests.
 Nothing of an old layer is recomputed: its partitions' upstreams did not change.
@@ -26,11 +26,13 @@ PER_PARTITION = dg.AutomationCondition.eager()
 """Per-feature assets: run when the upstream partitions update and all of them exist."""
 
 SUMMARY = (
-    dg.AutomationCondition.eager()
-    .without(~dg.AutomationCondition.any_deps_missing())
-    .with_label("eager_allow_missing")
-)
-"""Tables and figures over many partitions: run when any input updates, missing ones allowed."""
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("on_any_input_update")
+"""Tables and figures over many partitions: run when any input updates (missing ones allowed:
+they read what exists and name the rest), never merely because a new layer's partition appeared
+(``eager``'s newly-missing trigger would draw an empty table before the layer has any score)."""
 
 
 def automation_sensor() -> dg.AutomationConditionSensorDefinition:

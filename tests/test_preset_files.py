@@ -123,3 +123,16 @@ def test_the_readme_example_file_loads():
         and preset.explain.explainer.api_key_env == "MY_EXPLAINER_KEY"
     )
     assert preset.explain.simulator.quantization == "4bit"
+
+
+def test_featureinterp_run_with_a_bad_file_stops_with_that_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(dump_preset(get_preset("embedded-tiny"), "yaml").replace("source: debian", "source: web"))
+    env = os.environ | {"FEATUREINTERP_PRESET": str(path), "FEATUREINTERP_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "featureinterp_assets.cli", "run"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"featureinterp: {path}: field corpus.source must be one of 'debian', 'text_dir', 'hf_dataset', not 'web'"
+    ), out.stderr[-2000:]

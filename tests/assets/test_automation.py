@@ -1,7 +1,10 @@
-"""A new layer runs to the figures by itself, under a real `dagster-daemon`.
+"""The UI's `*fig5` backfill, and a new layer that runs to the figures by itself, under a real
+`dagster-daemon`.
 
-The preset is a file (embedded-tiny, one layer, one feature, one condition). After `featureinterp
-run` has built its lineage, a layer is added to the file; the daemon's new-layer sensor re-reads
+The preset is a file (embedded-tiny, one layer, one feature, one condition). First an asset
+backfill of `*fig5` over all partitions, added to the instance the way the UI's "Materialize"
+dialog adds it, spans the three partition schemes (none, layer, layer x feature) and completes
+under the daemon. Then a layer is added to the file; the daemon's new-layer sensor re-reads
 the file, registers the layer and launches its SAE + activations, and declarative automation
 (featureinterp_assets/automation.py) materializes the new layer's records, explanation, score,
 baseline, layer table and the figures, without recomputing anything of the old layer.
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 
 from featureinterp.config import get_preset
 from featureinterp.preset_files import dump_preset
@@ -38,6 +42,38 @@ def _tiny(layers: tuple[int, ...]):
     )
 
 
+def _launch_fig5_lineage(instance, defs) -> str:
+    """What the UI does for "select `*fig5`, Materialize all partitions": an asset backfill."""
+    graph = defs.resolve_asset_graph()
+    backfill_id = f"fig5lineage{int(time.time())}"
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=backfill_id,
+        asset_graph=graph,
+        partition_names=None,
+        asset_selection=sorted(dg.AssetSelection.assets("fig5").upstream().resolve(graph)),
+        backfill_timestamp=time.time(),
+        tags={},
+        dynamic_partitions_store=instance,
+        all_partitions=True,
+        title=None,
+        description=None,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill_id
+
+
+def _wait_backfill(instance, backfill_id: str, daemon, log: Path, timeout: float = 1200):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert daemon.poll() is None, log.read_text()[-3000:]
+        status = instance.get_backfill(backfill_id).status
+        if status not in (BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING):
+            return status
+        time.sleep(3)
+    raise AssertionError(f"backfill {backfill_id} still {instance.get_backfill(backfill_id).status}")
+
+
 def _keys(instance, asset: str) -> set[str]:
     return set(instance.get_materialized_partitions(dg.AssetKey(asset.split("/"))))
 
@@ -52,7 +88,7 @@ def _count(instance, asset: str, partition: str) -> int:
 
 
 @pytest.mark.slow
-def test_a_layer_added_to_the_preset_file_reaches_the_figures(tmp_path, monkeypatch):
+def test_the_ui_backfill_of_fig5s_lineage_then_a_new_layer_reach_the_figures(tmp_path, monkeypatch):
     path = tmp_path / "auto-tiny.toml"
     path.write_text(dump_preset(_tiny((3,)), "toml"))
     env = {
@@ -65,15 +101,14 @@ def test_a_layer_added_to_the_preset_file_reaches_the_figures(tmp_path, monkeypa
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     (tmp_path / "dagster").mkdir()
-    from featureinterp_assets import cli
+    from featureinterp_assets.definitions import build_definitions
+    from featureinterp_assets.partitions import register_layers
 
-    cli.run(str(path), False)  # the old layer's whole lineage, as a user builds it first
     instance = dg.DagsterInstance.get()
-    old, new = "F0000|L03", "F0000|L06"
-    before = {a: _count(instance, a, old) for a in PER_FEATURE}
-    fig5_before = instance.get_latest_materialization_event(dg.AssetKey("fig5")).timestamp
-
-    path.write_text(dump_preset(_tiny((3, 6)), "toml"))  # a new layer, no code change
+    preset = get_preset(str(path))
+    register_layers(instance, preset)  # what the new-layer sensor does first
+    defs = build_definitions(preset)
+    log = tmp_path / "daemon.log"
     daemon = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "dagster-daemon"),
@@ -83,16 +118,25 @@ def test_a_layer_added_to_the_preset_file_reaches_the_figures(tmp_path, monkeypa
         ],
         env=os.environ.copy(),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=log.open("w"),  # a file, not a pipe: run workers inherit it and would block on a full pipe
         start_new_session=True,  # its run workers die with it
     )
     try:
+        backfill_id = _launch_fig5_lineage(instance, defs)
+        status = _wait_backfill(instance, backfill_id, daemon, log)
+        assert status == BulkActionStatus.COMPLETED_SUCCESS, status
+        assert instance.get_latest_materialization_event(dg.AssetKey("fig5")) is not None
+        old, new = "F0000|L03", "F0000|L06"
+        before = {a: _count(instance, a, old) for a in PER_FEATURE}
+        assert all(v == 1 for v in before.values()), before
+        fig5_before = instance.get_latest_materialization_event(dg.AssetKey("fig5")).timestamp
+
+        path.write_text(dump_preset(_tiny((3, 6)), "toml"))  # a new layer, no code change
         deadline = time.time() + 1200
         done = False
         while time.time() < deadline and not done:
             time.sleep(5)
-            assert daemon.poll() is None, daemon.stderr.read()[-3000:]
+            assert daemon.poll() is None, log.read_text()[-3000:]
             fig5 = instance.get_latest_materialization_event(dg.AssetKey("fig5"))
             layer = instance.get_latest_materialization_event(dg.AssetKey("layer_results"))
             done = (

@@ -151,8 +151,8 @@ def test_ui_backfill_of_a_layer_loads_once_and_fails_one_feature_alone(tmp_path,
         ],
         env=os.environ.copy(),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        # a file, not a pipe: run workers inherit it, and a full unread pipe would block them
+        stderr=(tmp_path / "daemon.log").open("w"),
     )
     try:
         instance = dg.DagsterInstance.get()
