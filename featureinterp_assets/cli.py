@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -76,14 +75,15 @@ def _run(defs: dg.Definitions, instance, selection: list[str], tags: dict | None
 
 
 def _stored_features(instance, layer: str) -> set[int]:
-    """Features held by the latest `sae_activations` of a layer (read from its metadata table)."""
+    """Features held by the latest `sae_activations` of a layer (its ``feature_indices`` metadata;
+    a materialization written before that field counts as holding none, so it is rebuilt)."""
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("sae_activations"), asset_partitions=[layer]), limit=1
     ).records
     if not records:
         return set()
-    table = records[0].asset_materialization.metadata.get("features")
-    return {int(f) for f in re.findall(r"\bF(\d+)\b", str(table.value))} if table else set()
+    indices = records[0].asset_materialization.metadata.get("feature_indices")
+    return {int(f) for f in indices.value} if indices else set()
 
 
 def _feature_blocks(

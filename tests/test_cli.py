@@ -255,23 +255,22 @@ def test_stored_features_tell_the_sae_stage_to_rerun_a_layer_that_lacks_features
 
     from featureinterp_assets.cli import _stored_features
 
-    def table(features):
-        return "| feature | max |\n|---|---|\n" + "\n".join(f"| F{f:04d} | 1.0 |" for f in features)
+    def meta(features):
+        return {"feature_indices": dg.MetadataValue.json(features)}
 
     with dg.DagsterInstance.ephemeral() as instance:
         assert _stored_features(instance, "SYN") == set()
         for features in ([0, 1], [0, 1, 2, 13]):
             instance.report_runless_asset_event(
-                dg.AssetMaterialization(
-                    "sae_activations",
-                    partition="SYN",
-                    metadata={"features": dg.MetadataValue.md(table(features))},
-                )
+                dg.AssetMaterialization("sae_activations", partition="SYN", metadata=meta(features))
             )
         instance.report_runless_asset_event(
-            dg.AssetMaterialization(
-                "sae_activations", partition="L05", metadata={"features": dg.MetadataValue.md(table([7]))}
-            )
+            dg.AssetMaterialization("sae_activations", partition="L05", metadata=meta([7]))
         )
+        # a materialization from before the JSON field: holds none, so the layer is rebuilt
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("sae_activations", partition="L06", metadata={"features": "| F0001 |"})
+        )
+        assert _stored_features(instance, "L06") == set()
         assert _stored_features(instance, "SYN") == {0, 1, 2, 13}  # the latest, not the union
         assert _stored_features(instance, "L05") == {7}

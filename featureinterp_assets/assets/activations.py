@@ -151,6 +151,7 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
             context.add_asset_metadata(
                 {
                     "features": dg.MetadataValue.md(table),
+                    "feature_indices": dg.MetadataValue.json([int(f) for f in r.features]),
                     "dead_features": str(dead[key] or "none"),
                     "rows": int(corpus_tokens["tokens"].shape[0]),
                 },
