@@ -128,7 +128,11 @@ def test_the_readme_example_file_loads():
 def test_featureinterp_run_with_a_bad_file_stops_with_that_one_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(dump_preset(get_preset("embedded-tiny"), "yaml").replace("source: debian", "source: web"))
-    env = os.environ | {"FEATUREINTERP_PRESET": str(path), "FEATUREINTERP_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    env = os.environ | {
+        "FEATUREINTERP_PRESET": str(path),
+        "FEATUREINTERP_HOME": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+    }
     cmd = [sys.executable, "-m", "featureinterp_assets.cli", "run"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
