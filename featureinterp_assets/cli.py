@@ -23,6 +23,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from featureinterp.config import PRESET_ENV, feature_key, get_preset, models_dir
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
 from featureinterp.models import load_tokenizer
+from featureinterp_assets.partitions import asset_scope, missing_blocks, range_tags
 
 PRESET_MARKER = "featureinterp_preset"
 """File in $DAGSTER_HOME naming the preset whose runs the instance holds."""
@@ -86,62 +87,6 @@ def _stored_features(instance, layer: str) -> set[int]:
     return {int(f) for f in indices.value} if indices else set()
 
 
-def _feature_blocks(
-    instance,
-    layer: str,
-    feature_keys: list[str],
-    assets: list[str],
-    force: bool,
-    scope: dict[str, frozenset[str]] | None = None,
-) -> list[tuple[list[str], list[str]]]:
-    """The runs a layer needs: runs of consecutive features that miss the same assets, each
-    ``(features, assets)``. One fresh layer is one run; a rerun after failures covers only them.
-    ``scope``: asset -> the partition keys it is run on (absent: all)."""
-    done = {a: set(instance.get_materialized_partitions(dg.AssetKey(a.split("/")))) for a in assets}
-    scope = scope or {}
-    blocks: list[tuple[list[str], list[str]]] = []
-    previous = None  # the last feature's (index, todo): a block continues only without a gap
-    for i, feature in enumerate(feature_keys):
-        key = dg.MultiPartitionKey({"layer": layer, "feature": feature})
-        todo = [
-            a
-            for a in assets
-            if (a not in scope or f"{feature}|{layer}" in scope[a]) and (force or key not in done[a])
-        ]
-        if todo and previous == (i - 1, todo):
-            blocks[-1][0].append(feature)
-        elif todo:
-            blocks.append(([feature], todo))
-        previous = (i, todo) if todo else None
-    return blocks
-
-
-def _asset_scope(preset) -> dict[str, frozenset[str]]:
-    """Per-feature asset -> the partitions ``featureinterp run`` materializes it on, for the
-    conditions of the paper figures (featureinterp.figure_grids.condition_scope: each runs on its
-    figures' layers x features only); holistic values and baselines where a condition needs them."""
-    from featureinterp.experiments import get_condition
-    from featureinterp.figure_grids import condition_scope
-
-    conditions = preset.explain.conditions
-    by_condition = condition_scope(preset)
-    if not by_condition:
-        return {}
-    every = frozenset(f"{f}|{x}" for x in preset.layer_keys for f in preset.feature_keys)
-    keys = {c: by_condition.get(c, every) for c in conditions}
-    scope = {f"{kind}/{c}": k for c, k in keys.items() for kind in ("explanations", "scores")}
-    scope["baselines"] = frozenset().union(*keys.values())
-    scope["holistic_activations"] = frozenset().union(
-        *(k for c, k in keys.items() if get_condition(c).holistic)
-    )
-    return scope
-
-
-def _range_tags(layer: str, features: list[str]) -> dict[str, str]:
-    first, last = (dg.MultiPartitionKey({"layer": layer, "feature": f}) for f in (features[0], features[-1]))
-    return {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
-
-
 def _per_feature_stage(
     defs: dg.Definitions,
     instance,
@@ -157,17 +102,17 @@ def _per_feature_stage(
     many partitions ran and which of them failed."""
     failed, ran = [], 0
     for layer in layer_keys:
-        blocks = _feature_blocks(instance, layer, feature_keys, assets, force, scope)
+        blocks = missing_blocks(instance, layer, feature_keys, assets, force, scope)
         for features, todo in blocks:
             ran += len(features)
             try:
-                _run(defs, instance, todo, tags=_range_tags(layer, features))
+                _run(defs, instance, todo, tags=range_tags(layer, features))
             except SystemExit as err:
                 print(err, flush=True)
         if blocks:  # what is still missing after the layer's runs failed (one query per layer)
             failed += [
                 f"{f}|{layer}"
-                for fs, _ in _feature_blocks(instance, layer, feature_keys, assets, False, scope)
+                for fs, _ in missing_blocks(instance, layer, feature_keys, assets, False, scope)
                 for f in fs
             ]
     return ran, failed
@@ -309,7 +254,7 @@ def _run_lineage(
         _run(defs, instance, ["corpus_embeddings"])
     # Holistic values cost a forward pass per (row, token) of the top records: only computed when
     # a condition of this run prompts with them (Fig. 4's structured_holistic cells).
-    scope = {} if whole_grid else _asset_scope(preset)
+    scope = {} if whole_grid else asset_scope(preset)
     stage = ["records"] + (
         ["holistic_activations"] if any(get_condition(c).holistic for c in preset.explain.conditions) else []
     )

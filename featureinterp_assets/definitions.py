@@ -26,7 +26,7 @@ from featureinterp_assets.constants import STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
 from featureinterp_assets.partitions import feature_partitions, layer_partitions
 from featureinterp_assets.resources import LanceDBResource, LLMResource, default_preset_resource
-from featureinterp_assets.sensors import build_new_layers_sensor, build_stale_schedule
+from featureinterp_assets.sensors import build_backfill_schedule, build_new_layers_sensor
 
 
 def build_definitions(preset: Preset, home: Path | None = None, models: Path | None = None) -> dg.Definitions:
@@ -63,7 +63,7 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
         assets=assets,
         jobs=[layer_job],
         sensors=[build_new_layers_sensor(preset, layer_job, _preset_file(preset)), automation_sensor()],
-        schedules=[build_stale_schedule(assets)],
+        schedules=[build_backfill_schedule(preset, assets)],
         resources={
             "preset": default_preset_resource(preset, home, Path(models or models_dir())),
             "lancedb": LanceDBResource(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from featureinterp.config import Preset
 
@@ -24,3 +27,73 @@ def register_layers(instance: dg.DagsterInstance, preset: Preset) -> list[str]:
     if new:
         instance.add_dynamic_partitions(parts.name, new)
     return new
+
+
+def feature_blocks(
+    feature_keys: list[str], todo_of: Callable[[str], list[str]]
+) -> list[tuple[list[str], list[str]]]:
+    """Runs of consecutive features that need the same assets, each ``(features, assets)``:
+    one ranged run each (the per-feature assets' single-run backfill policy computes every key
+    of a range, so a range must not span a feature that needs nothing)."""
+    blocks: list[tuple[list[str], list[str]]] = []
+    previous = None  # the last feature's (index, todo): a block continues only without a gap
+    for i, feature in enumerate(feature_keys):
+        todo = todo_of(feature)
+        if todo and previous == (i - 1, todo):
+            blocks[-1][0].append(feature)
+        elif todo:
+            blocks.append(([feature], todo))
+        previous = (i, todo) if todo else None
+    return blocks
+
+
+def missing_blocks(
+    instance: dg.DagsterInstance,
+    layer: str,
+    feature_keys: list[str],
+    assets: list[str],
+    force: bool,
+    scope: dict[str, frozenset[str]] | None = None,
+) -> list[tuple[list[str], list[str]]]:
+    """The runs a layer needs (``feature_blocks``) for the ``assets`` partitions not yet
+    materialized (``force``: all). One fresh layer is one run; a rerun after failures covers only
+    them. ``scope``: asset -> the partition keys it is run on (absent: all)."""
+    done = {a: set(instance.get_materialized_partitions(dg.AssetKey(a.split("/")))) for a in assets}
+    scope = scope or {}
+
+    def todo_of(feature: str) -> list[str]:
+        key = dg.MultiPartitionKey({"layer": layer, "feature": feature})
+        return [
+            a
+            for a in assets
+            if (a not in scope or f"{feature}|{layer}" in scope[a]) and (force or key not in done[a])
+        ]
+
+    return feature_blocks(feature_keys, todo_of)
+
+
+def range_tags(layer: str, features: list[str]) -> dict[str, str]:
+    """Run tags of one ranged run over ``features`` of ``layer``."""
+    first, last = (dg.MultiPartitionKey({"layer": layer, "feature": f}) for f in (features[0], features[-1]))
+    return {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+
+
+def asset_scope(preset: Preset) -> dict[str, frozenset[str]]:
+    """Per-feature asset -> the partitions it is materialized on, for the conditions of the paper
+    figures (featureinterp.figure_grids.condition_scope: each runs on its figures' layers x
+    features only); holistic values and baselines where a condition needs them. {}: everywhere."""
+    from featureinterp.experiments import get_condition
+    from featureinterp.figure_grids import condition_scope
+
+    conditions = preset.explain.conditions
+    by_condition = condition_scope(preset)
+    if not by_condition:
+        return {}
+    every = frozenset(f"{f}|{x}" for x in preset.layer_keys for f in preset.feature_keys)
+    keys = {c: by_condition.get(c, every) for c in conditions}
+    scope = {f"{kind}/{c}": k for c, k in keys.items() for kind in ("explanations", "scores")}
+    scope["baselines"] = frozenset().union(*keys.values())
+    scope["holistic_activations"] = frozenset().union(
+        *(k for c, k in keys.items() if get_condition(c).holistic)
+    )
+    return scope

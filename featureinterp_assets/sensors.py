@@ -66,34 +66,70 @@ def stale_partitions(instance: dg.DagsterInstance, code_versions: dict[dg.AssetK
     return stale
 
 
-def build_stale_schedule(assets: list[dg.AssetsDefinition]) -> dg.ScheduleDefinition:
-    """Nightly: re-run the per-feature partitions whose code version changed since they were built
-    (raise an asset's ``code_version`` when its logic changes; the UI marks them stale too)."""
-    versions = {
-        key: v
+def per_feature_assets(preset: Preset, assets: list[dg.AssetsDefinition]) -> dict[dg.AssetKey, str | None]:
+    """The (layer, feature)-partitioned assets a preset materializes, with their code versions:
+    records, holistic values where a condition prompts with them, every condition's explanations
+    and scores, baselines."""
+    from featureinterp.experiments import get_condition
+
+    holistic = any(get_condition(c).holistic for c in preset.explain.conditions)
+    return {
+        key: version
         for a in assets
-        if a.partitions_def is not None and isinstance(a.partitions_def, dg.MultiPartitionsDefinition)
-        for key, v in a.code_versions_by_key.items()
-        if v is not None
+        if isinstance(a.partitions_def, dg.MultiPartitionsDefinition)
+        for key, version in a.code_versions_by_key.items()
+        if holistic or key != dg.AssetKey("holistic_activations")
     }
+
+
+def build_backfill_schedule(preset: Preset, assets: list[dg.AssetsDefinition]) -> dg.ScheduleDefinition:
+    """Nightly (off by default): backfill whatever per-feature partition is missing or stale
+    (built by an older ``code_version``) across all registered layers, as one ranged run per layer
+    and block of features (the runs a UI backfill of those partitions would launch); the layer
+    tables and figures follow through their automation conditions."""
+    versions = per_feature_assets(preset, assets)
+    layers = layer_partitions(preset)
 
     @dg.schedule(
         cron_schedule="0 3 * * *",
         target=dg.AssetSelection.assets(*versions),
         default_status=dg.DefaultScheduleStatus.STOPPED,
     )
-    def stale_partitions_schedule(context: dg.ScheduleEvaluationContext):
-        stale = stale_partitions(context.instance, versions)
-        if not stale:
-            return dg.SkipReason("no partition was built by an older code version")
-        return [
-            dg.RunRequest(
-                run_key=f"{key.to_user_string()}:{part}:{old}->{versions[key]}",
-                partition_key=part,
-                asset_selection=[key],
-                tags={"featureinterp/stale_from": str(old)},
-            )
-            for key, part, old in stale
-        ]
+    def layer_backfill_schedule(context: dg.ScheduleEvaluationContext):
+        from featureinterp_assets.partitions import asset_scope, feature_blocks, range_tags
 
-    return stale_partitions_schedule
+        instance = context.instance
+        stale = {
+            (key.to_user_string(), part)
+            for key, part, _ in stale_partitions(instance, {k: v for k, v in versions.items() if v})
+        }
+        done = {k.to_user_string(): set(instance.get_materialized_partitions(k)) for k in versions}
+        scope = asset_scope(preset)
+        when = context.scheduled_execution_time.isoformat()  # one run per block and night
+        requests = []
+        for layer in instance.get_dynamic_partitions(layers.name):
+
+            def todo_of(feature: str, layer: str = layer) -> list[str]:
+                key, plain = (
+                    str(dg.MultiPartitionKey({"layer": layer, "feature": feature})),
+                    f"{feature}|{layer}",
+                )
+                return [
+                    a
+                    for a in done
+                    if (a not in scope or plain in scope[a]) and (key not in done[a] or (a, key) in stale)
+                ]
+
+            for features, todo in feature_blocks(preset.feature_keys, todo_of):
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"{layer}:{features[0]}-{features[-1]}:{when}",
+                        asset_selection=[dg.AssetKey(a.split("/")) for a in todo],
+                        tags=range_tags(layer, features) | {"featureinterp/backfill": "missing_or_stale"},
+                    )
+                )
+        if not requests:
+            return dg.SkipReason("no per-feature partition is missing or stale")
+        return requests
+
+    return layer_backfill_schedule

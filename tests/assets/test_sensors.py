@@ -34,27 +34,65 @@ def _versioned(version: str):
     return scored
 
 
-def test_stale_schedule_requests_partitions_built_by_older_code(tmp_path):
-    from featureinterp_assets.sensors import build_stale_schedule
+def test_backfill_schedule_requests_missing_and_stale_partitions_per_layer(tmp_path):
+    """The nightly schedule (off by default): one ranged run per layer and block of features that
+    miss an asset or hold one built by an older code version; nothing for what is current."""
+    import datetime
 
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        v1 = _versioned("1")
-        for part in ("F0|L01", "F1|L01"):
-            assert dg.materialize([v1], instance=instance, partition_key=part).success
-        v2 = _versioned("2")
-        schedule = build_stale_schedule([v2])
-        repo = dg.Definitions(assets=[v2], schedules=[schedule]).get_repository_def()
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from featureinterp.config import get_preset
+    from featureinterp_assets.definitions import build_definitions
+    from featureinterp_assets.partitions import register_layers
+
+    preset = get_preset("embedded-tiny")  # L03, L06, SYN x F0000, F0001; one_shot, tree
+    defs = build_definitions(preset, home=tmp_path / "home", models=tmp_path)
+    schedule = defs.get_schedule_def("layer_backfill_schedule")
+    graph = defs.resolve_asset_graph()
+    per_feature = [
+        "records",
+        "explanations/one_shot",
+        "scores/one_shot",
+        "explanations/tree",
+        "scores/tree",
+        "baselines",
+    ]
+    keys = {a: dg.AssetKey(a.split("/")) for a in per_feature}
+    with dg.instance_for_test() as instance:
+        register_layers(instance, preset)
+        repo = defs.get_repository_def()
 
         def tick():
-            return schedule.evaluate_tick(dg.build_schedule_context(instance=instance, repository_def=repo))
+            context = dg.build_schedule_context(
+                instance=instance,
+                repository_def=repo,
+                scheduled_execution_time=datetime.datetime(2026, 12, 2, 3),
+            )
+            return schedule.evaluate_tick(context)
 
-        requests = tick().run_requests
-        assert sorted(r.partition_key for r in requests) == ["F0|L01", "F1|L01"]
-        assert all(r.asset_selection == [dg.AssetKey("scored")] for r in requests)
-        assert dg.materialize([v2], instance=instance, partition_key="F0|L01").success
-        requests = tick().run_requests
-        assert [r.partition_key for r in requests] == ["F1|L01"]
-        assert requests[0].tags["featureinterp/stale_from"] == "1"
-        assert dg.materialize([v2], instance=instance, partition_key="F1|L01").success
+        def span(request):
+            start, end = (
+                request.tags[t] for t in (ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG)
+            )
+            return start, end, sorted(k.to_user_string() for k in request.asset_selection)
+
+        fresh = sorted(span(r) for r in tick().run_requests)
+        assert fresh == [(f"F0000|{x}", f"F0001|{x}", sorted(per_feature)) for x in ("L03", "L06", "SYN")]
+
+        def built(asset, part, version=None):
+            version = version or graph.get(keys[asset]).code_version
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(keys[asset], partition=part, tags={"dagster/code_version": version})
+            )
+
+        for asset in per_feature:
+            built(asset, "F0000|L03")
+            built(asset, "F0001|L03", "0" if asset == "records" else None)  # records from older code
+        for asset in per_feature:
+            for x in ("L06", "SYN"):
+                for f in ("F0000", "F0001"):
+                    built(asset, f"{f}|{x}")
+        assert [span(r) for r in tick().run_requests] == [("F0001|L03", "F0001|L03", ["records"])]
+        built("records", "F0001|L03")
         result = tick()
-        assert not result.run_requests and "no partition" in result.skip_message
+        assert not result.run_requests and "missing or stale" in result.skip_message
