@@ -27,13 +27,39 @@ from matplotlib.figure import Figure
 
 from featureinterp import figures as F
 
-__all__ = ["fig3_panels", "fig5_layer_table", "fig5_panels", "rules_for_share"]
+__all__ = ["cap_heatmap", "fig3_panels", "fig5_layer_table", "fig5_panels", "rules_for_share"]
 
 CI_LEVEL = 0.8
 """The paper's band around mean complexity and rule counts (80% Student-t)."""
 SHARE = 0.9
 """``line_plot.pdf``: the rule count whose monotone score reaches this share of the best."""
 _METHOD_PAIR = {"one_shot": "#120789", "tree": "#FA9E3B"}
+
+
+def cap_heatmap(sns, ax, summary: pl.DataFrame, column: str, caps, layers, vmax: float, xlabel: str) -> None:
+    """One layer x rule-cap heatmap of ``column`` in the paper's style (plasma without its
+    bright end, 0..vmax, values written in the cells)."""
+    cmap = ListedColormap(matplotlib.colormaps["plasma"](np.linspace(0, 0.95, 256)))
+    values = {(r["layer"], r["rule_cap"]): r[column] for r in summary.iter_rows(named=True)}
+    grid = np.array([[values[(layer, cap)] for cap in caps] for layer in layers], dtype=float)
+    sns.heatmap(
+        grid,
+        ax=ax,
+        cmap=cmap,
+        vmin=0.0,
+        vmax=vmax,
+        annot=True,
+        fmt=".2f",
+        annot_kws={"fontsize": 7},
+        xticklabels=caps,
+        yticklabels=layers,
+        linewidths=0.5,
+        linecolor="white",
+        cbar_kws={"shrink": 0.8},
+    )
+    ax.tick_params(axis="y", rotation=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("Layer")
 
 
 def _mean_ci(values: np.ndarray) -> tuple[float, float, int]:
@@ -88,7 +114,6 @@ def fig5_panels(
     sns = F._seaborn()
     layers = F._layers(summary["layer"])
     caps = sorted(set(summary["rule_cap"].to_list()))
-    cmap = ListedColormap(matplotlib.colormaps["plasma"](np.linspace(0, 0.95, 256)))
     heatmaps = (
         ("mean_score", "Score"),
         ("mean_score_prop", "Score / best score"),
@@ -101,26 +126,7 @@ def fig5_panels(
         fig = Figure(figsize=(4.0 * 4, 2.2 + 0.45 * len(layers) + 3.2), layout="constrained")
         top, bottom = fig.subfigures(2, 1, height_ratios=(1.6 + 0.45 * len(layers), 3.2))
         for ax, (column, title) in zip(top.subplots(1, 4), heatmaps, strict=True):
-            values = {(r["layer"], r["rule_cap"]): r[column] for r in summary.iter_rows(named=True)}
-            grid = np.array([[values[(x, c)] for c in caps] for x in layers], dtype=float)
-            sns.heatmap(
-                grid,
-                ax=ax,
-                cmap=cmap,
-                vmin=0.0,
-                vmax=1.0,
-                annot=True,
-                fmt=".2f",
-                annot_kws={"fontsize": 7},
-                xticklabels=caps,
-                yticklabels=layers,
-                linewidths=0.5,
-                linecolor="white",
-                cbar_kws={"shrink": 0.8},
-            )
-            ax.tick_params(axis="y", rotation=0)
-            ax.set_xlabel("Rule count")
-            ax.set_ylabel("Layer")
+            cap_heatmap(sns, ax, summary, column, caps, layers, 1.0, "Rule count")
             ax.set_title(title)
         lines, comp, need = bottom.subplots(1, 3)
         palette = sns.color_palette("viridis", len(layers))

@@ -33,7 +33,6 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import polars as pl
-from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -405,37 +404,21 @@ def fig5(
         "skipped in the monotone scores (cap-1 score undefined or best score <= 0)"
     )
 
+    from featureinterp.figure_panels import (  # + the paper's other panels
+        cap_heatmap,
+        fig5_layer_table,
+        fig5_panels,
+    )
+
     sns = _seaborn()
-    cmap = ListedColormap(matplotlib.colormaps["plasma"](np.linspace(0, 0.95, 256)))  # paper: no bright end
     panels = (("mean_score", "Mean test score", 1.0), ("mean_complexity", "Mean rule complexity", 5.0))
     with _style(sns):
         fig = Figure(figsize=(1.8 + 1.5 * len(caps), 1.6 + 0.45 * len(layers)), layout="constrained")
         axes = fig.subplots(1, 2, squeeze=False)[0]
         for ax, (column, title, vmax) in zip(axes, panels, strict=True):
-            values = {(r["layer"], r["rule_cap"]): r[column] for r in summary.iter_rows(named=True)}
-            grid = np.array([[values[(layer, cap)] for cap in caps] for layer in layers], dtype=float)
-            sns.heatmap(
-                grid,
-                ax=ax,
-                cmap=cmap,
-                vmin=0.0,
-                vmax=vmax,
-                annot=True,
-                fmt=".2f",
-                annot_kws={"fontsize": 7},
-                xticklabels=caps,
-                yticklabels=layers,
-                linewidths=0.5,
-                linecolor="white",
-                cbar_kws={"shrink": 0.8},
-            )
-            ax.tick_params(axis="y", rotation=0)
-            ax.set_xlabel("Rule cap")
-            ax.set_ylabel("Layer")
+            cap_heatmap(sns, ax, summary, column, caps, layers, vmax, "Rule cap")
             ax.set_title(title)
         _title(fig, f"Rule caps: {_METHOD_LABELS.get(method, method)}, {condition}", caption, incomplete)
-    from featureinterp.figure_panels import fig5_layer_table, fig5_panels  # the paper's other panels
-
     per_layer = fig5_layer_table(frame, features, layers)
     result = _write(
         name, fig, summary, {"features": features, "layers": per_layer}, out_dir, caption, incomplete

@@ -64,3 +64,59 @@ def tiny_llama_for(tokenizer, seed: int = 0, max_positions: int = 4096, **overri
         **overrides,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+def launch_backfill(instance, defs, asset_selection, partitions: list[str] | None = None) -> str:
+    """What the UI's launch-backfill mutation does: a PartitionBackfill added to the instance,
+    for ``partitions`` of the selected assets (None: all their partitions); returns its id."""
+    import time
+
+    from dagster._core.execution.backfill import PartitionBackfill
+
+    backfill_id = f"bf{int(time.time() * 1000) % 10**9}"
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=backfill_id,
+        asset_graph=defs.resolve_asset_graph(),
+        partition_names=partitions,
+        asset_selection=list(asset_selection),
+        backfill_timestamp=time.time(),
+        tags={},
+        dynamic_partitions_store=instance,
+        all_partitions=partitions is None,
+        title=None,
+        description=None,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill_id
+
+
+def start_daemon(log):
+    """A real `dagster-daemon` for the code location, in its own process group (stop it with
+    ``stop_daemon``: its run workers go with it). Its output goes to the file ``log``, not a pipe:
+    run workers inherit the stream, and a full unread pipe would block them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster-daemon"),
+            "run",
+            "-m",
+            "featureinterp_assets.definitions",
+        ],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=Path(log).open("w"),
+        start_new_session=True,
+    )
+
+
+def stop_daemon(daemon) -> None:
+    import os
+    import signal
+
+    os.killpg(daemon.pid, signal.SIGTERM)
+    daemon.wait(timeout=60)

@@ -12,20 +12,17 @@ baseline, layer table and the figures, without recomputing anything of the old l
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.execution.backfill import BulkActionStatus
 
 from featureinterp.config import get_preset
 from featureinterp.preset_files import dump_preset
 from tests.conftest import CACHE
+from tests.helpers import launch_backfill, start_daemon, stop_daemon
 
 PER_FEATURE = ["records", "explanations/one_shot", "scores/one_shot", "baselines"]
 
@@ -45,22 +42,7 @@ def _tiny(layers: tuple[int, ...]):
 def _launch_fig5_lineage(instance, defs) -> str:
     """What the UI does for "select `*fig5`, Materialize all partitions": an asset backfill."""
     graph = defs.resolve_asset_graph()
-    backfill_id = f"fig5lineage{int(time.time())}"
-    backfill = PartitionBackfill.from_asset_partitions(
-        backfill_id=backfill_id,
-        asset_graph=graph,
-        partition_names=None,
-        asset_selection=sorted(dg.AssetSelection.assets("fig5").upstream().resolve(graph)),
-        backfill_timestamp=time.time(),
-        tags={},
-        dynamic_partitions_store=instance,
-        all_partitions=True,
-        title=None,
-        description=None,
-        run_config=None,
-    )
-    instance.add_backfill(backfill)
-    return backfill_id
+    return launch_backfill(instance, defs, sorted(dg.AssetSelection.assets("fig5").upstream().resolve(graph)))
 
 
 def _wait_backfill(instance, backfill_id: str, daemon, log: Path, timeout: float = 1200):
@@ -109,18 +91,7 @@ def test_the_ui_backfill_of_fig5s_lineage_then_a_new_layer_reach_the_figures(tmp
     register_layers(instance, preset)  # what the new-layer sensor does first
     defs = build_definitions(preset)
     log = tmp_path / "daemon.log"
-    daemon = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "dagster-daemon"),
-            "run",
-            "-m",
-            "featureinterp_assets.definitions",
-        ],
-        env=os.environ.copy(),
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("w"),  # a file, not a pipe: run workers inherit it and would block on a full pipe
-        start_new_session=True,  # its run workers die with it
-    )
+    daemon = start_daemon(log)
     try:
         backfill_id = _launch_fig5_lineage(instance, defs)
         status = _wait_backfill(instance, backfill_id, daemon, log)
@@ -150,8 +121,7 @@ def test_the_ui_backfill_of_fig5s_lineage_then_a_new_layer_reach_the_figures(tmp
             a: sorted(_keys(instance, a)) for a in [*PER_FEATURE, "sae", "sae_activations", "layer_results"]
         }
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        daemon.wait(timeout=60)
+        stop_daemon(daemon)
     for asset in ("sae", "sae_activations"):
         assert "L06" in _keys(instance, asset)
     assert {a: _count(instance, a, old) for a in PER_FEATURE} == before  # the old layer untouched

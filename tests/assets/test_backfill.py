@@ -20,7 +20,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 
 from featureinterp.config import get_preset
@@ -30,6 +30,7 @@ from featureinterp_assets import cli
 from featureinterp_assets.definitions import build_definitions
 from featureinterp_assets.resources import LOAD_LINE
 from tests.conftest import CACHE
+from tests.helpers import launch_backfill, start_daemon, stop_daemon
 
 pytestmark = pytest.mark.slow
 LAYER, FEATURES = "L05", ("F0000", "F0001", "F0002")
@@ -87,23 +88,7 @@ def _wait(instance, backfill_id: str, timeout: float = 900) -> list[dg.DagsterRu
 
 
 def _launch(instance, defs, partitions: list[str]) -> str:
-    """What the UI's launch-backfill mutation does: a PartitionBackfill added to the instance."""
-    backfill_id = f"bf{int(time.time() * 1000) % 10**9}"
-    backfill = PartitionBackfill.from_asset_partitions(
-        backfill_id=backfill_id,
-        asset_graph=defs.resolve_asset_graph(),
-        partition_names=partitions,
-        asset_selection=ASSETS,
-        backfill_timestamp=time.time(),
-        tags={},
-        dynamic_partitions_store=instance,
-        all_partitions=False,
-        title=None,
-        description=None,
-        run_config=None,
-    )
-    instance.add_backfill(backfill)
-    return backfill_id
+    return launch_backfill(instance, defs, ASSETS, partitions)
 
 
 def _loads(instance, run_id: str) -> Counter:
@@ -142,18 +127,7 @@ def test_ui_backfill_of_a_layer_loads_once_and_fails_one_feature_alone(tmp_path,
 
     _, server = cli.start_standin("gemma-2-9b", serve=serve)  # sets the stand-in URL and key
     faulty.marker = _marker(storage)
-    daemon = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "dagster-daemon"),
-            "run",
-            "-m",
-            "featureinterp_assets.definitions",
-        ],
-        env=os.environ.copy(),
-        stdout=subprocess.DEVNULL,
-        # a file, not a pipe: run workers inherit it, and a full unread pipe would block them
-        stderr=(tmp_path / "daemon.log").open("w"),
-    )
+    daemon = start_daemon(tmp_path / "daemon.log")
     try:
         instance = dg.DagsterInstance.get()
         defs = build_definitions(preset)
@@ -194,8 +168,7 @@ def test_ui_backfill_of_a_layer_loads_once_and_fails_one_feature_alone(tmp_path,
         for key in ASSETS:
             assert instance.get_materialized_partitions(key) == set(keys), key
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
+        stop_daemon(daemon)
         server.stop()
 
     _, server = cli.start_standin("gemma-2-9b")
