@@ -7,7 +7,9 @@ dialog adds it, spans the three partition schemes (none, layer, layer x feature)
 under the daemon. Then a layer is added to the file; the daemon's new-layer sensor re-reads
 the file, registers the layer and launches its SAE + activations, and declarative automation
 (featureinterp_assets/automation.py) materializes the new layer's records, explanation, score,
-baseline, layer table and the figures, without recomputing anything of the old layer.
+baseline, layer table and the figures, without recomputing anything of the old layer. Last, the
+file switches to a folder of sae-lens SAEs with ``discover_layers``, and a dropped SAE folder
+becomes a layer that runs to the figures the same way.
 """
 
 from __future__ import annotations
@@ -54,6 +56,27 @@ def _wait_backfill(instance, backfill_id: str, daemon, log: Path, timeout: float
             return status
         time.sleep(3)
     raise AssertionError(f"backfill {backfill_id} still {instance.get_backfill(backfill_id).status}")
+
+
+def _wait_layer(instance, layer: str, fig5_before: float, daemon, log: Path, timeout: float = 1200) -> None:
+    """Until every per-feature asset has the layer's partition, its layer table exists and fig5
+    was redrawn after the last layer table."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(5)
+        assert daemon.poll() is None, log.read_text()[-3000:]
+        fig5 = instance.get_latest_materialization_event(dg.AssetKey("fig5"))
+        table = instance.get_latest_materialization_event(dg.AssetKey("layer_results"))
+        if (
+            all(f"F0000|{layer}" in _keys(instance, a) for a in PER_FEATURE)
+            and layer in _keys(instance, "layer_results")
+            and fig5.timestamp > fig5_before
+            and fig5.timestamp >= table.timestamp
+        ):
+            return
+    raise AssertionError(
+        {a: sorted(_keys(instance, a)) for a in [*PER_FEATURE, "sae", "sae_activations", "layer_results"]}
+    )
 
 
 def _keys(instance, asset: str) -> set[str]:
@@ -103,35 +126,43 @@ def test_the_ui_backfill_of_fig5s_lineage_then_a_new_layer_reach_the_figures(tmp
         fig5_before = instance.get_latest_materialization_event(dg.AssetKey("fig5")).timestamp
 
         path.write_text(dump_preset(_tiny((3, 6)), "toml"))  # a new layer, no code change
-        deadline = time.time() + 1200
-        done = False
-        while time.time() < deadline and not done:
-            time.sleep(5)
-            assert daemon.poll() is None, log.read_text()[-3000:]
-            fig5 = instance.get_latest_materialization_event(dg.AssetKey("fig5"))
-            layer = instance.get_latest_materialization_event(dg.AssetKey("layer_results"))
-            done = (
-                all(new in _keys(instance, a) for a in PER_FEATURE)
-                and "L06" in _keys(instance, "layer_results")
-                and fig5.timestamp > fig5_before
-                and layer is not None
-                and fig5.timestamp >= layer.timestamp
+        _wait_layer(instance, "L06", fig5_before, daemon, log)
+        after_l06 = {a: _count(instance, a, new) for a in PER_FEATURE}
+
+        # (b) the preset reads its SAEs from a folder per layer and discovers new ones: the
+        # trained SAEs move there, then a user drops a ninth layer's SAE folder (L06's weights
+        # with its hook renamed: the SAE loader refuses an SAE whose hook names another layer)
+        import dataclasses
+        import shutil
+
+        trained, saes = tmp_path / "home" / "storage" / "auto-tiny" / "sae_files", tmp_path / "saes"
+        for x in ("L03", "L06"):
+            shutil.copytree(trained / x, saes / x)
+        disk = _tiny((3, 6))
+        disk = disk.replace(
+            sae=dataclasses.replace(
+                disk.sae, source="disk", path_format=str(saes / "L{layer:02d}"), discover_layers=True
             )
-        assert done, {
-            a: sorted(_keys(instance, a)) for a in [*PER_FEATURE, "sae", "sae_activations", "layer_results"]
-        }
+        )
+        path.write_text(dump_preset(disk, "toml"))
+        fig5_before = instance.get_latest_materialization_event(dg.AssetKey("fig5")).timestamp
+        shutil.copytree(trained / "L06", saes / "L09")  # L06's weights, declared for layer 9
+        cfg = saes / "L09" / "cfg.json"
+        cfg.write_text(cfg.read_text().replace("blocks.6.hook_resid_post", "blocks.9.hook_resid_post"))
+        _wait_layer(instance, "L09", fig5_before, daemon, log)
     finally:
         stop_daemon(daemon)
     for asset in ("sae", "sae_activations"):
-        assert "L06" in _keys(instance, asset)
-    assert {a: _count(instance, a, old) for a in PER_FEATURE} == before  # the old layer untouched
+        assert {"L06", "L09"} <= _keys(instance, asset)
+    assert {a: _count(instance, a, old) for a in PER_FEATURE} == before  # the old layers untouched
+    assert {a: _count(instance, a, new) for a in PER_FEATURE} == after_l06
     assert _count(instance, "layer_results", "L03") == 1
     runs = instance.get_runs()
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), [(r.job_name, r.status) for r in runs]
     storage = tmp_path / "home" / "storage" / "auto-tiny" / "figures"
     import polars as pl
 
-    assert "L06" in pl.read_parquet(storage / "fig5.parquet")["layer"].to_list()
+    assert {"L03", "L06", "L09"} <= set(pl.read_parquet(storage / "fig5.parquet")["layer"].to_list())
 
 
 def test_an_sae_folder_dropped_into_the_preset_directory_is_a_new_layer(tmp_path, monkeypatch):
