@@ -187,7 +187,9 @@ def test_ui_backfill_of_a_layer_loads_once_and_fails_one_feature_alone(tmp_path,
         assert proc.returncode == 0, proc.stderr[-3000:]
         latest = instance.get_runs(limit=1)[0]
         assert _loads(instance, latest.run_id) == Counter(simulator=1)
-        # equal to an ordinary one-partition run: the first feature materialized on its own
+        # equal to an ordinary one-partition run: the first feature materialized on its own;
+        # definitions built again, since the preset they carry names the new server's URL
+        defs = build_definitions(get_preset("gemma-2-9b-standin"))
         result = dg.materialize(
             list(defs.assets),
             selection=[k.to_user_string() for k in ASSETS],
