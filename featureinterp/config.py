@@ -171,24 +171,23 @@ class SaeSpec:
 
     def discovered_layers(self) -> tuple[int, ...]:
         """Layers with an SAE folder matching ``path_format`` (``discover_layers``; else none)."""
+        import glob
         import re
         import string
 
         if not (self.discover_layers and self.source == "disk" and self.path_format):
             return ()
-        pattern, glob = "", ""
+        pattern, wildcard = "", ""
         for literal, name, _format, _ in string.Formatter().parse(self.path_format):
-            pattern, glob = pattern + re.escape(literal), glob + literal
+            pattern, wildcard = pattern + re.escape(literal), wildcard + glob.escape(literal)
             if name == "layer":
-                pattern, glob = pattern + r"(\d+)", glob + "*"
+                pattern, wildcard = pattern + r"(\d+)", wildcard + "*"
             elif name is not None:
                 raise ConfigError(f"sae.path_format {self.path_format!r}: only a {{layer}} field is allowed")
-        root = Path(glob)
-        anchor = Path(root.anchor or ".")
         found = set()
-        for path in anchor.glob(str(root.relative_to(anchor)) if root.is_absolute() else glob):
-            match = re.fullmatch(pattern, str(path))
-            if match and path.is_dir():
+        for path in glob.glob(wildcard):
+            match = re.fullmatch(pattern, path)
+            if match and Path(path).is_dir():
                 found.add(int(match.group(1)))
         return tuple(sorted(found))
 

@@ -69,9 +69,19 @@ class Condition:
     tree: TreeSize | None = None
     """Tree size of this condition; None: the preset's (``ExplainSettings.tree_*``)."""
 
-    def explainer_config(self, **overrides) -> ExplainerConfig:
-        """The explainer settings: the preset's ``overrides`` (temperatures, tree size), then this
-        condition's own tree size where it fixes one."""
+    def explainer_config(self, settings=None, **overrides) -> ExplainerConfig:
+        """The explainer settings: the preset's (``settings``: its ``ExplainSettings``:
+        temperatures, tree size), then this condition's own tree size where it fixes one, then
+        ``overrides``."""
+        if settings is not None:
+            overrides = {
+                "temperature": settings.temperature,
+                "tree_temperature": settings.tree_temperature,
+                "roots": settings.tree_roots,
+                "branching": settings.tree_branching,
+                "depth": settings.tree_depth,
+                "width": settings.tree_width,
+            } | overrides
         if self.tree is not None:
             overrides |= {
                 "roots": self.tree.roots,

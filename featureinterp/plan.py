@@ -250,8 +250,7 @@ def plan_preset(
         # the baseline: a run (and a process) per explained (layer, feature) partition
         "a run per partition": per_run(len(explained), len(explained)),
     }
-    keys = [f"{f}|{layer}" for layer in preset.layer_keys for f in preset.feature_keys]
-    measured = measured_costs(readers, keys, conditions)
+    measured = measured_costs(readers, sorted(every), conditions)
     explainer: dict = {}
     if isinstance(preset.explain.explainer, ApiSpec) and measured:
         api = preset.explain.explainer

@@ -132,12 +132,11 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
                 raise _Bad(where, f"needs kind = {kinds}")
             cls = next(c for c in classes if _KINDS[c] == value["kind"])
             return _from_dict(cls, {k: v for k, v in value.items() if k != "kind"}, where)
-        errors = []
         for option in options:
             try:
                 return _convert(value, option, where)
-            except _Bad as err:
-                errors.append(err)
+            except _Bad:
+                continue
         raise _Bad(where, f"must be {_describe(hint)}, not {value!r}")
     if origin is Literal:
         if value not in args:

@@ -163,18 +163,10 @@ def test_each_figure_condition_explains_as_its_figure_did(preset):
     spec = get_preset(preset)
     assert spec.explain.conditions == paper_conditions()
     s = spec.explain
-    settings = {
-        "temperature": s.temperature,
-        "tree_temperature": s.tree_temperature,
-        "roots": s.tree_roots,
-        "branching": s.tree_branching,
-        "depth": s.tree_depth,
-        "width": s.tree_width,
-    }
     for grid in figure_grids(spec).values():
         for name in grid.conditions:
             cond = get_condition(name)
-            config = cond.explainer_config(**settings)
+            config = cond.explainer_config(s)
             assert (cond.explainer_model or s.explainer.model) == grid.explainer, (grid.figure, name)
             assert spec.explain.explainer.served(cond.explainer_model).model == grid.explainer
             if cond.method == "tree":

@@ -173,15 +173,7 @@ def _explain(spec, llm: LLMResource, cond: Condition, layer: int, feature: int, 
     hol, max_h = _holistic(hol_value) if cond.holistic else (None, 0.0)
     records = feature_records(rec.frame, max_act, cond, hol, max_h)
     backend, simulator = llm.explainer(cond.explainer_model), llm.simulator()
-    settings = spec.explain
-    config = cond.explainer_config(
-        temperature=settings.temperature,
-        tree_temperature=settings.tree_temperature,
-        roots=settings.tree_roots,
-        branching=settings.tree_branching,
-        depth=settings.tree_depth,
-        width=settings.tree_width,
-    )
+    config = cond.explainer_config(spec.explain)
     seed = int(feature_generator(spec.seed, spec.name + cond.name, layer, feature).integers(2**31))
     tokens_before = simulator.thread_tokens()  # this feature's passes only, when features share it
     try:

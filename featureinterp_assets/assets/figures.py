@@ -124,16 +124,19 @@ class FigureConfig(dg.Config):
     missing (layer, feature, condition) partitions."""
 
 
+_FIGURE_ASSET = {
+    "group_name": GROUP_FIGURES,
+    "io_manager_key": STORAGE_IO,
+    "code_version": "1",
+    "ins": {"layer_results": dg.AssetIn(metadata=ALLOW_MISSING)},
+    "kinds": {"seaborn"},
+    "automation_condition": SUMMARY,
+}
+"""What every figure asset shares: it reads the layer tables that exist and redraws on updates."""
+
+
 def _figure_asset(name: str) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=name,
-        group_name=GROUP_FIGURES,
-        io_manager_key=STORAGE_IO,
-        code_version="1",
-        ins={"layer_results": dg.AssetIn(metadata=ALLOW_MISSING)},
-        kinds={"seaborn"},
-        automation_condition=SUMMARY,
-    )
+    @dg.asset(name=name, **_FIGURE_ASSET)
     def figure(
         context: dg.AssetExecutionContext, config: FigureConfig, layer_results: dict, preset: PresetResource
     ):
@@ -200,15 +203,7 @@ def _figure_asset(name: str) -> dg.AssetsDefinition:
 
 
 def _calibration_asset() -> dg.AssetsDefinition:
-    @dg.asset(
-        name="fig_calibration",
-        group_name=GROUP_FIGURES,
-        io_manager_key=STORAGE_IO,
-        code_version="1",
-        ins={"layer_results": dg.AssetIn(metadata=ALLOW_MISSING)},
-        kinds={"seaborn"},
-        automation_condition=SUMMARY,
-    )
+    @dg.asset(name="fig_calibration", **_FIGURE_ASSET)
     def fig_calibration(context: dg.AssetExecutionContext, layer_results: dict, preset: PresetResource):
         """The synthetic features (layer SYN) as a calibration, next to the paper's figures: the
         simulator's discrimination (true rule vs another feature's rule vs an empty explanation)
