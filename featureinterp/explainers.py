@@ -338,7 +338,7 @@ def system_prompt(config: ExplainerConfig) -> str:
         return f"{_INTRO}describe in one short phrase what it responds to.\n\n{_FORMAT}{holistic}\n{_PHRASE_REPLY}"
     return (
         f"{_INTRO}describe what it responds to as a short list of rules.\n\n{_FORMAT}{holistic}\n"
-        f"{_RULE_FIELDS}\n{_ONE_IDEA}{_cap_sentence(config.rule_cap)}\n{_JSON_REPLY}"
+        f"{_RULE_FIELDS}\n{_ONE_IDEA}\n{_JSON_REPLY}"
     )
 
 
@@ -392,21 +392,25 @@ def _without_zeros(tokens: Sequence[str], acts: np.ndarray, hol: np.ndarray | No
     )
 
 
-def _records_text(formatted: Sequence[_Formatted], structured: bool) -> str:
+def _records_text(formatted: Sequence[_Formatted], structured: bool, limit: str = "") -> str:
     parts = ["Records:\n", *(_block(*f) for f in formatted)]
     if nonzero_fraction([f[1] for f in formatted]) < REPEAT_THRESHOLD:
         repeated = [b for b in (_without_zeros(*f) for f in formatted) if b is not None]
         if repeated:
             parts += [f"\n{_REPEAT_HEADER}\n", *repeated]
-    parts.append(f"\n{_STRUCTURED_PREFIX if structured else _PHRASE_PREFIX}")
+    parts.append(f"\n{limit}{_STRUCTURED_PREFIX if structured else _PHRASE_PREFIX}")
     return "".join(parts)
 
 
 def records_message(records: FeatureRecords, config: ExplainerConfig) -> str:
     """The per-feature user message: the train records (0..5), the zero-free repeat when sparse,
-    and the answer prefix."""
+    the rule cap and the answer prefix. The cap is stated here, after the records, rather than in
+    the system message: conditions that differ only in their cap then share the whole prompt up
+    to it, so a local explainer prefills the system message, few-shot examples and records once
+    for all of them (``kv_cache.PrefixStore``)."""
     formatted = _format(records.train, records.max_act, records.max_holistic, config.holistic)
-    return _records_text(formatted, config.structured)
+    limit = _cap_sentence(config.rule_cap) if config.structured else ""
+    return _records_text(formatted, config.structured, limit)
 
 
 def _answer(explanation: Explanation) -> str:

@@ -134,8 +134,9 @@ def condition_scope(preset: Preset) -> dict[str, frozenset[str]]:
     features and Figures 4-5 on 8 x 30, so running every condition on every partition of a preset
     would cost several times the paper's GPU time for cells no figure draws. Conditions missing
     here (and every condition of a preset without paper grids) run on all partitions. The
-    synthetic ``SYN`` features are in every scope: the calibration figure compares conditions on
-    them, and they are few."""
+    synthetic ``SYN`` features are in every scope (the calibration figure compares conditions on
+    them, and they are few) unless ``ExplainSettings.synthetic_conditions`` names the only
+    conditions they run."""
     scope: dict[str, set[str]] = {}
     synthetic = {f"{f}|SYN" for f in preset.feature_keys} if "SYN" in preset.layer_keys else set()
     own = {(layer_key(x), feature_key(f)) for x in preset.layers for f in preset.features}
@@ -148,6 +149,12 @@ def condition_scope(preset: Preset) -> dict[str, frozenset[str]]:
         }
         for cond in grid.conditions:
             scope.setdefault(cond, set(synthetic)).update(keys)
+    only = preset.explain.synthetic_conditions
+    if only is not None and synthetic:  # the SYN features run only these conditions
+        everywhere = {f"{f}|{x}" for x, f in own}
+        for cond in preset.explain.conditions:
+            if cond not in only:
+                scope[cond] = scope.get(cond, everywhere | synthetic) - synthetic
     return {c: frozenset(k) for c, k in scope.items()}
 
 

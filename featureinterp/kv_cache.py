@@ -28,13 +28,16 @@ cannot be cut to a prefix at all (that raises).
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from featureinterp.errors import ConfigError
 
-__all__ = ["fork", "new_cache", "prefix", "sharing_layer_types"]
+__all__ = ["PrefixStore", "fork", "new_cache", "prefix", "shared_prefix", "sharing_layer_types"]
 
 
 def _layer_classes() -> tuple[type, type]:
@@ -131,3 +134,71 @@ def prefix(cache: Any, length: int) -> Any:
     out = copy.copy(cache)
     out.layers = [_prefix_layer(layer, length) for layer in cache.layers]
     return out
+
+
+def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token-id sequences."""
+    m = min(len(a), len(b))
+    if m == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:m]) != np.asarray(b[:m]))
+    return int(diff[0]) if diff.size else m
+
+
+class PrefixStore:
+    """Prefilled prompts kept for reuse: a new prompt starts from the stored prompt it shares the
+    longest prefix with, and only its remaining tokens run through the model.
+
+    Why: a local explainer's prompts repeat most of their tokens. Every feature of a condition
+    starts with the same system message and few-shot examples; a tree's children all carry the
+    feature's records and their parent's conversation; the complexity analyzer's few-shot header
+    precedes every rule. Prefilling each prompt from scratch re-reads thousands of tokens per
+    request on a CPU. Entries are batch-1 caches held as forks (views), evicted least recently
+    used once ``max_tokens`` positions are held in all.
+
+    A reused prefix gives the same logits as a full prefill up to float rounding (the suffix's
+    attention runs over the stored keys instead of recomputing them). Models whose cache layers
+    cannot be cut to a prefix (recurrent state) are prefilled in full: ``lookup`` returns 0.
+    """
+
+    def __init__(self, max_tokens: int = 16_384, min_shared: int = 16):
+        self.max_tokens, self.min_shared = max_tokens, min_shared
+        self._entries: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self.reused_tokens = 0
+        """Prompt positions taken from stored prefixes instead of being run through the model."""
+        self.usable = True
+
+    def lookup(self, ids: Sequence[int]) -> tuple[int, Any]:
+        """(length reused, a fork of the stored cache cut to that length) for prompt ``ids``; at
+        least one token is left to run, so the caller always gets the last position's logits.
+        (0, None) when no stored prompt shares ``min_shared`` tokens."""
+        best, key = 0, None
+        for stored in self._entries:
+            n = shared_prefix(stored, ids)
+            if n > best:
+                best, key = n, stored
+        best = min(best, len(ids) - 1)
+        if key is None or best < self.min_shared or not self.usable:
+            return 0, None
+        try:
+            cache = prefix(self._entries[key], best)
+        except ConfigError:  # recurrent layers: no prefix can be cut; prefill in full from now on
+            self.usable = False
+            self._entries.clear()
+            return 0, None
+        self._entries.move_to_end(key)
+        self.reused_tokens += best
+        return best, cache
+
+    def store(self, ids: Sequence[int], cache: Any) -> None:
+        """Keep the prefilled cache of ``ids`` (before any generated token is appended to it)."""
+        if not self.usable or len(ids) > self.max_tokens:
+            return
+        key = tuple(int(i) for i in ids)
+        self._entries[key] = fork(cache)
+        self._entries.move_to_end(key)
+        while sum(len(k) for k in self._entries) > self.max_tokens:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -105,6 +105,9 @@ class Usage:
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prefill_tokens: int = 0
+    """Prompt positions a local model actually ran (prompt tokens less those reused from a
+    stored prefix); 0 for API backends."""
     cost_usd: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 

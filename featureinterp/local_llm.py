@@ -42,6 +42,10 @@ class LocalChatBackend(ChatBackend):
         extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos |= set(extra if isinstance(extra, list) else [extra])
         self._eos = {int(e) for e in eos if e is not None}
+        self.prefixes = kv_cache.PrefixStore()
+        """Prefilled prompts reused by later requests that start with the same tokens (the system
+        message and few-shot examples of every feature, a tree node's conversation for its
+        children, the complexity analyzer's header)."""
 
     # -- prompts -----------------------------------------------------------------------------------
     def prompt_ids(self, messages: Sequence[Message], reply_prefix: str = "") -> list[int]:
@@ -65,6 +69,17 @@ class LocalChatBackend(ChatBackend):
         return self._grammars[key]
 
     # -- model calls -------------------------------------------------------------------------------
+    def _prefill(self, ids: list[int]) -> tuple[torch.Tensor, Any]:
+        """Last-position logits [1, vocab] and the batch-1 cache of prompt ``ids``, starting from the
+        longest stored prefix; the prompt's cache is stored for later requests."""
+        reused, cache = self.prefixes.lookup(ids)
+        if cache is None:
+            cache = kv_cache.new_cache(self.model, keep_past=True)
+        logits = self._forward(torch.tensor([ids[reused:]], device=self.device), cache, reused)
+        self.prefixes.store(ids, cache)
+        self.usage.add(prefill_tokens=len(ids) - reused)
+        return logits, cache
+
     def _forward(self, ids: torch.Tensor, cache, start: int) -> torch.Tensor:
         pos = torch.arange(start, start + ids.shape[1], device=self.device).expand(ids.shape[0], -1)
         out = self.model(input_ids=ids, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
@@ -91,8 +106,7 @@ class LocalChatBackend(ChatBackend):
         else:
             gen.seed()
         with self._lock:
-            cache = kv_cache.new_cache(self.model)
-            logits = self._forward(torch.tensor([ids], device=self.device), cache, 0)
+            logits, cache = self._prefill(ids)
             n = params.n
             cache = kv_cache.fork(cache, n) if n > 1 else cache
             logits = logits.expand(n, -1).clone()
@@ -147,8 +161,8 @@ class LocalChatBackend(ChatBackend):
     ) -> np.ndarray:
         ids = self.prompt_ids(messages, reply_prefix)
         with self._lock:
-            logits = self.model(input_ids=torch.tensor([ids], device=self.device), logits_to_keep=1).logits
-        logprobs = torch.log_softmax(logits[0, -1].float(), -1).cpu().numpy()
+            logits, _ = self._prefill(ids)
+        logprobs = torch.log_softmax(logits[0], -1).cpu().numpy()
         self.usage.add(requests=1, prompt_tokens=len(ids))
         out = np.full(len(candidates), -np.inf)
         for i, cand in enumerate(candidates):

@@ -18,6 +18,7 @@ covering header + suffix, and explicit positions. Only the readout rows go throu
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -226,7 +227,17 @@ def alignment_stats(tokenizer, records: Sequence[Sequence[str]]) -> dict[str, in
 class LocalSimulator:
     """Simulate feature activations with a transformers causal LM on records given as token strings."""
 
-    def __init__(self, model, tokenizer, prompt: SimulatorPrompt = DEFAULT_PROMPT, batch_size: int = 8):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        prompt: SimulatorPrompt = DEFAULT_PROMPT,
+        batch_size: int = 8,
+        memo_size: int = 200_000,
+    ):
+        """``memo_size``: (rule, record) values kept, so a rule simulated on a record once is never
+        simulated there again: the tree's nodes share rules, a feature's conditions and its tree
+        roots often write the same rules, and every condition scores on the same test records."""
         self.model, self.tok, self.prompt, self.batch_size = model.eval(), tokenizer, prompt, batch_size
         self.device = next(model.parameters()).device
         self.digit_ids = [self._single_id(str(d)) for d in range(MAX_VALUE + 1)]
@@ -248,6 +259,10 @@ class LocalSimulator:
         prompts): the simulator's compute, for cost accounting (``featureinterp plan``)."""
         self._lock = threading.RLock()  # features explained at once share the model: one pass at a time
         self._thread = threading.local()
+        self._memo: OrderedDict[tuple[str, tuple[str, ...]], np.ndarray] = OrderedDict()
+        self.memo_size = memo_size
+        self.memo_hits = 0
+        """Records whose values under a rule came from the memo instead of a forward pass."""
 
     def thread_tokens(self) -> int:
         """``forward_tokens`` run for the calling thread only: per-feature accounting when several
@@ -337,7 +352,22 @@ class LocalSimulator:
     ) -> list[np.ndarray]:
         """Expected activation (0..5) of every token of every record under one explanation."""
         with self._lock:
-            return self._simulate(explanation, records, cached)
+            if not cached:
+                return self._simulate(explanation, records, cached)
+            keys = [(explanation, tuple(tokens)) for tokens in records]
+            todo = [i for i, k in enumerate(keys) if k not in self._memo]
+            done = self._simulate(explanation, [records[i] for i in todo], cached) if todo else []
+            for i, values in zip(todo, done, strict=True):
+                values.setflags(write=False)  # shared by every caller that asks again
+                self._memo[keys[i]] = values
+            self.memo_hits += len(records) - len(todo)
+            out = []
+            for k in keys:
+                self._memo.move_to_end(k)
+                out.append(self._memo[k])
+            while len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+            return out
 
     @torch.no_grad()
     def _simulate(self, explanation: str, records: Sequence[Sequence[str]], cached: bool) -> list[np.ndarray]:

@@ -24,6 +24,7 @@ from featureinterp.config import PRESET_ENV, feature_key, get_preset, models_dir
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
 from featureinterp.models import load_tokenizer
 from featureinterp_assets.partitions import asset_scope, missing_blocks, range_tags
+from featureinterp_assets.eta import RunEta, condition_weight, estimate
 
 PRESET_MARKER = "featureinterp_preset"
 """File in $DAGSTER_HOME naming the preset whose runs the instance holds."""
@@ -50,9 +51,41 @@ def _instance(preset: str) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def _run(defs: dg.Definitions, instance, selection: list[str], tags: dict | None = None, partition_key=None):
+_PROGRESS = RunEta()
+"""Elapsed time and ETA of the current `featureinterp run` (re-planned by each run)."""
+
+
+def _kind(selection: list[str]) -> str:
+    """The progress kind of a run's selection (featureinterp_assets/eta.py)."""
+    first = selection[0]
+    if first.startswith(("explanations/", "scores/")):
+        return "explain"
+    if first.startswith("fig"):
+        return "figures"
+    return first
+
+
+def _units(asset: str) -> float:
+    """Estimated seconds of one partition of a per-feature asset (its scores count with it)."""
+    if asset.startswith("explanations/"):
+        from featureinterp.experiments import get_condition
+
+        c = get_condition(asset.split("/", 1)[1])
+        return estimate("explain", condition_weight(c.method, c.structured))
+    return estimate(asset, 1.0) if asset in ("records", "holistic_activations") else 0.0
+
+
+def _run(
+    defs: dg.Definitions,
+    instance,
+    selection: list[str],
+    tags: dict | None = None,
+    partition_key=None,
+    units: float = 0.0,
+):
+    """Materialize ``selection`` in one run; ``units``: its estimated seconds (for the ETA)."""
     print(
-        f"--> materializing {', '.join(selection)}"
+        f"{_PROGRESS.line()} --> materializing {', '.join(selection)}"
         + (f" [{partition_key or tags}]" if partition_key or tags else ""),
         flush=True,
     )
@@ -71,7 +104,10 @@ def _run(defs: dg.Definitions, instance, selection: list[str], tags: dict | None
         err = failures[0].step_failure_data.error if failures else None
         reason = (err.cause or err).message.strip() if err else "see the log above"
         raise SystemExit(f"featureinterp: run {result.run_id} failed: {reason}")
-    print(f"    done in {time.perf_counter() - start:.1f} s", flush=True)
+    seconds = time.perf_counter() - start
+    kind = _kind(selection)
+    _PROGRESS.done(kind, units, seconds)
+    print(f"    done in {seconds:.1f} s", flush=True)
     return result
 
 
@@ -106,7 +142,8 @@ def _per_feature_stage(
         for features, todo in blocks:
             ran += len(features)
             try:
-                _run(defs, instance, todo, tags=range_tags(layer, features))
+                units = len(features) * sum(_units(a) for a in todo)
+                _run(defs, instance, todo, tags=range_tags(layer, features), units=units)
             except SystemExit as err:
                 print(err, flush=True)
         if blocks:  # what is still missing after the layer's runs failed (one query per layer)
@@ -235,8 +272,9 @@ def _run_lineage(
         + (f" (registered {', '.join(added)})" if added else "")
     )
 
-    if force or instance.get_latest_materialization_event(dg.AssetKey("corpus_tokens")) is None:
-        _run(defs, instance, ["corpus_tokens"])
+    global _PROGRESS
+    _PROGRESS = RunEta()
+    need_tokens = force or instance.get_latest_materialization_event(dg.AssetKey("corpus_tokens")) is None
     have = [set(instance.get_materialized_partitions(dg.AssetKey(a))) for a in ("sae", "sae_activations")]
     todo = [
         k
@@ -245,42 +283,76 @@ def _run_lineage(
         or any(k not in keys for keys in have)
         or not set(preset.features) <= _stored_features(instance, k)  # the preset gained features
     ]
-    if todo:  # one run for all layers: one forward pass serves them all
-        keys = preset.layer_keys
-        lo, hi = min(keys.index(k) for k in todo), max(keys.index(k) for k in todo)
-        tags = {ASSET_PARTITION_RANGE_START_TAG: keys[lo], ASSET_PARTITION_RANGE_END_TAG: keys[hi]}
-        _run(defs, instance, ["sae", "sae_activations"], tags=tags)
-    if force or instance.get_latest_materialization_event(dg.AssetKey("corpus_embeddings")) is None:
-        _run(defs, instance, ["corpus_embeddings"])
+    need_embeddings = (
+        force or instance.get_latest_materialization_event(dg.AssetKey("corpus_embeddings")) is None
+    )
     # Holistic values cost a forward pass per (row, token) of the top records: only computed when
     # a condition of this run prompts with them (Fig. 4's structured_holistic cells).
     scope = {} if whole_grid else asset_scope(preset)
     stage = ["records"] + (
         ["holistic_activations"] if any(get_condition(c).holistic for c in preset.explain.conditions) else []
     )
+    assets = [f"{kind}/{c}" for c in preset.explain.conditions for kind in ("explanations", "scores")]
+    # the whole run's work, estimated up front, so every stage line carries an ETA
+    sae_seconds = estimate("sae", preset.n_rows * len([k for k in todo if k != "SYN"]))
+    _PROGRESS.plan("corpus_tokens", estimate("corpus_tokens", preset.n_rows) if need_tokens else 0)
+    _PROGRESS.plan("sae", sae_seconds)
+    _PROGRESS.plan("corpus_embeddings", estimate("corpus_embeddings", preset.n_rows) if need_embeddings else 0)
+    for kind, selection in (("records", stage), ("explain", assets + ["baselines"] if explain else [])):
+        for layer in layer_keys if selection else []:
+            for features, block in missing_blocks(instance, layer, feature_keys, selection, force, scope):
+                _PROGRESS.plan(kind, len(features) * sum(_units(a) for a in block))
+    figures = ["fig3", "fig4", "fig5"] + (["fig_calibration"] if "SYN" in layer_keys else [])
+    if explain and "explain" in _PROGRESS.planned:
+        _PROGRESS.plan("layer_results", estimate("layer_results", len(layer_keys)))
+        _PROGRESS.plan("figures", estimate("figures", len(figures)))
+
+    if need_tokens:
+        _run(defs, instance, ["corpus_tokens"], units=estimate("corpus_tokens", preset.n_rows))
+    if todo:  # one run for all layers: one forward pass serves them all
+        keys = preset.layer_keys
+        lo, hi = min(keys.index(k) for k in todo), max(keys.index(k) for k in todo)
+        tags = {ASSET_PARTITION_RANGE_START_TAG: keys[lo], ASSET_PARTITION_RANGE_END_TAG: keys[hi]}
+        _run(defs, instance, ["sae", "sae_activations"], tags=tags, units=sae_seconds)
+    if need_embeddings:
+        _run(defs, instance, ["corpus_embeddings"], units=estimate("corpus_embeddings", preset.n_rows))
     _, failed = _per_feature_stage(defs, instance, stage, layer_keys, feature_keys, force, scope)
     if failed:
         raise SystemExit(f"featureinterp: records partitions failed: {', '.join(failed)} (rerun to retry)")
     if explain:
-        assets = [f"{kind}/{c}" for c in preset.explain.conditions for kind in ("explanations", "scores")]
         ran, failed = _per_feature_stage(
             defs, instance, assets + ["baselines"], layer_keys, feature_keys, force, scope
         )
         # Figures show what exists, with an "n of m features" caption when partitions failed.
         if ran or force or instance.get_latest_materialization_event(dg.AssetKey("fig5")) is None:
             for layer in layer_keys:  # the slice this run explained (other layers' tables stand)
-                _run(defs, instance, ["layer_results"], partition_key=layer)
-            _run(
-                defs,
-                instance,
-                ["fig3", "fig4", "fig5"] + (["fig_calibration"] if "SYN" in layer_keys else []),
-            )
+                _run(
+                    defs, instance, ["layer_results"], partition_key=layer, units=estimate("layer_results", 1)
+                )
+            _run(defs, instance, figures, units=estimate("figures", len(figures)))
         if failed:
             raise SystemExit(
                 f"featureinterp: explanation partitions failed: {', '.join(failed)} (rerun to retry)"
             )
+    _where_to_look(preset, figures if explain else [])
+
+
+def _where_to_look(preset, figures: list[str]) -> None:
+    """The run's last lines: where the figures are and how to open the UI."""
+    from featureinterp.config import data_home
+
+    folder = data_home() / "storage" / preset.name / "figures"
+    print(f"{_PROGRESS.line()} done: {preset.name} lineage materialized")
+    if figures:
+        pngs = sorted(folder.glob("*.png")) if folder.is_dir() else []
+        print(f"figures ({len(pngs)} PNG files) in {folder}:")
+        for png in pngs:
+            print(f"    {png.name}")
+    home = os.environ["DAGSTER_HOME"]
     print(
-        f"done: {preset.name} lineage materialized; browse it with `dagster dev` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})"
+        "browse every asset, its metadata and the figures in the Dagster UI:\n"
+        f"    DAGSTER_HOME={home} FEATUREINTERP_PRESET={preset.name} .venv/bin/dagster dev\n"
+        "    then open http://127.0.0.1:3000 (Assets -> fig5 -> the image in its metadata)"
     )
 
 

@@ -36,7 +36,10 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
     layers = layer_partitions(preset)
     # automation (automation.py) carries a new layer to the figures; a paper preset's conditions
     # run on their figures' partitions only, which `featureinterp run` or a backfill launches
-    automate = not condition_scope(preset)
+    # (a scope that only keeps conditions off the synthetic SYN features still automates: a new
+    # layer runs every condition)
+    own = {f"{f}|{x}" for x in preset.layer_keys if x != "SYN" for f in preset.feature_keys}
+    automate = all(own <= keys for keys in condition_scope(preset).values())
     holistic = any(get_condition(c).holistic for c in preset.explain.conditions)
     assets = [
         corpus_tokens,

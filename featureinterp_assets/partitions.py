@@ -92,7 +92,8 @@ def asset_scope(preset: Preset) -> dict[str, frozenset[str]]:
     every = frozenset(f"{f}|{x}" for x in preset.layer_keys for f in preset.feature_keys)
     keys = {c: by_condition.get(c, every) for c in conditions}
     scope = {f"{kind}/{c}": k for c, k in keys.items() for kind in ("explanations", "scores")}
-    scope["baselines"] = frozenset().union(*keys.values())
+    # every partition keeps its null baseline: the figures' reference line
+    scope["baselines"] = frozenset().union(*keys.values()) if preset.explain.synthetic_conditions is None else every
     scope["holistic_activations"] = frozenset().union(
         *(k for c, k in keys.items() if get_condition(c).holistic)
     )

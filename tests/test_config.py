@@ -36,7 +36,8 @@ def test_paper_presets_carry_their_sae_releases():
     assert get_preset("gpt2-small").sae.sae_id(3) == "blocks.3.hook_resid_post"
     for preset in PRESETS.values():
         synthetic = ["SYN"] if preset.explain.synthetic else []
-        assert preset.row_len == 33 and preset.layer_keys == [layer_key(x) for x in preset.layers] + synthetic
+        assert preset.row_len == (17 if preset.name == "embedded" else 33)
+        assert preset.layer_keys == [layer_key(x) for x in preset.layers] + synthetic
     assert parse_layer_key("SYN") == SYNTHETIC_LAYER and layer_key(SYNTHETIC_LAYER) == "SYN"
 
 
@@ -80,3 +81,16 @@ def test_an_api_route_serves_a_conditions_own_model_at_its_price():
     assert api.served("other/model").price_in_per_mtok == 0.0  # unknown price: cost not counted
     standin = ApiSpec(model="m", route_prefix="standin/")
     assert standin.served().model == "standin/m" and standin.served("x").model == "standin/x"
+
+
+def test_the_embedded_default_materializes_every_condition_its_figures_draw():
+    """README command (1) draws complete figures: Figure 4's 2 x 4 cells and Figure 5's rule
+    caps 1..5 all run (Figure 3 reads one_shot and tree among them), with the local explainer."""
+    from featureinterp.figure_grids import FIG4_CONDITIONS, FIG5_CONDITIONS, figure_conditions
+
+    preset = get_preset("embedded")
+    present = preset.explain.conditions
+    assert set(FIG4_CONDITIONS) | set(FIG5_CONDITIONS) == set(present)
+    assert figure_conditions("fig3", present) == ("one_shot", "tree")
+    assert preset.explain.explainer is None and preset.explain.synthetic
+    assert get_preset("embedded-large").explain.conditions == ("one_shot", "tree")

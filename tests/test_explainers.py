@@ -136,7 +136,11 @@ def test_rule_cap_is_enforced_in_schema_and_parsing():
     result = explain(backend, lookup_simulate(TABLE), RECORDS, ExplainerConfig(rule_cap=2), seed=0)
     assert [r.activates_on for r in result.explanation.rules] == ["exact", "weak"]
     assert backend.calls[0][1].json_schema["properties"]["rules"]["maxItems"] == 2
-    assert "at most 2 rules" in backend.calls[0][0][0]["content"]
+    messages = backend.calls[0][0]
+    assert "at most 2 rules" in messages[-1]["content"]  # stated after the records
+    # conditions that differ only in their cap share the prompt up to the target records' end
+    other = one_shot_messages(RECORDS, ExplainerConfig(rule_cap=3))
+    assert other[:-1] == messages[:-1] and "at most 2" not in messages[0]["content"]
 
 
 def test_sparse_records_are_repeated_without_zeros():

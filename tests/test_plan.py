@@ -187,7 +187,13 @@ def test_conditions_run_only_on_the_partitions_of_their_figures():
     fig4_keys = {f"F{f:04d}|L{x:02d}" for x in PAPER_LAYERS["gemma-2-9b"] for f in range(30)} | syn
     assert scope["tree_structured_holistic"] == fig4_keys
     assert scope["one_shot"] == fig4_keys  # Figures 4 and 5 share the cap-5 one-shot cells
-    assert condition_scope(get_preset("embedded")) == {}  # no paper grid: everything runs everywhere
+    assert condition_scope(get_preset("embedded-large")) == {}  # no paper grid: everything runs everywhere
+    # the embedded default runs its synthetic features under one-shot and tree only
+    embedded = get_preset("embedded")
+    small = condition_scope(embedded)
+    own = {f"F{f:04d}|L{x:02d}" for x in embedded.layers for f in embedded.features}
+    assert set(small) == set(embedded.explain.conditions) - {"one_shot", "tree"}
+    assert all(keys == own for keys in small.values())
 
 
 def test_plan_json_prints_each_figure_grid(tmp_path):

@@ -169,7 +169,7 @@ def test_per_thread_token_counts_do_not_depend_on_who_came_first(tiny_sim):
     the header prefilled once per simulator is in the total only."""
     import threading
 
-    sim = LocalSimulator(tiny_sim.model, tiny_sim.tok, batch_size=2)
+    sim = LocalSimulator(tiny_sim.model, tiny_sim.tok, batch_size=2, memo_size=0)  # both really run
     records = [["The", " cat", " sat"], ["A", " dog"], ["Hi"]]
     counts = {}
 
@@ -183,3 +183,27 @@ def test_per_thread_token_counts_do_not_depend_on_who_came_first(tiny_sim):
         t.join()
     assert counts["first"] == counts["second"] > 0
     assert sim.forward_tokens == 2 * counts["first"] + len(sim.header_ids)
+
+
+def test_a_rule_is_never_simulated_twice_on_the_same_record(tiny_sim):
+    """The (rule, record) memo: conditions, tree nodes and scoring that meet a rule again on a
+    record reuse its values; only records not seen under that rule run, with the same values."""
+    sim = LocalSimulator(tiny_sim.model, tiny_sim.tok, batch_size=2)
+    fresh = LocalSimulator(tiny_sim.model, tiny_sim.tok, batch_size=2, memo_size=0)
+    records = [["The", " cat", " sat"], ["A", " dog"], ["Hi"]]
+    first = sim.simulate("animals", records[:2])
+    before = sim.forward_tokens
+    again = sim.simulate("animals", records)  # two known records, one new
+    new_tokens = sim.forward_tokens - before
+    assert sim.memo_hits == 2 and 0 < new_tokens
+    fresh.simulate("animals", records[2:])
+    header = len(fresh.header_ids)
+    assert new_tokens == fresh.forward_tokens - header  # only the new record (and the rule) ran
+    for a, b in zip(first, again[:2], strict=True):
+        assert np.array_equal(a, b)
+    assert np.allclose(again[2], fresh.simulate("animals", records[2:])[0], atol=1e-5)
+    before = sim.forward_tokens
+    sim.simulate("animals", records)
+    assert sim.forward_tokens == before  # everything known: no forward pass
+    with pytest.raises(ValueError):
+        again[0][0] = 1.0  # shared values are read-only

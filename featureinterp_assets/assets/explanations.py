@@ -9,6 +9,8 @@ explanation fails its partition alone, with the reason and the completions in th
 (never a dummy explanation), so a rerun retries exactly the failed partitions.
 """
 
+import base64
+
 import dagster as dg
 import numpy as np
 
@@ -18,6 +20,7 @@ from featureinterp.experiments import Condition, evaluate, feature_records, get_
 from featureinterp.explainers import ExplanationFailed, explain
 from featureinterp.explanations import Explanation
 from featureinterp.formatting import quantize
+from featureinterp.previews import score_strip
 from featureinterp.records import feature_generator
 from featureinterp_assets.assets.records import _layer_feature_of
 from featureinterp_assets.automation import PER_PARTITION
@@ -215,6 +218,13 @@ def _explain(spec, llm: LLMResource, cond: Condition, layer: int, feature: int, 
     return Produced(value, metadata)
 
 
+def _strip(frame, explanation: Explanation, ev, max_act: float) -> str:
+    """Markdown image: true vs simulated activations on the first test records (previews.py)."""
+    title = f"{explanation} | score {ev.score:.3f}"[:150]
+    png = score_strip(frame, ev.predictions, max_act, title)
+    return f"![true vs simulated](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
 PAPER_FP_BELOW = 10.0
 """The paper's false-positive rule: a token is quiet when its raw activation is below 10."""
 
@@ -253,6 +263,7 @@ def _score(llm: LLMResource, cond: Condition, expl: dict, rec, faithful: bool = 
         "simulator": dg.MetadataValue.json(simulator.describe()),
         "simulator_tokens": simulator_tokens,
         "preview": dg.MetadataValue.md(_preview(rec.frame, explanation_obj, ev.predictions, expl["max_act"])),
+        "activations": dg.MetadataValue.md(_strip(rec.frame, explanation_obj, ev, expl["max_act"])),
     }
     value = base | {
         "score": ev.score,

@@ -19,6 +19,7 @@ from featureinterp.figure_grids import figure_conditions, figure_grids, select_g
 from featureinterp.storage import TableBundle
 from featureinterp_assets.automation import SUMMARY
 from featureinterp_assets.constants import GROUP_FIGURES, STORAGE_IO
+from featureinterp_assets.partitions import asset_scope
 from featureinterp_assets.resources import PresetResource
 
 SYNTHETIC_KEY = layer_key(SYNTHETIC_LAYER)
@@ -92,12 +93,17 @@ def build_figure_assets(
         false-positive rate, complexity, and the feature's baselines on that source (empty
         explanation; true / other rule on SYN); missing feature partitions are listed."""
         layer = context.partition_key
-        expected = preset.spec().feature_keys
+        spec = preset.spec()
+        expected, scope = spec.feature_keys, asset_scope(spec)
         rows, missing = [], {}
         refs = {int(v["feature"]): v for v in baselines.values()}
         for name, values in scores.items():
             have = {k.split("|")[0] for k in values}  # keys "F0003|L05"
-            missing[name.removeprefix("scores_")] = [f for f in expected if f not in have]
+            cond = name.removeprefix("scores_")
+            runs_on = scope.get(f"scores/{cond}")  # None: every partition
+            missing[cond] = [
+                f for f in expected if f not in have and (runs_on is None or f"{f}|{layer}" in runs_on)
+            ]
             for value in values.values():
                 rows.extend(result_rows(value | {"layer_key": layer}, refs.get(int(value["feature"]))))
         frame = pl.DataFrame(rows, schema=_SCHEMA)
@@ -135,8 +141,22 @@ _FIGURE_ASSET = {
 """What every figure asset shares: it reads the layer tables that exist and redraws on updates."""
 
 
+FIGURE_DESCRIPTIONS = {
+    "fig3": "Figure 3: false-positive rate and score of one-shot vs tree explanations on each test "
+    "source (positives with random, similar and similar-but-non-activating rows), per layer; "
+    "fig3_panels.png adds complexity and rules per explanation. The image is in the metadata.",
+    "fig4": "Figure 4: test score of one-shot and tree explanations under the four prompt "
+    "conditions (unstructured, structured, + holistic, + train negatives), per layer. The image "
+    "is in the metadata.",
+    "fig5": "Figure 5: score and rule complexity as the rule cap goes from 1 to 5, per layer "
+    "(heatmaps); fig5_panels.png adds score vs rule count and rules needed for 90 %. The image "
+    "is in the metadata.",
+}
+"""What each paper figure shows (the asset's description in the UI)."""
+
+
 def _figure_asset(name: str) -> dg.AssetsDefinition:
-    @dg.asset(name=name, **_FIGURE_ASSET)
+    @dg.asset(name=name, description=FIGURE_DESCRIPTIONS[name], **_FIGURE_ASSET)
     def figure(
         context: dg.AssetExecutionContext, config: FigureConfig, layer_results: dict, preset: PresetResource
     ):
@@ -222,6 +242,8 @@ def _calibration_asset() -> dg.AssetsDefinition:
                     f"![fig_calibration](data:image/png;base64,{base64.b64encode(png).decode()})"
                 ),
                 "caption": result.caption,
+                # a synthetic feature without a score under some condition
+                "incomplete": any(bool(v) for v in syn.meta.get("missing", {}).values()),
                 "summary": dg.MetadataValue.md(_markdown(result.summary)),
                 "png": dg.MetadataValue.path(str(result.png)),
             }
