@@ -27,7 +27,7 @@ def setup(n_rows: int, layer: int, d_sae: int = 4608, k: int = 32, seed: int = 0
     from sae_lens.saes.sae import SAEMetadata
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    preset = get_preset("embedded")
+    preset = get_preset("embedded-large")  # 32-token rows, as the published numbers
     model, tok = load_subject_model(preset.model, models_dir(), device="cpu")
     rows = build_tokens(preset.replace(n_rows=max(n_rows, 1000)), tok)[:n_rows]
     d = model.config.hidden_size

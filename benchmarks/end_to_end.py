@@ -54,9 +54,10 @@ def stage_seconds(stdout: str) -> dict[str, float]:
     each "--> materializing ASSETS [partition]" line is followed by "    done in N s"."""
     out: dict[str, float] = {}
     stage = None
+    marker = "--> materializing "
     for line in stdout.splitlines():
-        if line.startswith("--> materializing "):
-            stage = line[len("--> materializing ") :].split(" [")[0]
+        if marker in line:  # after the "[elapsed m:ss, ETA m:ss]" prefix
+            stage = line.split(marker, 1)[1].split(" [")[0]
         elif line.startswith("    done in ") and stage is not None:
             out[stage] = round(out.get(stage, 0.0) + float(line.split()[2]), 1)
             stage = None
@@ -96,6 +97,9 @@ def main() -> None:
     parser.add_argument(
         "--log", type=Path, default=None, help="append the runs' stage lines here as they come"
     )
+    parser.add_argument(
+        "--keep-figures", type=Path, default=None, help="copy the first run's figures folder here"
+    )
     args = parser.parse_args()
     extra = ["--preset", args.preset] + (["--conditions", args.conditions] if args.conditions else [])
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,6 +114,14 @@ def main() -> None:
         first, out = _run(extra, env, args.log)
         peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
         complete = figures_complete(Path(env["DAGSTER_HOME"]))
+        if args.keep_figures:
+            import shutil
+
+            shutil.copytree(
+                Path(env["FEATUREINTERP_HOME"]) / "storage" / args.preset / "figures",
+                args.keep_figures,
+                dirs_exist_ok=True,
+            )
         rerun, again = _run(extra, env, args.log)
     report(
         "end_to_end",

@@ -64,7 +64,7 @@ def main() -> None:
     ref, t_paper = timed(paper_holistic, model, sae, rows, features)
     ours, t_ours = timed(holistic_activations, model, sae, rows, features, 16)
     naive = holistic_activations_naive(model, sae, rows[:2], features)
-    preset = get_preset("embedded")
+    preset = get_preset("embedded-large")  # 32-token rows, as the published numbers
     paper_rows = preset.n_rows
     our_rows = min(paper_rows, 210 * len(preset.features))
     per_row_paper, per_row_ours = t_paper / N_ROWS, t_ours / N_ROWS

@@ -119,6 +119,9 @@ class ExplainSettings:
     tree_temperature: float = 1.2
     """Temperature of the tree's revisions (the paper: 1.2; a 135M model needs less to stay coherent)."""
     tree_roots: int = 3
+    child_max_tokens: int = 800
+    """Reply budget of a tree child (improvement note + explanation); a small local explainer
+    without a grammar (unstructured children) otherwise rambles to the limit."""
     tree_branching: int = 2
     tree_depth: int = 3
     tree_width: int = 3
@@ -360,7 +363,8 @@ _EMBEDDED = _EMBEDDED_LARGE.replace(
     # Sized to ~15 minutes on 2 CPU cores with every figure complete (README "Set-up"): 2 layers x
     # 2 features, each explained under all 12 conditions (the 2 synthetic features under one-shot
     # and tree), on 16-token rows (a simulated record costs ~4 forward tokens per row token),
-    # 3 records per split, a tree of 2 roots and one revision.
+    # 3 records per split, a tree of one root and its revision on the root's counterexamples
+    # (decoding dominates a CPU tree: ~50 ms per token).
     n_rows=4_000,
     seq_len=16,
     features=(0, 1),
@@ -370,10 +374,11 @@ _EMBEDDED = _EMBEDDED_LARGE.replace(
     explain=ExplainSettings(
         temperature=0.7,
         tree_temperature=0.8,
-        tree_roots=2,
+        tree_roots=1,
         tree_branching=1,
         tree_depth=1,
         tree_width=1,
+        child_max_tokens=240,
         conditions=EMBEDDED_CONDITIONS,
         synthetic_conditions=("one_shot", "tree"),
     ),

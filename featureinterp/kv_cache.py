@@ -161,7 +161,7 @@ class PrefixStore:
     cannot be cut to a prefix (recurrent state) are prefilled in full: ``lookup`` returns 0.
     """
 
-    def __init__(self, max_tokens: int = 16_384, min_shared: int = 16):
+    def __init__(self, max_tokens: int = 8_192, min_shared: int = 16):
         self.max_tokens, self.min_shared = max_tokens, min_shared
         self._entries: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self.reused_tokens = 0

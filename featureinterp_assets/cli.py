@@ -72,7 +72,7 @@ def _units(asset: str) -> float:
 
         c = get_condition(asset.split("/", 1)[1])
         return estimate("explain", condition_weight(c.method, c.structured))
-    return estimate(asset, 1.0) if asset in ("records", "holistic_activations") else 0.0
+    return estimate(asset, 1.0) if asset in ("records", "holistic_activations", "baselines") else 0.0
 
 
 def _run(

@@ -23,8 +23,9 @@ SECONDS_PER_UNIT = {
     "records": 0.5,  # per (layer, feature) partition
     "holistic_activations": 3.0,  # per partition
     "explain": 6.0,  # per (partition, condition) of weight 1 (condition_weight)
-    "layer_results": 1.5,  # per layer
-    "figures": 8.0,  # per figure
+    "baselines": 12.0,  # per partition (the null explanation; true and wrong rules on SYN)
+    "layer_results": 0.5,  # per layer
+    "figures": 1.0,  # per figure
 }
 """Seconds of one unit of each stage's work on 2 CPU cores (embedded default, measured)."""
 

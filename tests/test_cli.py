@@ -72,6 +72,15 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
     for key in ("F0000/L03", "F0001/L06", "F0000/SYN"):
         assert (storage / "scores" / "one_shot" / key / "value.json").exists()
     assert (storage / "figures" / "fig5.png").exists()
+    assert "figures (" in run.stdout and "dagster dev" in run.stdout  # where to look, at the end
+    assert "ETA " in run.stdout.splitlines()[1]  # every stage line carries elapsed time and ETA
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    event = instance.get_latest_materialization_event(dg.AssetKey(["scores", "one_shot"]))
+    strip = event.asset_materialization.metadata["activations"].value
+    assert strip.startswith("![true vs simulated](data:image/png;base64,")
+    instance.dispose()
 
     again = _run([BIN / "featureinterp", "run", "--conditions", "one_shot"], env)
     assert again.returncode == 0 and "materializing" not in again.stdout  # nothing left to do
@@ -178,6 +187,16 @@ def _check_ui(env) -> None:
             assert "explanations / one_shot" in body and "scores / one_shot" in body
             body = visit("/assets/records", "records", ["preview"])
             assert "counts" in body and "row " in body  # the partition's metadata preview
+            # every asset says what it is (no "No description found"); a score shows its strip
+            for key, text in (
+                ("explanations/one_shot", "explanation of the feature"),
+                ("scores/one_shot", "Test-split evaluation"),
+                ("fig3", "Figure 3:"),
+                ("fig4", "Figure 4:"),
+            ):
+                body = visit(f"/assets/{key}", key.replace("/", "_"), [text])
+                assert "No description" not in body, key
+            visit("/assets/scores/one_shot", "scores", ["activations"])  # the strip's metadata entry
             visit("/assets/fig5", "fig5", ["caption"])
             page.get_by_text("[Show Markdown]").first.click()  # the `image` metadata entry
             image = page.locator('img[src^="data:image/png;base64,"]').first

@@ -39,9 +39,9 @@ def test_too_small_and_empty_corpus_are_clear(embedded_model):
         token_rows([], tok, seq_len=32, n_rows=10, bos_id=0)
 
 
-def test_embedded_corpus_gives_20k_rows_deterministically(embedded_model):
+def test_embedded_large_corpus_gives_20k_rows_deterministically(embedded_model):
     tok = embedded_model[1]
-    preset = get_preset("embedded")
+    preset = get_preset("embedded-large")
     rows = build_tokens(preset, tok)
     assert rows.shape == (20_000, 33)
     assert not check_token_rows(rows, 20_000, 33, 0, tok.all_special_ids)

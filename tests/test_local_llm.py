@@ -52,3 +52,28 @@ def test_next_token_logprobs_match_a_full_forward(tiny_backend):
     digit_ids = [tiny_backend.tok(d, add_special_tokens=False)["input_ids"][0] for d in digits]
     np.testing.assert_allclose(got[:6], want[digit_ids], atol=1e-5)
     assert got[6] == -np.inf
+
+
+def test_prompts_sharing_a_prefix_prefill_only_the_rest_with_the_same_replies(embedded_model):
+    """The prefix store: a second prompt that starts like a stored one (a tree child after its
+    parent, the next feature after the few-shot examples) runs only its new tokens, and samples
+    what a full prefill would (same seed, same tokens)."""
+    from tests.helpers import tiny_llama_for
+
+    tok = embedded_model[1]
+    model = tiny_llama_for(tok, seed=1)
+    reuse, full = LocalChatBackend(model, tok, name="a"), LocalChatBackend(model, tok, name="b")
+    full.prefixes.usable = False
+    shared = [user("Records:\n" + "token\t0\n" * 40)]
+    params = GenerationParams(n=2, temperature=1.0, max_tokens=10, seed=5)
+    first = [reuse.generate(shared, params), full.generate(shared, params)]
+    longer = [*shared, {"role": "assistant", "content": "{}"}, user("Try again.")]
+    second = [reuse.generate(longer, params), full.generate(longer, params)]
+    assert [o.text for o in first[0]] == [o.text for o in first[1]]
+    assert [o.text for o in second[0]] == [o.text for o in second[1]]
+    assert full.usage.prefill_tokens == full.usage.prompt_tokens
+    reused = reuse.usage.prompt_tokens - reuse.usage.prefill_tokens
+    assert reused == reuse.prefixes.reused_tokens > 40  # the records turn was not run again
+    # the complexity path (next-token log-probabilities) reads the same store
+    lp = [b.next_token_logprobs(longer, "Answer:", ["0", "1"]) for b in (reuse, full)]
+    assert np.allclose(lp[0], lp[1], atol=1e-4)

@@ -23,9 +23,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def corpus(embedded_model):
-    """The embedded preset's 20k rows in a LanceDB table (content-keyed, so reruns reuse it)."""
+    """The embedded-large preset's 20k rows in a LanceDB table (content-keyed, so reruns reuse it)."""
     tok = embedded_model[1]
-    preset = get_preset("embedded")
+    preset = get_preset("embedded-large")
     rows = build_tokens(preset, tok)
     texts = decode_rows(tok, rows, skip_first=True)
     embedder = load_embedder(preset.embedding_model)

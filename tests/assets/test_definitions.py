@@ -46,7 +46,12 @@ def test_fig5_star_is_downstream_and_star_fig5_is_the_whole_lineage(tmp_path):
     lineage = resolve("*fig5")
     assert {"corpus_tokens", "sae", "sae_activations", "corpus_embeddings", "records"} <= lineage
     assert {"explanations/one_shot", "scores/tree", "layer_results", "fig5"} <= lineage
-    assert "fig4" not in lineage and "holistic_activations" not in lineage  # not fig5's inputs
+    assert "fig4" not in lineage  # not fig5's input
+    # the layer tables gather every condition's scores: the holistic ones' inputs are upstream
+    assert "holistic_activations" in lineage and "scores/tree_structured_holistic" in lineage
+    large = build_definitions(get_preset("embedded-large"), home=tmp_path, models=tmp_path)
+    upstream = dg.AssetSelection.from_string("*fig5").resolve(large.resolve_asset_graph())
+    assert dg.AssetKey("holistic_activations") not in upstream  # no holistic condition there
 
 
 def test_explanation_assets_carry_pools_retries_code_versions_and_one_run_backfills(tmp_path):
