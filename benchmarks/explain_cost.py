@@ -78,7 +78,9 @@ def _run(model, tok, frames, settings, new: bool) -> tuple[float, dict, list]:
     backend = LocalChatBackend(model, tok, name="smollm2")
     if not new:
         backend.prefixes.usable = False
-    sim = LocalSimulator(model, tok, prompt_for(settings.simulator_prompt), batch_size=8, memo_size=200_000 if new else 0)
+    sim = LocalSimulator(
+        model, tok, prompt_for(settings.simulator_prompt), batch_size=8, memo_size=200_000 if new else 0
+    )
     analyzer = ComplexityAnalyzer(backend)
     results = []
     start = time.perf_counter()
@@ -116,7 +118,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--features", type=int, default=3, help="synthetic features explained")
-    parser.add_argument("--per-split", type=int, default=None, help="records per split (default: the preset's)")
+    parser.add_argument(
+        "--per-split", type=int, default=None, help="records per split (default: the preset's)"
+    )
     parser.add_argument("--preset", default="embedded")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
@@ -126,7 +130,9 @@ def main() -> None:
     ids = build_tokens(preset.replace(n_rows=2000), tok)
     tokens = decode_tokens(tok, ids)
     acts = synthetic_activations(tokens, list(range(args.features))).acts.astype(np.float32)
-    frames = [(_frame(tokens, acts[f], per_split, seed=f), float(acts[f].max())) for f in range(args.features)]
+    frames = [
+        (_frame(tokens, acts[f], per_split, seed=f), float(acts[f].max())) for f in range(args.features)
+    ]
     old_wall, old_tokens, old_results = _run(model, tok, frames, preset.explain, new=False)
     new_wall, new_tokens, new_results = _run(model, tok, frames, preset.explain, new=True)
     n = len(new_results)

@@ -55,7 +55,12 @@ def activation_strip(records: Sequence[StripRecord], title: str = "", dpi: int =
 
 
 def score_strip(
-    frame, predictions: dict[str, list[list[float]]], max_act: float, title: str, n_positive: int = 3, n_negative: int = 2
+    frame,
+    predictions: dict[str, list[list[float]]],
+    max_act: float,
+    title: str,
+    n_positive: int = 3,
+    n_negative: int = 2,
 ) -> bytes:
     """``activation_strip`` of a score: the first test positives and similar non-activating rows
     of a records frame, with the simulated values ``experiments.evaluate`` returned for them

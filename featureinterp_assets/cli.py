@@ -23,8 +23,8 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from featureinterp.config import PRESET_ENV, feature_key, get_preset, models_dir
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
 from featureinterp.models import load_tokenizer
-from featureinterp_assets.partitions import asset_scope, missing_blocks, range_tags
 from featureinterp_assets.eta import RunEta, condition_weight, estimate
+from featureinterp_assets.partitions import asset_scope, missing_blocks, range_tags
 
 PRESET_MARKER = "featureinterp_preset"
 """File in $DAGSTER_HOME naming the preset whose runs the instance holds."""
@@ -297,7 +297,9 @@ def _run_lineage(
     sae_seconds = estimate("sae", preset.n_rows * len([k for k in todo if k != "SYN"]))
     _PROGRESS.plan("corpus_tokens", estimate("corpus_tokens", preset.n_rows) if need_tokens else 0)
     _PROGRESS.plan("sae", sae_seconds)
-    _PROGRESS.plan("corpus_embeddings", estimate("corpus_embeddings", preset.n_rows) if need_embeddings else 0)
+    _PROGRESS.plan(
+        "corpus_embeddings", estimate("corpus_embeddings", preset.n_rows) if need_embeddings else 0
+    )
     for kind, selection in (("records", stage), ("explain", assets + ["baselines"] if explain else [])):
         for layer in layer_keys if selection else []:
             for features, block in missing_blocks(instance, layer, feature_keys, selection, force, scope):

@@ -93,7 +93,9 @@ def asset_scope(preset: Preset) -> dict[str, frozenset[str]]:
     keys = {c: by_condition.get(c, every) for c in conditions}
     scope = {f"{kind}/{c}": k for c, k in keys.items() for kind in ("explanations", "scores")}
     # every partition keeps its null baseline: the figures' reference line
-    scope["baselines"] = frozenset().union(*keys.values()) if preset.explain.synthetic_conditions is None else every
+    scope["baselines"] = (
+        frozenset().union(*keys.values()) if preset.explain.synthetic_conditions is None else every
+    )
     scope["holistic_activations"] = frozenset().union(
         *(k for c, k in keys.items() if get_condition(c).holistic)
     )

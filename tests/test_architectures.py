@@ -78,7 +78,7 @@ def test_holistic_values_equal_the_naive_definition(case, tok):
 @pytest.mark.parametrize("prompt", [DEFAULT_PROMPT, PAPER_PROMPT], ids=["tiny", "paper"])
 def test_cached_simulation_equals_uncached(case, tok, prompt):
     _, _, model = case
-    sim = LocalSimulator(model, tok, prompt, batch_size=2)  # batch 2 over 3 records: padded batches
+    sim = LocalSimulator(model, tok, prompt, batch_size=2, memo_size=0)  # padded; every call runs
     cached = sim.simulate("the names of months", RECORDS)
     uncached = sim.simulate("the names of months", RECORDS, cached=False)
     assert max(float(np.std(c)) for c in cached) > 1e-4  # predictions differ between tokens
@@ -106,3 +106,13 @@ def test_local_chat_n_samples(case, tok):
     one = backend.generate(msgs, GenerationParams(n=1, temperature=0, max_tokens=40, json_schema=schema))
     assert len(one[0].text) > 5
     assert [c.text for c in many] == [one[0].text] * 3
+    # a prompt that starts like a stored one runs only its new tokens, with the same logits as a
+    # full prefill, on every architecture (recurrent layers: the store turns itself off)
+    plain = LocalChatBackend(model, tok, name="plain")
+    plain.prefixes.usable = False
+    longer = [*msgs, {"role": "assistant", "content": many[0].text}, user("Shorter, please.")]
+    digits = [str(d) for d in range(6)]
+    reused = backend.next_token_logprobs(longer, "Answer:", digits)
+    full = plain.next_token_logprobs(longer, "Answer:", digits)
+    assert np.allclose(reused, full, atol=1e-4)
+    assert backend.prefixes.reused_tokens > 0 or not backend.prefixes.usable

@@ -15,5 +15,9 @@ def test_eta_counts_the_planned_work_and_adapts_to_the_measured_speed():
 
 
 def test_trees_and_structured_explanations_cost_more():
-    assert condition_weight("tree", True) > condition_weight("one_shot", True) > condition_weight("one_shot", False)
+    assert (
+        condition_weight("tree", True)
+        > condition_weight("one_shot", True)
+        > condition_weight("one_shot", False)
+    )
     assert estimate("records", 4) == 4 * estimate("records", 1)
