@@ -23,7 +23,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from featureinterp.config import PRESET_ENV, feature_key, get_preset, models_dir
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
 from featureinterp.models import load_tokenizer
-from featureinterp_assets.eta import RunEta, condition_weight, estimate
+from featureinterp_assets.eta import RunEta, block_seconds, estimate, stage_kind
 from featureinterp_assets.partitions import asset_scope, missing_blocks, range_tags
 
 PRESET_MARKER = "featureinterp_preset"
@@ -53,26 +53,6 @@ def _instance(preset: str) -> dg.DagsterInstance:
 
 _PROGRESS = RunEta()
 """Elapsed time and ETA of the current `featureinterp run` (re-planned by each run)."""
-
-
-def _kind(selection: list[str]) -> str:
-    """The progress kind of a run's selection (featureinterp_assets/eta.py)."""
-    first = selection[0]
-    if first.startswith(("explanations/", "scores/")):
-        return "explain"
-    if first.startswith("fig"):
-        return "figures"
-    return first
-
-
-def _units(asset: str) -> float:
-    """Estimated seconds of one partition of a per-feature asset (its scores count with it)."""
-    if asset.startswith("explanations/"):
-        from featureinterp.experiments import get_condition
-
-        c = get_condition(asset.split("/", 1)[1])
-        return estimate("explain", condition_weight(c.method, c.structured))
-    return estimate(asset, 1.0) if asset in ("records", "holistic_activations", "baselines") else 0.0
 
 
 def _run(
@@ -105,7 +85,7 @@ def _run(
         reason = (err.cause or err).message.strip() if err else "see the log above"
         raise SystemExit(f"featureinterp: run {result.run_id} failed: {reason}")
     seconds = time.perf_counter() - start
-    kind = _kind(selection)
+    kind = stage_kind(selection)
     _PROGRESS.done(kind, units, seconds)
     print(f"    done in {seconds:.1f} s", flush=True)
     return result
@@ -142,7 +122,7 @@ def _per_feature_stage(
         for features, todo in blocks:
             ran += len(features)
             try:
-                units = len(features) * sum(_units(a) for a in todo)
+                units = block_seconds(len(features), todo)
                 _run(defs, instance, todo, tags=range_tags(layer, features), units=units)
             except SystemExit as err:
                 print(err, flush=True)
@@ -303,7 +283,7 @@ def _run_lineage(
     for kind, selection in (("records", stage), ("explain", assets + ["baselines"] if explain else [])):
         for layer in layer_keys if selection else []:
             for features, block in missing_blocks(instance, layer, feature_keys, selection, force, scope):
-                _PROGRESS.plan(kind, len(features) * sum(_units(a) for a in block))
+                _PROGRESS.plan(kind, block_seconds(len(features), block))
     figures = ["fig3", "fig4", "fig5"] + (["fig_calibration"] if "SYN" in layer_keys else [])
     if explain and "explain" in _PROGRESS.planned:
         _PROGRESS.plan("layer_results", estimate("layer_results", len(layer_keys)))

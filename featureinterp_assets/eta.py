@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["SECONDS_PER_UNIT", "RunEta", "condition_weight", "estimate"]
+__all__ = ["SECONDS_PER_UNIT", "RunEta", "block_seconds", "condition_weight", "estimate", "stage_kind"]
 
 SECONDS_PER_UNIT = {
     "corpus_tokens": 3e-4,  # per row
@@ -84,3 +84,28 @@ class RunEta:
 def estimate(kind: str, units: float) -> float:
     """Estimated seconds of ``units`` of ``kind`` (SECONDS_PER_UNIT)."""
     return units * SECONDS_PER_UNIT[kind]
+
+
+def stage_kind(selection: list[str]) -> str:
+    """The kind of a run's selection (a key of SECONDS_PER_UNIT, or the first asset's name)."""
+    first = selection[0]
+    if first.startswith(("explanations/", "scores/")):
+        return "explain"
+    if first.startswith("fig"):
+        return "figures"
+    return first
+
+
+def block_seconds(n_partitions: int, assets: list[str]) -> float:
+    """Estimated seconds of one ranged run of ``assets`` over ``n_partitions`` (layer, feature)
+    partitions; a condition's scores count with its explanations."""
+    from featureinterp.experiments import get_condition
+
+    per_partition = 0.0
+    for asset in assets:
+        if asset.startswith("explanations/"):
+            c = get_condition(asset.split("/", 1)[1])
+            per_partition += estimate("explain", condition_weight(c.method, c.structured))
+        elif asset in ("records", "holistic_activations", "baselines"):
+            per_partition += estimate(asset, 1.0)
+    return n_partitions * per_partition
