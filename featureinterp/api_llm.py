@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,42 @@ _TOP_LOGPROBS = 20
 
 class _BadResponse(Exception):
     """A 200 response that cannot be used (not JSON, no choices, malformed): retried."""
+
+
+class _Rejected(BackendError):
+    """A 4xx answer (not retried as is); ``generate`` may resend without the parameter it names."""
+
+    def __init__(self, message: str, status: int, reason: str):
+        super().__init__(message)
+        self.status, self.reason = status, reason
+
+
+@dataclass(frozen=True)
+class _Capabilities:
+    """What a server accepted: the response format rung, ``n > 1`` in one request, ``seed``."""
+
+    response_format: str = "json_schema"
+    n: bool = True
+    seed: bool = True
+
+
+_LEARNED: dict[tuple[str, str], _Capabilities] = {}
+"""Capabilities learned per (base URL, model) in this process (one Dagster run): later requests
+start where the first fallback ended instead of paying the rejection again."""
+_LEARNED_LOCK = threading.Lock()
+_FALLBACK_STATUSES = (400, 422)
+_HINTS = {
+    "response_format": re.compile(r"response_format|json_schema|json_object|schema|structured|guided", re.I),
+    "n": re.compile(
+        r"""(?<![\w.])['"`]?n['"`]?(?![\w.])|multiple (choices|completions|samples)|best_of""", re.I
+    ),
+    "seed": re.compile(r"\bseed\b", re.I),
+}
+_UNSUPPORTED = re.compile(
+    r"unsupported|not supported|unknown|unrecognized|unexpected|extra (inputs|fields)|not permitted|"
+    r"not allowed|invalid (parameter|argument|field)",
+    re.I,
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -141,11 +177,102 @@ class OpenAIChatBackend(ChatBackend):
     # -- ChatBackend ------------------------------------------------------------------------------
 
     def generate(self, messages: Sequence[Message], params: GenerationParams) -> list[Completion]:
-        answer = self._answer(self._chat_request(messages, params), _completions)
-        return [
-            Completion(c["text"], c["finish_reason"], c["request_id"], cached=answer["cached"])
-            for c in answer["result"]
-        ]
+        """Completions of one chat request, from the disk cache or the server.
+
+        A server that rejects a parameter (HTTP 400/422 naming ``response_format``, ``n`` or
+        ``seed``, or saying a parameter is unsupported) gets the request again without it: the
+        schema as ``json_object``, then none (the caller parses and repairs); ``n`` separate
+        requests (seeds ``seed + i``); no seed. What worked is remembered per (base URL, model) for
+        the process, and each completion's ``mode`` says how it was requested. The cache key is the
+        request as configured, so a rerun hits the cache before it knows the server's limits."""
+        request = self._chat_request(messages, params)
+        key = self._cache_key(request)
+        stored = self._cache_read(key)
+        if stored is not None:
+            self.usage.add(cached_requests=1)
+            return [_completion_of(c, cached=True) for c in stored["result"]]
+        caps = self._capabilities()
+        while True:
+            try:
+                result, usage, caps = self._generate_with(messages, params, caps)
+                break
+            except _Rejected as err:
+                fallback = _fallback(caps, params, err.reason)
+                if fallback is None:
+                    raise BackendError(str(err)) from None
+                name, caps = fallback
+                logger.warning(
+                    "%s at %s rejected %s (HTTP %d: %s); sending it again with %s",
+                    self.model,
+                    self.base_url,
+                    name,
+                    err.status,
+                    err.reason[:120],
+                    _describe(caps, name),
+                )
+        self._learn(caps)
+        self._cache_write(key, {"result": result, "usage": usage})
+        return [_completion_of(c, cached=False) for c in result]
+
+    def _capabilities(self) -> _Capabilities:
+        with _LEARNED_LOCK:
+            learned = _LEARNED.get((self.base_url, self.model), _Capabilities())
+        rung = max(
+            JSON_SCHEMA_MODES.index(learned.response_format), JSON_SCHEMA_MODES.index(self.json_schema_mode)
+        )
+        return replace(learned, response_format=JSON_SCHEMA_MODES[rung])
+
+    def _learn(self, caps: _Capabilities) -> None:
+        with _LEARNED_LOCK:
+            old = _LEARNED.get((self.base_url, self.model), _Capabilities())
+            _LEARNED[(self.base_url, self.model)] = _Capabilities(
+                JSON_SCHEMA_MODES[
+                    max(
+                        JSON_SCHEMA_MODES.index(old.response_format),
+                        JSON_SCHEMA_MODES.index(caps.response_format),
+                    )
+                ],
+                old.n and caps.n,
+                old.seed and caps.seed,
+            )
+
+    def _generate_with(
+        self, messages: Sequence[Message], params: GenerationParams, caps: _Capabilities
+    ) -> tuple[list[dict[str, Any]], dict[str, float], _Capabilities]:
+        """(completion dicts with their ``mode``, summed usage, capabilities learned) of the request
+        sent as ``caps`` allow. A server that answers ``n > 1`` with fewer choices (it ignores
+        ``n``, as ``transformers serve`` does) is asked for the rest one request at a time."""
+        request = self._chat_request(messages, params, caps)
+        fmt = caps.response_format if params.json_schema is not None else None
+        seed = None if params.seed is None else ("sent" if caps.seed else "dropped")
+        result: list[dict[str, Any]] = []
+        total = {"prompt_tokens": 0.0, "completion_tokens": 0.0, "cost_usd": 0.0}
+
+        def send(body: dict[str, Any], n_mode: str) -> None:
+            nonlocal total
+            completions, usage = self._call(body, _completions)
+            self.usage.add(requests=1, **usage)
+            total = {k: total[k] + usage[k] for k in total}
+            mode = {"response_format": fmt, "n": n_mode, "seed": seed}
+            result.extend({**c, "mode": mode} for c in completions)
+
+        if params.n == 1 or caps.n:
+            send(request, "batched")
+            if params.n > 1 and len(result) < params.n:
+                logger.warning(
+                    "%s at %s returned %d of n=%d choices; asking for the rest one request at a time",
+                    self.model,
+                    self.base_url,
+                    len(result),
+                    params.n,
+                )
+                caps = replace(caps, n=False)
+        for i in range(len(result), params.n):
+            send(
+                {**request, "n": 1, **({"seed": request["seed"] + i} if "seed" in request else {})},
+                "separate",
+            )
+        return result, total, caps
 
     def forget(self, messages: Sequence[Message], params: GenerationParams) -> None:
         """Drop the cached answer of this request: its reply was unusable (unparseable), so a rerun
@@ -153,7 +280,11 @@ class OpenAIChatBackend(ChatBackend):
         if self.cache_dir is not None:
             self._cache_path(self._cache_key(self._chat_request(messages, params))).unlink(missing_ok=True)
 
-    def _chat_request(self, messages: Sequence[Message], params: GenerationParams) -> dict[str, Any]:
+    def _chat_request(
+        self, messages: Sequence[Message], params: GenerationParams, caps: _Capabilities | None = None
+    ) -> dict[str, Any]:
+        """The request body; ``caps`` None: as configured (the cache key), else as the server allows."""
+        fmt = self.json_schema_mode if caps is None else caps.response_format
         request: dict[str, Any] = {
             "model": self.model,
             "messages": [dict(m) for m in messages],
@@ -162,10 +293,10 @@ class OpenAIChatBackend(ChatBackend):
             "top_p": params.top_p,
             "max_tokens": params.max_tokens,
         }
-        if params.seed is not None:
+        if params.seed is not None and (caps is None or caps.seed):
             request["seed"] = params.seed
-        if params.json_schema is not None and self.json_schema_mode != "none":
-            request["response_format"] = self._response_format(params.json_schema)
+        if params.json_schema is not None and fmt != "none":
+            request["response_format"] = self._response_format(params.json_schema, fmt)
         return request
 
     def next_token_logprobs(
@@ -198,8 +329,8 @@ class OpenAIChatBackend(ChatBackend):
 
     # -- request machinery ------------------------------------------------------------------------
 
-    def _response_format(self, schema: Mapping[str, Any]) -> dict[str, Any]:
-        if self.json_schema_mode == "json_object":
+    def _response_format(self, schema: Mapping[str, Any], mode: str) -> dict[str, Any]:
+        if mode == "json_object":
             return {"type": "json_object"}
         title = schema.get("title")
         name = title if isinstance(title, str) and _SCHEMA_NAME.match(title) else "reply"
@@ -235,11 +366,13 @@ class OpenAIChatBackend(ChatBackend):
                 status = err.status_code
                 reason = _short_reason(err)
                 if not (status == 429 or status == 408 or status >= 500):
-                    raise BackendError(
+                    raise _Rejected(
                         self._redact(
                             f"{self.model} at {self.base_url}: HTTP {status} {type(err).__name__}: {reason} "
                             "(not retried: fix the request, key or model name)"
-                        )
+                        ),
+                        status,
+                        self._redact(reason),
                     ) from None
                 if status in _RETRY_AFTER_STATUSES:
                     retry_after = _retry_after_s(err.response.headers.get("retry-after"))
@@ -363,9 +496,56 @@ def _completions(body: dict, request_id: str | None) -> list[dict[str, Any]]:
             "text": c["message"].get("content") or "",
             "finish_reason": c.get("finish_reason"),
             "request_id": rid,
+            "reasoning": _reasoning(c["message"]),
         }
         for c in _choices(body)
     ]
+
+
+def _reasoning(message: dict) -> str:
+    """Reasoning sent beside the answer (vLLM/DeepSeek ``reasoning_content``, OpenRouter
+    ``reasoning``); never the answer."""
+    for name in ("reasoning_content", "reasoning"):
+        value = message.get(name)
+        if isinstance(value, str) and value.strip():
+            return value
+    return ""
+
+
+def _completion_of(entry: dict[str, Any], cached: bool) -> Completion:
+    return Completion(
+        entry["text"],
+        entry["finish_reason"],
+        entry["request_id"],
+        cached=cached,
+        reasoning=entry.get("reasoning", ""),
+        mode=entry.get("mode"),
+    )
+
+
+def _fallback(caps: _Capabilities, params: GenerationParams, reason: str) -> tuple[str, _Capabilities] | None:
+    """(the parameter given up, the capabilities to try next) after a rejection, or None when the
+    rejection names nothing we can leave out (then it is the caller's error: raised as is)."""
+    options: list[tuple[str, _Capabilities]] = []
+    if params.json_schema is not None and caps.response_format != "none":
+        rung = JSON_SCHEMA_MODES[JSON_SCHEMA_MODES.index(caps.response_format) + 1]
+        options.append(("response_format", replace(caps, response_format=rung)))
+    if params.n > 1 and caps.n:
+        options.append(("n", replace(caps, n=False)))
+    if params.seed is not None and caps.seed:
+        options.append(("seed", replace(caps, seed=False)))
+    hinted = [o for o in options if _HINTS[o[0]].search(reason)]
+    if hinted:
+        return hinted[0]
+    if options and _UNSUPPORTED.search(reason):
+        return options[0]
+    return None
+
+
+def _describe(caps: _Capabilities, name: str) -> str:
+    if name == "response_format":
+        return f"response_format {caps.response_format}"
+    return "n separate requests" if name == "n" else "no seed"
 
 
 def _top_logprobs(body: dict, request_id: str | None) -> list[list]:

@@ -43,7 +43,7 @@ from featureinterp.explanations import (
     Rule,
     explanation_schema,
     parse_explanation,
-    parse_structured,
+    parse_structured_child,
 )
 from featureinterp.formatting import MAX_VALUE, escape_token, nonzero_fraction, quantize, record_block
 from featureinterp.llm import (
@@ -57,6 +57,7 @@ from featureinterp.llm import (
     tally_usage,
     user,
 )
+from featureinterp.replies import split_reasoning
 from featureinterp.scoring import score
 
 __all__ = [
@@ -574,16 +575,11 @@ _IMPROVEMENT_RE = re.compile(r"\**\s*IMPROVEMENT\s*:\s*\**", re.IGNORECASE)
 def parse_child_reply(text: str, structured: bool, rule_cap: int | None) -> tuple[Explanation, str]:
     """(explanation, improvement note) of a child reply, in the ``IMPROVEMENT: ... NEW EXPLANATION:
     ...`` text form or (structured) the JSON object form; raises ``ParseError``."""
+    text, _ = split_reasoning(text)
     marker = _NEW_RE.search(text)
     if marker is None:
         if structured:
-            import json_repair
-
-            start = text.find("{")
-            data = json_repair.loads(text[start : text.rfind("}") + 1]) if start >= 0 else None
-            if isinstance(data, dict) and "rules" in data:
-                explanation = parse_structured(json.dumps({"rules": data["rules"]}), rule_cap)
-                return explanation, str(data.get("improvement", "")).strip()
+            return parse_structured_child(text, rule_cap)
         raise ParseError(f"no 'NEW EXPLANATION:' in reply: {text.strip()[:80]!r}")
     head, body = text[: marker.start()], text[marker.end() :]
     second = _NEW_RE.search(body)
@@ -669,6 +665,8 @@ def _completion(c: Completion | None, stage: str, error: str | None) -> dict[str
         "finish_reason": c.finish_reason if c else None,
         "request_id": c.request_id if c else None,
         "cached": c.cached if c else False,
+        "reasoning": c.reasoning if c else "",
+        "mode": c.mode if c else None,
         "parsed_ok": error is None,
         "error": error,
         "stage": stage,

@@ -3,19 +3,20 @@
 A structured explanation is a list of rules ``{"activates_on": str, "strength": 0..5}``. The JSON
 schema below is what schema-constrained decoding enforces (local grammar, server
 ``response_format``); ``parse_structured`` is the defensive path for replies that were not
-constrained: it extracts the outermost list (or a ``{"rules": [...]}`` object), repairs it with
-``json_repair``, and validates every rule strictly (a string strength or a list-valued
-``activates_on`` rejects the reply, as in the original), then applies the rule cap.
+constrained: ``featureinterp.replies`` finds the rule list among reasoning, prose and drafts
+(repairing it with ``json_repair`` where needed), every rule is validated strictly (a string
+strength or a list-valued ``activates_on`` rejects the candidate, as in the original), then the
+rule cap applies.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from featureinterp.formatting import MAX_VALUE
+from featureinterp.replies import ReplyError, find_rules, split_reasoning
 
 __all__ = [
     "Rule",
@@ -23,6 +24,7 @@ __all__ = [
     "ParseError",
     "explanation_schema",
     "parse_structured",
+    "parse_structured_child",
     "parse_explanation",
 ]
 
@@ -30,7 +32,7 @@ MAX_RULE_CHARS = 160
 """Longest ``activates_on`` text the schema allows (keeps small models from rambling)."""
 
 
-class ParseError(ValueError):
+class ParseError(ReplyError):
     """A reply that is not a valid explanation; the message says what was wrong."""
 
 
@@ -107,8 +109,6 @@ def explanation_schema(rule_cap: int | None) -> dict[str, Any]:
     }
 
 
-_LIST_RE = re.compile(r"\[.*\]", re.DOTALL)
-
 RULE_PLACEHOLDER = "..."
 """What the prompts' reply format shows in place of a rule; small models copy it verbatim."""
 
@@ -128,32 +128,42 @@ def _rule(item: Any, index: int) -> Rule:
     return Rule(on.strip(), strength)
 
 
-def parse_structured(reply: str, rule_cap: int | None = None) -> Explanation:
-    """Parse a structured reply (constrained or not); raise ``ParseError`` saying why it failed."""
-    import json_repair
-
-    text = reply.strip()
-    data: Any = None
-    try:
-        data = json.loads(text, strict=False)  # grammars may let raw control characters into strings
-    except ValueError:
-        match = _LIST_RE.search(text)
-        if match is None:
-            raise ParseError(f"no JSON list in reply: {text[:80]!r}") from None
-        data = json_repair.loads(match.group(0))
-    if isinstance(data, dict) and "rules" in data:
-        data = data["rules"]
-    if not isinstance(data, list):
-        raise ParseError(f"expected a list of rules, got {type(data).__name__}")
+def _rules(data: list[Any]) -> tuple[Rule, ...]:
     if not data:
         raise ParseError("the reply has no rules")
-    rules = tuple(_rule(item, i) for i, item in enumerate(data))
+    return tuple(_rule(item, i) for i, item in enumerate(data))
+
+
+def parse_structured(reply: str, rule_cap: int | None = None) -> Explanation:
+    """Parse a structured reply (constrained or not); raise ``ParseError`` saying why it failed.
+
+    The reply may carry reasoning, prose, fences and drafts around the rule list
+    (``featureinterp.replies.find_rules``: the last valid rule list wins)."""
+    try:
+        rules, _ = find_rules(reply, _rules)
+    except ParseError:
+        raise
+    except ReplyError as err:
+        raise ParseError(str(err)) from None
     return Explanation(rules).capped(rule_cap)
+
+
+def parse_structured_child(reply: str, rule_cap: int | None = None) -> tuple[Explanation, str]:
+    """(explanation, improvement note) of a structured tree-child reply ``{"improvement": str,
+    "rules": [...]}``; a bare rule list is accepted with an empty note."""
+    try:
+        rules, holder = find_rules(reply, _rules, wrapper_extra=("improvement",))
+    except ParseError:
+        raise
+    except ReplyError as err:
+        raise ParseError(str(err)) from None
+    return Explanation(rules).capped(rule_cap), str(holder.get("improvement", "") or "").strip()
 
 
 def parse_explanation(reply: str, structured: bool, rule_cap: int | None = None) -> Explanation:
     if structured:
         return parse_structured(reply, rule_cap)
+    reply, _ = split_reasoning(reply)
     phrase = reply.strip().splitlines()[0].strip() if reply.strip() else ""
     if not phrase:
         raise ParseError("empty explanation")

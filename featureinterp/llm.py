@@ -91,6 +91,13 @@ class Completion:
     """The server's request id (kept for audit) or a local id."""
     cached: bool = False
     """True when served from the on-disk response cache (no tokens paid)."""
+    reasoning: str = ""
+    """Reasoning the server sent in a separate message field (``reasoning_content``, ``reasoning``):
+    kept for audit, never parsed as the answer."""
+    mode: dict[str, Any] | None = None
+    """How the request that produced it was sent, where a server made us fall back
+    (``{"response_format": "json_schema" | "json_object" | "none", "n": "batched" | "separate",
+    "seed": "sent" | "dropped"}``); None for local backends."""
 
 
 _SCOPE: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("usage_scope", default=None)

@@ -42,6 +42,22 @@ class FakeServer:
         self.max_in_flight = 0
         self.lock = threading.Lock()
         self.base_url = ""
+        self.rejects: dict[str, tuple[int, str]] = {}
+        """Parameters answered with (status, message), as servers without them answer: keys
+        ``json_schema``, ``json_object``, ``n`` (n > 1), ``seed``."""
+        self.max_choices: int | None = None
+        """Choices per answer at most (a server that ignores ``n``: 1)."""
+        self.reasoning: str | None = None
+        """Sent as each choice's ``reasoning_content`` (vLLM's reasoning parser)."""
+
+    def rejection(self, body: dict) -> tuple[int, str] | None:
+        sent = {
+            "json_schema": body.get("response_format", {}).get("type") == "json_schema",
+            "json_object": body.get("response_format", {}).get("type") == "json_object",
+            "n": body.get("n", 1) > 1,
+            "seed": "seed" in body,
+        }
+        return next((self.rejects[k] for k in self.rejects if sent[k]), None)
 
     def answer(self, body: dict, number: int) -> dict:
         last_user = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
@@ -57,11 +73,15 @@ class FakeServer:
             "choices": [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": f"echo[{i}]: {last_user}"},
+                    "message": {
+                        "role": "assistant",
+                        "content": f"echo[{i}]: {last_user}",
+                        **({"reasoning_content": self.reasoning} if self.reasoning else {}),
+                    },
                     "finish_reason": "stop",
                     "logprobs": logprobs,
                 }
-                for i in range(body.get("n", 1))
+                for i in range(min(body.get("n", 1), self.max_choices or body.get("n", 1)))
             ],
             "usage": self.usage,
         }
@@ -102,8 +122,11 @@ class Handler(BaseHTTPRequestHandler):
                 fake.in_flight -= 1
 
     def behave(self, fake: FakeServer, behaviour: str, body: dict, number: int) -> None:
+        rejection = fake.rejection(body)
         if self.path != "/v1/chat/completions":
             self.send(404, b'{"error": {"message": "no such route"}}')
+        elif rejection is not None:
+            self.send(rejection[0], json.dumps({"error": {"message": rejection[1]}}).encode())
         elif behaviour == "429":
             self.send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": "2"})
         elif behaviour.isdigit():
@@ -380,3 +403,87 @@ def test_from_env(server, monkeypatch):
     assert backend.timeout_s == 2.0
     backend.generate(HELLO, GenerationParams())
     assert server.requests[-1]["headers"]["authorization"] == f"Bearer {KEY}"
+
+
+# -- capability fallbacks ---------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _fresh_capabilities(monkeypatch):
+    """Each test learns the fake server's limits afresh (they are remembered per process)."""
+    import featureinterp.api_llm as api_llm
+
+    monkeypatch.setattr(api_llm, "_LEARNED", {})
+
+
+# messages as real servers word them (OpenAI, vLLM, a pydantic-validated server)
+REJECTS = {
+    "json_schema": (
+        400,
+        "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.",
+    ),
+    "json_object": (400, "response_format json_object is not supported"),
+    "n": (400, "n must be 1 when using this endpoint"),
+    "seed": (422, "Extra inputs are not permitted: body.seed"),
+}
+
+
+def test_schema_falls_back_to_json_object_then_none_and_is_remembered(server, tmp_path, caplog):
+    server.rejects = {"json_schema": REJECTS["json_schema"], "json_object": REJECTS["json_object"]}
+    params = GenerationParams(json_schema=SCHEMA, temperature=0.0, seed=3)
+    backend = make(server, cache_dir=tmp_path)
+    with caplog.at_level(logging.WARNING):
+        first = backend.generate(HELLO, params)
+    formats = [r["body"].get("response_format", {}).get("type") for r in server.requests]
+    assert formats == ["json_schema", "json_object", None]
+    assert first[0].mode == {"response_format": "none", "n": "batched", "seed": "sent"}
+    assert "rejected response_format" in caplog.text and KEY not in caplog.text
+    # remembered for (base URL, model): a new request (and a new backend) starts at the rung that worked
+    make(server).generate([user("another")], params)
+    assert len(server.requests) == 4 and "response_format" not in server.requests[-1]["body"]
+    # the cache key is the request as configured: a rerun replays it with its mode
+    replay = make(server, cache_dir=tmp_path).generate(HELLO, params)
+    assert len(server.requests) == 4 and replay[0].cached and replay[0].mode == first[0].mode
+
+
+def test_n_falls_back_to_separate_requests_with_distinct_seeds(server):
+    server.rejects = {"n": REJECTS["n"]}
+    out = make(server).generate(HELLO, GenerationParams(n=3, temperature=1.0, seed=10))
+    bodies = [r["body"] for r in server.requests]
+    assert [b["n"] for b in bodies] == [3, 1, 1, 1]
+    assert [b["seed"] for b in bodies[1:]] == [10, 11, 12], "separate samples need separate seeds"
+    assert len(out) == 3 and all(c.mode["n"] == "separate" for c in out)
+
+
+def test_seed_is_dropped_and_the_metadata_says_so(server):
+    server.rejects = {"seed": REJECTS["seed"], "json_schema": REJECTS["json_schema"]}
+    out = make(server).generate(HELLO, GenerationParams(json_schema=SCHEMA, seed=5))
+    assert out[0].mode == {"response_format": "json_object", "n": "batched", "seed": "dropped"}
+    assert "seed" not in server.requests[-1]["body"]
+    assert len(server.requests) == 3
+
+
+def test_rejections_that_name_nothing_we_can_drop_fail_at_once(server):
+    server.rejects = {"seed": (400, "This model's maximum context length is 8192 tokens")}
+    with pytest.raises(BackendError, match="maximum context length"):
+        make(server).generate(HELLO, GenerationParams(seed=1))
+    assert len(server.requests) == 1
+
+
+def test_reasoning_fields_are_kept_apart_from_the_answer(server, tmp_path):
+    server.reasoning = 'The records share [a, b]; {"rules": [] } would be wrong.'
+    out = make(server, cache_dir=tmp_path).generate(HELLO, GenerationParams())
+    assert out[0].text.startswith("echo[0]:") and out[0].reasoning == server.reasoning
+    assert (
+        make(server, cache_dir=tmp_path).generate(HELLO, GenerationParams())[0].reasoning == server.reasoning
+    )
+
+
+def test_a_server_that_ignores_n_is_asked_for_the_rest_and_remembered(server):
+    server.max_choices = 1  # transformers serve: "Ignoring unsupported fields in the request: {'n'}"
+    out = make(server).generate(HELLO, GenerationParams(n=3, seed=4))
+    assert [r["body"]["n"] for r in server.requests] == [3, 1, 1]
+    assert [r["body"]["seed"] for r in server.requests] == [4, 5, 6]
+    assert [c.mode["n"] for c in out] == ["batched", "separate", "separate"]
+    make(server).generate(HELLO, GenerationParams(n=2, seed=9))
+    assert [r["body"]["n"] for r in server.requests[3:]] == [1, 1], "learned: no batched request"

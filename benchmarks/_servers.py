@@ -1,0 +1,247 @@
+"""Real OpenAI-compatible servers for tests and benchmarks, and a fault-injecting proxy of ours.
+
+``transformers_serve`` runs Hugging Face's own server (``transformers serve``, the ``serving``
+extra of the transformers we install) on 127.0.0.1 in a subprocess, pinned to a local model folder:
+an implementation nobody in this project wrote, so the API backend meets replies, status codes and
+ignored parameters as a real server sends them. What it does with our parameters (transformers
+5.24): ``n``, ``response_format`` and ``logprobs`` are accepted and ignored (a warning in its log, one
+choice back, free text), ``seed`` is honoured (it seeds torch), unknown fields get HTTP 422.
+
+``FaultProxy`` sits in front of such a server and breaks a chosen share of requests the ways servers
+and networks break (429 with and without ``Retry-After``, 500/502/503, a stall past the client's
+timeout, a reset connection, a truncated or non-JSON body, empty ``choices``, a reply holding no rule
+list); every other request is forwarded untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+__all__ = ["FAULTS", "FaultProxy", "free_port", "transformers_serve"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def transformers_serve(model_dir: Path, log: Path, timeout_s: float = 180.0) -> Iterator[str]:
+    """Base URL (``http://127.0.0.1:PORT/v1``) of ``transformers serve MODEL_DIR`` on CPU, float32;
+    the server's output goes to ``log``. Stopped (SIGTERM, then SIGKILL) on exit."""
+    port = free_port()
+    exe = Path(sys.executable).parent / "transformers"
+    cmd = [str(exe), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--device", "cpu", "--dtype", "float32", "--log-level", "info"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"transformers serve exited with {proc.returncode}: {log.read_text()[-2000:]}"
+                )
+            try:
+                with urllib.request.urlopen(f"{url}/models", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"transformers serve not up after {timeout_s:g} s: {log.read_text()[-2000:]}"
+                )
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+FAULTS = (
+    "429_retry_after",
+    "429",
+    "500",
+    "502",
+    "503",
+    "timeout",
+    "reset",
+    "truncated",
+    "not_json",
+    "empty_choices",
+    "no_rules",
+)
+"""Every fault the proxy injects (``no_rules``: a well-formed 200 whose reply holds no rule list)."""
+
+
+class FaultProxy:
+    """HTTP proxy to ``upstream`` that breaks ``rate`` of the chat requests (fault kinds drawn in
+    turn from ``faults``, by a private seeded generator); counts what it did in ``injected`` and
+    ``forwarded``. ``stall_s``: how long a ``timeout`` fault holds the connection (longer than the
+    client's timeout)."""
+
+    def __init__(
+        self,
+        upstream: str,
+        rate: float = 0.3,
+        faults: tuple[str, ...] = FAULTS,
+        seed: int = 0,
+        stall_s: float = 3.0,
+    ):
+        self.upstream, self.rate, self.faults, self.stall_s = upstream.rstrip("/"), rate, faults, stall_s
+        self.injected: Counter[str] = Counter()
+        self.forwarded = 0
+        self._rng = random.Random(seed)
+        self._turn = 0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                proxy._forward(self, None)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                proxy._handle(self, body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _draw(self) -> str | None:
+        with self._lock:
+            if self._rng.random() >= self.rate:
+                return None
+            fault = self.faults[self._turn % len(self.faults)]
+            self._turn += 1
+            self.injected[fault] += 1
+            return fault
+
+    def _handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        fault = self._draw() if handler.path.endswith("/chat/completions") else None
+        try:
+            if fault is None:
+                self._forward(handler, body)
+            else:
+                self._inject(handler, fault, body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _forward(self, handler: BaseHTTPRequestHandler, body: bytes | None) -> None:
+        path = handler.path[len("/v1") :] if handler.path.startswith("/v1") else handler.path
+        request = urllib.request.Request(
+            self.upstream + path,
+            data=body,
+            method="POST" if body is not None else "GET",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=600) as answer:
+                status, payload = answer.status, answer.read()
+        except urllib.error.HTTPError as err:
+            status, payload = err.code, err.read()
+        with self._lock:
+            self.forwarded += 1
+        _send(handler, status, payload)
+
+    def _inject(self, handler: BaseHTTPRequestHandler, fault: str, body: bytes) -> None:
+        error = json.dumps({"error": {"message": f"injected {fault}"}}).encode()
+        if fault == "429_retry_after":
+            _send(handler, 429, error, {"Retry-After": "0"})
+        elif fault in ("429", "500", "502", "503"):
+            _send(handler, int(fault), error)
+        elif fault == "timeout":
+            time.sleep(self.stall_s)
+            _send(handler, 504, error)
+        elif fault == "reset":
+            handler.connection.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+            handler.connection.close()
+            handler.close_connection = True
+        elif fault == "truncated":
+            payload = b'{"id": "x", "choices": [{"index": 0, "message": {"role": "assist'
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(payload) + 40))
+            handler.end_headers()
+            handler.wfile.write(payload)
+            handler.wfile.flush()
+            handler.connection.close()
+            handler.close_connection = True
+        elif fault == "not_json":
+            _send(
+                handler,
+                200,
+                b"<html><body>502 Bad Gateway (upstream)</body></html>",
+                {"Content-Type": "text/html"},
+            )
+        elif fault == "empty_choices":
+            _send(handler, 200, json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode())
+        elif fault == "no_rules":
+            reply = {
+                "id": "fault-no-rules",
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": "I cannot tell what this feature does."},
+                    }
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+            _send(handler, 200, json.dumps(reply).encode())
+        else:
+            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+
+
+def _send(
+    handler: BaseHTTPRequestHandler, status: int, payload: bytes, headers: dict[str, str] | None = None
+) -> None:
+    handler.send_response(status)
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    for name, value in headers.items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
