@@ -7,18 +7,20 @@ ignored parameters as a real server sends them. What it does with our parameters
 5.24): ``n``, ``response_format`` and ``logprobs`` are accepted and ignored (a warning in its log, one
 choice back, free text), ``seed`` is honoured (it seeds torch), unknown fields get HTTP 422.
 
-``FaultProxy`` sits in front of such a server and breaks a chosen share of requests the ways servers
-and networks break (429 with and without ``Retry-After``, 500/502/503, a stall past the client's
+``FaultProxy`` sits in front of such a server and breaks the first attempts of each request the ways
+servers and networks break (429 with and without ``Retry-After``, 500/502/503, a stall past the client's
 timeout, a reset connection, a truncated or non-JSON body, empty ``choices``, a reply holding no rule
 list); every other request is forwarded untouched.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -97,23 +99,33 @@ FAULTS = (
 
 
 class FaultProxy:
-    """HTTP proxy to ``upstream`` that breaks ``rate`` of the chat requests (fault kinds drawn in
-    turn from ``faults``, by a private seeded generator); counts what it did in ``injected`` and
-    ``forwarded``. ``stall_s``: how long a ``timeout`` fault holds the connection (longer than the
-    client's timeout)."""
+    """HTTP proxy to ``upstream`` that breaks the first attempts of every distinct chat request.
+
+    Each distinct request body gets ``k`` faults before it is forwarded: ``k = schedule`` when that
+    is given, else drawn from ``per_request`` (inclusive range) by a generator seeded with ``seed``
+    and the body, so concurrent requests see a reproducible number of faults whatever their order.
+    Fault kinds are taken in turn from ``faults``. ``stall_s``: how long a ``timeout`` fault holds
+    the connection (set it above the client's timeout). Counts: ``injected`` (per kind),
+    ``forwarded`` (requests that reached the server) and ``paid`` (forwards per request body)."""
 
     def __init__(
         self,
         upstream: str,
-        rate: float = 0.3,
         faults: tuple[str, ...] = FAULTS,
+        per_request: tuple[int, int] = (0, 3),
+        schedule: int | None = None,
         seed: int = 0,
         stall_s: float = 3.0,
     ):
-        self.upstream, self.rate, self.faults, self.stall_s = upstream.rstrip("/"), rate, faults, stall_s
+        unknown = [f for f in faults if f not in FAULTS]
+        if unknown:
+            raise ValueError(f"unknown faults {unknown}; known: {', '.join(FAULTS)}")
+        self.upstream, self.faults, self.stall_s = upstream.rstrip("/"), faults, stall_s
+        self.per_request, self.schedule, self.seed = per_request, schedule, seed
         self.injected: Counter[str] = Counter()
         self.forwarded = 0
-        self._rng = random.Random(seed)
+        self.paid: Counter[str] = Counter()
+        self._seen: Counter[str] = Counter()
         self._turn = 0
         self._lock = threading.Lock()
         proxy = self
@@ -147,9 +159,17 @@ class FaultProxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def _draw(self) -> str | None:
+    def _draw(self, body: bytes) -> str | None:
+        digest = hashlib.sha256(body).hexdigest()
         with self._lock:
-            if self._rng.random() >= self.rate:
+            attempt = self._seen[digest]
+            self._seen[digest] += 1
+            if self.schedule is not None:
+                k = self.schedule
+            else:
+                k = random.Random(f"{self.seed}:{digest}").randint(*self.per_request)
+            if attempt >= k:
+                self.paid[digest] += 1
                 return None
             fault = self.faults[self._turn % len(self.faults)]
             self._turn += 1
@@ -157,7 +177,7 @@ class FaultProxy:
             return fault
 
     def _handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
-        fault = self._draw() if handler.path.endswith("/chat/completions") else None
+        fault = self._draw(body) if handler.path.endswith("/chat/completions") else None
         try:
             if fault is None:
                 self._forward(handler, body)
@@ -193,9 +213,10 @@ class FaultProxy:
             time.sleep(self.stall_s)
             _send(handler, 504, error)
         elif fault == "reset":
-            handler.connection.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-            )
+            # linger 0: closing sends RST instead of FIN (the buffered reader holds the socket open
+            # until it is closed too)
+            handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            handler.rfile.close()
             handler.connection.close()
             handler.close_connection = True
         elif fault == "truncated":
@@ -206,6 +227,7 @@ class FaultProxy:
             handler.end_headers()
             handler.wfile.write(payload)
             handler.wfile.flush()
+            handler.rfile.close()
             handler.connection.close()
             handler.close_connection = True
         elif fault == "not_json":

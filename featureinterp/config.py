@@ -77,6 +77,13 @@ class ApiSpec:
     """USD per million prompt tokens (for the cost metadata)."""
     price_out_per_mtok: float = 0.0
     max_concurrent: int = 8
+    timeout_s: float = 60.0
+    """Seconds to wait for one answer (a local server on CPU may need minutes for long replies)."""
+    max_attempts: int = 8
+    """Tries per request through 429s, 5xx, timeouts and unusable answers."""
+    backoff_initial_s: float = 1.0
+    """First retry delay (doubling, with jitter, up to ``backoff_max_s``) where no Retry-After says."""
+    backoff_max_s: float = 30.0
     route_prefix: str = ""
     """Prepended to every model id sent to the route (a stand-in server's ``standin/``)."""
     other_prices: tuple[tuple[str, float, float], ...] = ()

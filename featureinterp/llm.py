@@ -36,6 +36,7 @@ __all__ = [
     "system",
     "user",
     "assistant",
+    "request_modes",
 ]
 
 Message = dict[str, str]
@@ -173,3 +174,16 @@ class ChatBackend(ABC):
     ) -> np.ndarray:
         """Log-probabilities of each candidate as the next token after ``reply_prefix``, which starts
         the assistant's reply to ``messages``. Candidates the backend cannot see get ``-inf``."""
+
+
+def request_modes(completions: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """How many completion records (``Completion`` fields as dicts) each request mode produced,
+    keyed ``"response_format=json_object, n=separate, seed=sent"``: after a server made the API
+    backend fall back, the metadata shows which constraint each explanation was sampled under.
+    Local completions (no mode) count as ``"local"``."""
+    counts: dict[str, int] = {}
+    for c in completions:
+        mode = c.get("mode")
+        key = "local" if not mode else ", ".join(f"{k}={v}" for k, v in mode.items() if v is not None)
+        counts[key] = counts.get(key, 0) + 1
+    return counts

@@ -243,6 +243,10 @@ class LLMResource(dg.ConfigurableResource):
                     price_in_per_mtok=route.price_in_per_mtok,
                     price_out_per_mtok=route.price_out_per_mtok,
                     max_concurrent=route.max_concurrent,
+                    timeout_s=route.timeout_s,
+                    max_attempts=route.max_attempts,
+                    backoff_initial_s=route.backoff_initial_s,
+                    backoff_max_s=route.backoff_max_s,
                 )
             else:
                 model_, tok = load_model("explainer", spec, Path(self.models_dir), self.device)

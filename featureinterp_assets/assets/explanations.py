@@ -20,6 +20,7 @@ from featureinterp.experiments import Condition, evaluate, feature_records, get_
 from featureinterp.explainers import ExplanationFailed, explain
 from featureinterp.explanations import Explanation
 from featureinterp.formatting import quantize
+from featureinterp.llm import request_modes
 from featureinterp.previews import score_strip
 from featureinterp.records import feature_generator
 from featureinterp_assets.assets.records import _layer_feature_of
@@ -200,6 +201,7 @@ def _explain(spec, llm: LLMResource, cond: Condition, layer: int, feature: int, 
         "tree_path": dg.MetadataValue.json(path),
         "usage": dg.MetadataValue.json(result.usage),
         "explainer": backend.name,
+        "request_modes": dg.MetadataValue.json(request_modes(result.completions)),
         "simulations": result.simulations,
         "simulator_tokens": simulator_tokens,
     }
