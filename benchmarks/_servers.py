@@ -125,6 +125,10 @@ class FaultProxy:
         self.injected: Counter[str] = Counter()
         self.forwarded = 0
         self.paid: Counter[str] = Counter()
+        self.first_answer: dict[str, str] = {}
+        self.first_answer_at: dict[str, float] = {}
+        """``time.monotonic()`` when the server's first answer to each body was sent on."""
+        """The reply text the server first gave to each request body (what a cache should keep)."""
         self._seen: Counter[str] = Counter()
         self._turn = 0
         self._lock = threading.Lock()
@@ -159,8 +163,7 @@ class FaultProxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def _draw(self, body: bytes) -> str | None:
-        digest = hashlib.sha256(body).hexdigest()
+    def _draw(self, digest: str) -> str | None:
         with self._lock:
             attempt = self._seen[digest]
             self._seen[digest] += 1
@@ -177,16 +180,17 @@ class FaultProxy:
             return fault
 
     def _handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
-        fault = self._draw(body) if handler.path.endswith("/chat/completions") else None
+        digest = hashlib.sha256(body).hexdigest()
+        fault = self._draw(digest) if handler.path.endswith("/chat/completions") else None
         try:
             if fault is None:
-                self._forward(handler, body)
+                self._forward(handler, body, digest)
             else:
                 self._inject(handler, fault, body)
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def _forward(self, handler: BaseHTTPRequestHandler, body: bytes | None) -> None:
+    def _forward(self, handler: BaseHTTPRequestHandler, body: bytes | None, digest: str = "") -> None:
         path = handler.path[len("/v1") :] if handler.path.startswith("/v1") else handler.path
         request = urllib.request.Request(
             self.upstream + path,
@@ -201,6 +205,9 @@ class FaultProxy:
             status, payload = err.code, err.read()
         with self._lock:
             self.forwarded += 1
+            if digest and digest not in self.first_answer:
+                self.first_answer[digest] = _content(payload)
+                self.first_answer_at[digest] = time.monotonic()
         _send(handler, status, payload)
 
     def _inject(self, handler: BaseHTTPRequestHandler, fault: str, body: bytes) -> None:
@@ -255,6 +262,13 @@ class FaultProxy:
             _send(handler, 200, json.dumps(reply).encode())
         else:
             raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+
+
+def _content(payload: bytes) -> str:
+    try:
+        return json.loads(payload)["choices"][0]["message"]["content"] or ""
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
 
 
 def _send(

@@ -126,6 +126,8 @@ class ExplainSettings:
     tree_temperature: float = 1.2
     """Temperature of the tree's revisions (the paper: 1.2; a 135M model needs less to stay coherent)."""
     tree_roots: int = 3
+    max_tokens: int = 600
+    """Reply budget (tokens) of one-shot and tree-root explanations (the paper: 600)."""
     child_max_tokens: int = 800
     """Reply budget of a tree child (improvement note + explanation); a small local explainer
     without a grammar (unstructured children) otherwise rambles to the limit."""

@@ -81,6 +81,7 @@ class Condition:
                 "branching": settings.tree_branching,
                 "depth": settings.tree_depth,
                 "width": settings.tree_width,
+                "max_tokens": settings.max_tokens,
                 "child_max_tokens": settings.child_max_tokens,
             } | overrides
         if self.tree is not None:

@@ -698,6 +698,10 @@ class _Run:
     cache: _RuleCache
     nodes: list[_Node] = field(default_factory=list)
     completions: list[dict[str, Any]] = field(default_factory=list)
+    unusable: list[tuple[list[Message], GenerationParams]] = field(default_factory=list)
+    """Requests whose reply did not parse. Kept in the backend's cache when the feature is
+    explained anyway (a rerun replays the same path for free); forgotten when it fails, so a
+    relaunch asks the server again instead of replaying the failure."""
     truth: tuple[list[np.ndarray], list[np.ndarray]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -744,7 +748,7 @@ class _Run:
                     last_error = f"unparseable reply: {err}"
                     unusable = True
             if unusable:
-                self.backend.forget(messages, params)
+                self.unusable.append((messages, params))
         if not found:
             tried = sum(1 for c in self.completions if c["stage"] == stage)
             raise ExplanationFailed(
@@ -782,7 +786,7 @@ class _Run:
         try:
             explanation, improvement = parse_child_reply(c.text, cfg.structured, cfg.rule_cap)
         except ParseError as err:
-            self.backend.forget(messages, params)
+            self.unusable.append((messages, params))
             return c, str(err), None, None
         return c, None, explanation, improvement
 
@@ -867,7 +871,12 @@ def explain(
         raise ValueError("config.holistic is set but some train records have no holistic values")
     with tally_usage() as usage:  # this call's requests only, even when features share the backend
         run = _Run(backend, records, config, seed, _RuleCache(simulate, records))
-        chosen, stop = run.tree() if config.method == "tree" else run.one_shot()
+        try:
+            chosen, stop = run.tree() if config.method == "tree" else run.one_shot()
+        except ExplanationFailed:
+            for messages, params in run.unusable:
+                backend.forget(messages, params)
+            raise
     return ExplainResult(
         explanation=chosen[0].explanation,
         alternatives=[n.explanation for n in chosen[1:]],

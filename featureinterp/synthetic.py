@@ -143,8 +143,10 @@ def discrimination(
     n_random: int = 4,
     seed: int = 0,
     skip_first: bool = True,
+    empty: bool = False,
 ) -> list[dict[str, float | str]]:
-    """Correct-minus-wrong pooled correlation per synthetic feature.
+    """Correct-minus-wrong pooled correlation per synthetic feature (``empty``: also the score of
+    an empty explanation and correct minus it: what the simulator predicts from the records alone).
 
     Records per feature: its ``n_top`` rows with the most activation plus ``n_random`` other rows
     (seeded per feature). ``simulate(explanation, records)`` returns per-token predictions.
@@ -165,7 +167,9 @@ def discrimination(
         true = [acts[fi, r, start:] for r in rows]
         right = score(true, simulate(SYNTHETIC_FEATURES[f].explanation, records)).correlation
         wrong = score(true, simulate(wrong_explanation(f), records)).correlation
-        out.append(
-            {"feature": SYNTHETIC_FEATURES[f].name, "correct": right, "wrong": wrong, "diff": right - wrong}
-        )
+        row = {"feature": SYNTHETIC_FEATURES[f].name, "correct": right, "wrong": wrong, "diff": right - wrong}
+        if empty:
+            row["empty"] = score(true, simulate("", records)).correlation
+            row["diff_empty"] = right - row["empty"]
+        out.append(row)
     return out

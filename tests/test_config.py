@@ -94,3 +94,15 @@ def test_the_embedded_default_materializes_every_condition_its_figures_draw():
     assert figure_conditions("fig3", present) == ("one_shot", "tree")
     assert preset.explain.explainer is None and preset.explain.synthetic
     assert get_preset("embedded-large").explain.conditions == ("one_shot", "tree")
+
+
+def test_reply_budgets_reach_every_condition_s_explainer():
+    import dataclasses
+
+    from featureinterp.experiments import CONDITIONS, get_condition
+
+    settings = dataclasses.replace(get_preset("embedded").explain, max_tokens=123, child_max_tokens=321)
+    for name in CONDITIONS:
+        config = get_condition(name).explainer_config(settings)
+        assert (config.max_tokens, config.child_max_tokens) == (123, 321), name
+    assert get_preset("gpt2-small").explain.max_tokens == 600  # the paper's one-shot budget

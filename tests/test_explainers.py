@@ -113,7 +113,8 @@ def test_unparseable_sample_is_re_requested_with_a_new_seed():
     assert "no JSON list" in result.completions[0]["error"]
     (_, first), (_, second) = backend.calls
     assert second.n == 1 and first.seed != second.seed
-    assert backend.forgotten == [first.seed]  # a cached unusable reply is not replayed by a rerun
+    # explained anyway: the unusable reply stays cached, so a rerun replays this path for free
+    assert backend.forgotten == []
 
 
 def test_failure_is_raised_after_bounded_retries_never_a_dummy():
@@ -123,6 +124,8 @@ def test_failure_is_raised_after_bounded_retries_never_a_dummy():
     assert len(backend.calls) == 3  # the first request + 2 retries
     assert len(info.value.completions) == 3 and not any(c["parsed_ok"] for c in info.value.completions)
     assert "3 completion(s)" in info.value.reason and "unparseable" in info.value.reason
+    # failed: every unusable reply is forgotten, so a relaunch asks the server again
+    assert backend.forgotten == [params.seed for _, params in backend.calls]
 
 
 def test_backend_giving_up_is_an_explanation_failure():

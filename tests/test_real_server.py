@@ -58,7 +58,9 @@ def test_chat_n_seed_usage_cache_and_the_key(real_server, model_cache, tmp_path,
     url, log = real_server
     caplog.set_level(logging.DEBUG)
     model = model_cache / "SmolLM2-135M-Instruct"
-    backend = _backend(url, model, cache_dir=tmp_path / "cache", price_in_per_mtok=1.0, price_out_per_mtok=2.0)
+    backend = _backend(
+        url, model, cache_dir=tmp_path / "cache", price_in_per_mtok=1.0, price_out_per_mtok=2.0
+    )
     params = GenerationParams(
         n=2, temperature=0.8, max_tokens=24, seed=11, json_schema=explanation_schema(rule_cap=2)
     )
@@ -86,7 +88,7 @@ def test_chat_n_seed_usage_cache_and_the_key(real_server, model_cache, tmp_path,
 
     # what this server rejects: an unknown field (vLLM's continue_final_message) is HTTP 422, not retried
     with pytest.raises(BackendError, match="HTTP 422.*Unexpected fields") as unknown:
-        backend.next_token_logprobs(PROMPT, "{", ["\"", "x"])
+        backend.next_token_logprobs(PROMPT, "{", ['"', "x"])
     # and it sends no logprobs: retried as an unusable answer, then a clear error
     with pytest.raises(BackendError, match="support logprobs") as no_logprobs:
         _backend(url, model, max_attempts=2).next_token_logprobs(PROMPT, "", ["{"])
@@ -132,7 +134,9 @@ def test_dagster_explains_and_scores_through_the_real_server(real_server, model_
     api = ApiSpec(
         model=str(model_cache / "SmolLM2-135M-Instruct"), base_url=url, api_key_env=KEY_ENV, timeout_s=120
     )
-    preset = base.replace(name="tiny-via-server", features=(0,), explain=dataclasses.replace(base.explain, explainer=api))
+    preset = base.replace(
+        name="tiny-via-server", features=(0,), explain=dataclasses.replace(base.explain, explainer=api)
+    )
     path = tmp_path / "tiny-via-server.toml"
     path.write_text(dump_preset(preset, "toml"))
     monkeypatch.setenv("FEATUREINTERP_PRESET", str(path))
@@ -162,9 +166,7 @@ def test_dagster_explains_and_scores_through_the_real_server(real_server, model_
         assert completions and all(c["mode"] is not None for c in completions), condition
         assert any(c["parsed_ok"] for c in completions) and value["explanation"]["rules"]
         assert value["usage"]["requests"] > 0
-        score = json.loads(
-            (storage / "scores" / condition / feature / layer / "value.json").read_text()
-        )
+        score = json.loads((storage / "scores" / condition / feature / layer / "value.json").read_text())
         assert -1.0 <= score["score"] <= 1.0
     stored = "".join(p.read_text() for p in home.rglob("*.json"))
     assert KEY not in stored
