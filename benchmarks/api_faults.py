@@ -16,9 +16,9 @@ never stored the answer); it is counted apart (``paid_twice_in_flight_at_kill``)
 Checks: ``faults_injected`` (goal >= 100), ``features_lost`` (explanations missing after the
 rerun; goal 0), ``dummy_explanations`` (explanations without a parsed reply behind them; goal 0),
 ``requests_paid_twice`` (request bodies the server answered twice although its first answer was
-usable: the disk cache must answer them after the kill; goal 0), ``unusable_reasked`` (unparseable answers asked
-for again: the explainer forgets them only when the feature fails, so this stays 0 when none does), ``key_leaks`` (files and logs
-holding the API key; goal 0). Ratio ``cache_savings`` = requests the server answered for the
+usable: the disk cache must answer them after the kill; goal 0), ``unusable_reasked``
+(unparseable answers asked for again: the explainer forgets them only when the feature fails, so
+this stays 0 when none does), ``key_leaks`` (files and logs holding the API key; goal 0). Ratio ``cache_savings`` = requests the server answered for the
 first, interrupted run and its rerun / requests it answered for a fresh Dagster instance over the
 same cache (the rerun of a whole study after its asset history is lost).
 
