@@ -3,7 +3,7 @@ mid-run, a rerun, and a second cold run on the warm cache.
 
 The explainer is ``transformers serve`` (Hugging Face's OpenAI-compatible server) serving the
 embedded SmolLM2-135M-Instruct; between it and the project's ``OpenAIChatBackend`` sits
-``benchmarks._servers.FaultProxy``, which breaks the first 2-6 attempts (seeded per request body)
+``benchmarks._servers.FaultProxy``, which breaks the first 3-7 attempts (seeded per request body)
 of every request in turn with 429 (with and without ``Retry-After``), 500, 502, 503, a stall past
 the client's timeout, a reset connection, a truncated body, a non-JSON body, empty ``choices`` and a
 well-formed reply holding no rule list. ``featureinterp run`` explains embedded-tiny partitions
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--features", default="0,1")
     parser.add_argument("--layers", default="L03,L06")
     parser.add_argument("--kill-after", type=int, default=10, help="server answers before the SIGKILL")
-    parser.add_argument("--per-request", default="2,6", help="faults per request body: lo,hi")
+    parser.add_argument("--per-request", default="3,7", help="faults per request body: lo,hi")
     parser.add_argument("--timeout", type=float, default=25.0, help="client timeout (s); stalls 1 s longer")
     parser.add_argument(
         "--max-tokens",

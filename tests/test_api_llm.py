@@ -21,7 +21,7 @@ import pytest
 
 from featureinterp.api_llm import OpenAIChatBackend
 from featureinterp.errors import ConfigError
-from featureinterp.llm import BackendError, GenerationParams, assistant, system, user
+from featureinterp.llm import BackendError, GenerationParams, assistant, request_modes, system, user
 
 KEY = "sk-test-SECRET-123"
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
@@ -459,6 +459,11 @@ def test_seed_is_dropped_and_the_metadata_says_so(server):
     server.rejects = {"seed": REJECTS["seed"], "json_schema": REJECTS["json_schema"]}
     out = make(server).generate(HELLO, GenerationParams(json_schema=SCHEMA, seed=5))
     assert out[0].mode == {"response_format": "json_object", "n": "batched", "seed": "dropped"}
+    # what the explanation metadata shows (request_modes over its completion records)
+    assert request_modes([{"mode": out[0].mode}, {"mode": None}]) == {
+        "response_format=json_object, n=batched, seed=dropped": 1,
+        "local": 1,
+    }
     assert "seed" not in server.requests[-1]["body"]
     assert len(server.requests) == 3
 

@@ -157,6 +157,11 @@ def test_dagster_explains_and_scores_through_the_real_server(real_server, model_
         partition_key=partition,
     )
     assert result.success
+    # the UI shows how each explanation's requests were sent (this server ignores n: separate)
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.path[0] == "explanations":
+            modes = event.materialization.metadata["request_modes"].value
+            assert modes and all("response_format=json_schema" in m for m in modes), modes
     storage = home / "storage" / loaded.name
     for condition in ("one_shot", "tree"):
         value = json.loads(
