@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import openai
 
+from featureinterp import api_capabilities as capabilities
+from featureinterp.api_capabilities import JSON_SCHEMA_MODES, Capabilities
 from featureinterp.errors import ConfigError
 from featureinterp.llm import BackendError, ChatBackend, Completion, GenerationParams, Message, Usage
 
@@ -38,9 +40,6 @@ __all__ = ["JSON_SCHEMA_MODES", "OpenAIChatBackend"]
 
 logger = logging.getLogger(__name__)
 
-JSON_SCHEMA_MODES = ("json_schema", "json_object", "none")
-"""How ``GenerationParams.json_schema`` reaches the server: a strict ``json_schema`` response format,
-a plain ``json_object`` one, or nothing (the caller parses and repairs the reply)."""
 
 _NO_KEY = "EMPTY"
 """Sent when no key is given (vLLM without ``--api-key`` ignores it); the client would otherwise read
@@ -60,34 +59,6 @@ class _Rejected(BackendError):
     def __init__(self, message: str, status: int, reason: str):
         super().__init__(message)
         self.status, self.reason = status, reason
-
-
-@dataclass(frozen=True)
-class _Capabilities:
-    """What a server accepted: the response format rung, ``n > 1`` in one request, ``seed``."""
-
-    response_format: str = "json_schema"
-    n: bool = True
-    seed: bool = True
-
-
-_LEARNED: dict[tuple[str, str], _Capabilities] = {}
-"""Capabilities learned per (base URL, model) in this process (one Dagster run): later requests
-start where the first fallback ended instead of paying the rejection again."""
-_LEARNED_LOCK = threading.Lock()
-_FALLBACK_STATUSES = (400, 422)
-_HINTS = {
-    "response_format": re.compile(r"response_format|json_schema|json_object|schema|structured|guided", re.I),
-    "n": re.compile(
-        r"""(?<![\w.])['"`]?n['"`]?(?![\w.])|multiple (choices|completions|samples)|best_of""", re.I
-    ),
-    "seed": re.compile(r"\bseed\b", re.I),
-}
-_UNSUPPORTED = re.compile(
-    r"unsupported|not supported|unknown|unrecognized|unexpected|extra (inputs|fields)|not permitted|"
-    r"not allowed|invalid (parameter|argument|field)",
-    re.I,
-)
 
 
 @dataclass(eq=False, repr=False)
@@ -197,7 +168,7 @@ class OpenAIChatBackend(ChatBackend):
                 result, usage, caps = self._generate_with(messages, params, caps)
                 break
             except _Rejected as err:
-                fallback = _fallback(caps, params, err.reason)
+                fallback = capabilities.fallback(caps, params, err.status, err.reason)
                 if fallback is None:
                     raise BackendError(str(err)) from None
                 name, caps = fallback
@@ -208,37 +179,21 @@ class OpenAIChatBackend(ChatBackend):
                     name,
                     err.status,
                     err.reason[:120],
-                    _describe(caps, name),
+                    capabilities.describe(caps, name),
                 )
         self._learn(caps)
         self._cache_write(key, {"result": result, "usage": usage})
         return [_completion_of(c, cached=False) for c in result]
 
-    def _capabilities(self) -> _Capabilities:
-        with _LEARNED_LOCK:
-            learned = _LEARNED.get((self.base_url, self.model), _Capabilities())
-        rung = max(
-            JSON_SCHEMA_MODES.index(learned.response_format), JSON_SCHEMA_MODES.index(self.json_schema_mode)
-        )
-        return replace(learned, response_format=JSON_SCHEMA_MODES[rung])
+    def _capabilities(self) -> Capabilities:
+        return capabilities.recall(self.base_url, self.model, self.json_schema_mode)
 
-    def _learn(self, caps: _Capabilities) -> None:
-        with _LEARNED_LOCK:
-            old = _LEARNED.get((self.base_url, self.model), _Capabilities())
-            _LEARNED[(self.base_url, self.model)] = _Capabilities(
-                JSON_SCHEMA_MODES[
-                    max(
-                        JSON_SCHEMA_MODES.index(old.response_format),
-                        JSON_SCHEMA_MODES.index(caps.response_format),
-                    )
-                ],
-                old.n and caps.n,
-                old.seed and caps.seed,
-            )
+    def _learn(self, caps: Capabilities) -> None:
+        capabilities.learn(self.base_url, self.model, caps)
 
     def _generate_with(
-        self, messages: Sequence[Message], params: GenerationParams, caps: _Capabilities
-    ) -> tuple[list[dict[str, Any]], dict[str, float], _Capabilities]:
+        self, messages: Sequence[Message], params: GenerationParams, caps: Capabilities
+    ) -> tuple[list[dict[str, Any]], dict[str, float], Capabilities]:
         """(completion dicts with their ``mode``, summed usage, capabilities learned) of the request
         sent as ``caps`` allow. A server that answers ``n > 1`` with fewer choices (it ignores
         ``n``, as ``transformers serve`` does) is asked for the rest one request at a time."""
@@ -281,7 +236,7 @@ class OpenAIChatBackend(ChatBackend):
             self._cache_path(self._cache_key(self._chat_request(messages, params))).unlink(missing_ok=True)
 
     def _chat_request(
-        self, messages: Sequence[Message], params: GenerationParams, caps: _Capabilities | None = None
+        self, messages: Sequence[Message], params: GenerationParams, caps: Capabilities | None = None
     ) -> dict[str, Any]:
         """The request body; ``caps`` None: as configured (the cache key), else as the server allows."""
         fmt = self.json_schema_mode if caps is None else caps.response_format
@@ -521,31 +476,6 @@ def _completion_of(entry: dict[str, Any], cached: bool) -> Completion:
         reasoning=entry.get("reasoning", ""),
         mode=entry.get("mode"),
     )
-
-
-def _fallback(caps: _Capabilities, params: GenerationParams, reason: str) -> tuple[str, _Capabilities] | None:
-    """(the parameter given up, the capabilities to try next) after a rejection, or None when the
-    rejection names nothing we can leave out (then it is the caller's error: raised as is)."""
-    options: list[tuple[str, _Capabilities]] = []
-    if params.json_schema is not None and caps.response_format != "none":
-        rung = JSON_SCHEMA_MODES[JSON_SCHEMA_MODES.index(caps.response_format) + 1]
-        options.append(("response_format", replace(caps, response_format=rung)))
-    if params.n > 1 and caps.n:
-        options.append(("n", replace(caps, n=False)))
-    if params.seed is not None and caps.seed:
-        options.append(("seed", replace(caps, seed=False)))
-    hinted = [o for o in options if _HINTS[o[0]].search(reason)]
-    if hinted:
-        return hinted[0]
-    if options and _UNSUPPORTED.search(reason):
-        return options[0]
-    return None
-
-
-def _describe(caps: _Capabilities, name: str) -> str:
-    if name == "response_format":
-        return f"response_format {caps.response_format}"
-    return "n separate requests" if name == "n" else "no seed"
 
 
 def _top_logprobs(body: dict, request_id: str | None) -> list[list]:

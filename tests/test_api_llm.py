@@ -411,9 +411,9 @@ def test_from_env(server, monkeypatch):
 @pytest.fixture(autouse=True)
 def _fresh_capabilities(monkeypatch):
     """Each test learns the fake server's limits afresh (they are remembered per process)."""
-    import featureinterp.api_llm as api_llm
+    import featureinterp.api_capabilities as api_capabilities
 
-    monkeypatch.setattr(api_llm, "_LEARNED", {})
+    monkeypatch.setattr(api_capabilities, "_LEARNED", {})
 
 
 # messages as real servers word them (OpenAI, vLLM, a pydantic-validated server)

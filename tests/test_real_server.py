@@ -44,9 +44,9 @@ def real_server(embedded_model, model_cache, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _fresh_capabilities(monkeypatch):
-    import featureinterp.api_llm as api_llm
+    import featureinterp.api_capabilities as api_capabilities
 
-    monkeypatch.setattr(api_llm, "_LEARNED", {})
+    monkeypatch.setattr(api_capabilities, "_LEARNED", {})
 
 
 def _backend(url: str, model_dir: Path, **kwargs) -> OpenAIChatBackend:
