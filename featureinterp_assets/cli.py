@@ -475,6 +475,9 @@ def presets(command: str, name: str | None, fmt: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from featureinterp.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before Dagster starts its threads (featureinterp/memory.py)
     parser = argparse.ArgumentParser(prog="featureinterp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="materialize the main lineage of a preset")

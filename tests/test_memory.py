@@ -1,0 +1,48 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from featureinterp.memory import limit_malloc_arenas
+
+
+def test_arenas_are_capped_unless_the_user_set_them(monkeypatch):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert limit_malloc_arenas(2) is True
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas(2) is False
+    with pytest.raises(ValueError, match="at least 1"):
+        limit_malloc_arenas(0)
+
+
+def test_threads_after_the_cap_share_the_arenas():
+    """Eight threads allocating: with the cap, glibc reports at most 2 arenas (malloc_info)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    code = """
+import ctypes, threading, os, tempfile
+from featureinterp.memory import limit_malloc_arenas
+limit_malloc_arenas(2)
+def work():
+    blocks = [bytearray(4096) for _ in range(200)]
+    ev.wait()
+ev = threading.Event()
+ts = [threading.Thread(target=work) for _ in range(8)]
+[t.start() for t in ts]
+libc = ctypes.CDLL("libc.so.6")
+libc.fdopen.restype = ctypes.c_void_p
+libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fflush.argtypes = [ctypes.c_void_p]
+f = tempfile.TemporaryFile()
+fp = libc.fdopen(os.dup(f.fileno()), b"w")
+libc.malloc_info(0, fp); libc.fflush(fp)
+ev.set(); [t.join() for t in ts]
+f.seek(0); print(f.read().decode().count("<heap nr="))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert int(out.stdout.strip()) <= 2
