@@ -186,7 +186,7 @@ class FaultProxy:
             if fault is None:
                 self._forward(handler, body, digest)
             else:
-                self._inject(handler, fault, body)
+                self._inject(handler, fault)
         except (BrokenPipeError, ConnectionResetError):
             pass
 
@@ -210,7 +210,7 @@ class FaultProxy:
                 self.first_answer_at[digest] = time.monotonic()
         _send(handler, status, payload)
 
-    def _inject(self, handler: BaseHTTPRequestHandler, fault: str, body: bytes) -> None:
+    def _inject(self, handler: BaseHTTPRequestHandler, fault: str) -> None:
         error = json.dumps({"error": {"message": f"injected {fault}"}}).encode()
         if fault == "429_retry_after":
             _send(handler, 429, error, {"Retry-After": "0"})

@@ -162,7 +162,7 @@ class OpenAIChatBackend(ChatBackend):
         if stored is not None:
             self.usage.add(cached_requests=1)
             return [_completion_of(c, cached=True) for c in stored["result"]]
-        caps = self._capabilities()
+        caps = capabilities.recall(self.base_url, self.model, self.json_schema_mode)
         while True:
             try:
                 result, usage, caps = self._generate_with(messages, params, caps)
@@ -181,15 +181,9 @@ class OpenAIChatBackend(ChatBackend):
                     err.reason[:120],
                     capabilities.describe(caps, name),
                 )
-        self._learn(caps)
+        capabilities.learn(self.base_url, self.model, caps)
         self._cache_write(key, {"result": result, "usage": usage})
         return [_completion_of(c, cached=False) for c in result]
-
-    def _capabilities(self) -> Capabilities:
-        return capabilities.recall(self.base_url, self.model, self.json_schema_mode)
-
-    def _learn(self, caps: Capabilities) -> None:
-        capabilities.learn(self.base_url, self.model, caps)
 
     def _generate_with(
         self, messages: Sequence[Message], params: GenerationParams, caps: Capabilities

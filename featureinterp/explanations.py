@@ -134,29 +134,29 @@ def _rules(data: list[Any]) -> tuple[Rule, ...]:
     return tuple(_rule(item, i) for i, item in enumerate(data))
 
 
+def _find(reply: str, extra: tuple[str, ...] = ()) -> tuple[tuple[Rule, ...], dict[str, Any]]:
+    """``replies.find_rules`` with every failure as a ``ParseError``."""
+    try:
+        return find_rules(reply, _rules, wrapper_extra=extra)
+    except ParseError:
+        raise
+    except ReplyError as err:
+        raise ParseError(str(err)) from None
+
+
 def parse_structured(reply: str, rule_cap: int | None = None) -> Explanation:
     """Parse a structured reply (constrained or not); raise ``ParseError`` saying why it failed.
 
     The reply may carry reasoning, prose, fences and drafts around the rule list
     (``featureinterp.replies.find_rules``: the last valid rule list wins)."""
-    try:
-        rules, _ = find_rules(reply, _rules)
-    except ParseError:
-        raise
-    except ReplyError as err:
-        raise ParseError(str(err)) from None
+    rules, _ = _find(reply)
     return Explanation(rules).capped(rule_cap)
 
 
 def parse_structured_child(reply: str, rule_cap: int | None = None) -> tuple[Explanation, str]:
     """(explanation, improvement note) of a structured tree-child reply ``{"improvement": str,
     "rules": [...]}``; a bare rule list is accepted with an empty note."""
-    try:
-        rules, holder = find_rules(reply, _rules, wrapper_extra=("improvement",))
-    except ParseError:
-        raise
-    except ReplyError as err:
-        raise ParseError(str(err)) from None
+    rules, holder = _find(reply, ("improvement",))
     return Explanation(rules).capped(rule_cap), str(holder.get("improvement", "") or "").strip()
 
 
