@@ -6,6 +6,9 @@ not reused by another, so the process's resident size grows with the thread coun
 with what it holds. Measured on the embedded default (2 cores, README "Benchmarks"): peak RSS
 3.34 GiB with glibc's default, 3.06 GiB with this cap applied at start-up, 2.84 GiB with
 ``MALLOC_ARENA_MAX=2`` exported before the process starts (it also covers what imports allocate).
+So the ``featureinterp`` console script sets the variable and re-executes itself before anything
+heavy is imported (:func:`arena_environment`, ``featureinterp_assets/launch.py``); the in-process
+cap remains for callers of ``cli.main`` from Python.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["limit_malloc_arenas"]
+__all__ = ["ARENAS", "arena_environment", "limit_malloc_arenas"]
+
+ARENAS = 2
+"""Arenas for the whole process: one per core of the 2-core machine the embedded default targets."""
 
 _M_ARENA_MAX = -8  # mallopt parameter number in glibc's malloc.h
 
 
-def limit_malloc_arenas(arenas: int = 2) -> bool:
+def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
     """Cap glibc's malloc arenas for threads created from now on; True when applied. A value the
     user set in ``MALLOC_ARENA_MAX`` wins (glibc read it at start-up); other C libraries (musl,
     macOS) have no arenas and are left alone."""
@@ -34,3 +40,14 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_ARENA_MAX, arenas))
+
+
+
+def arena_environment(environ: dict[str, str], platform: str) -> dict[str, str] | None:
+    """The environment to re-execute the command with so glibc caps its arenas from the first
+    allocation, or None when there is nothing to do: the user chose a value (theirs wins), or the
+    platform is not Linux (no glibc arenas). The variable is inherited by the processes the
+    command starts, so Dagster's run workers get the cap too."""
+    if not platform.startswith("linux") or environ.get("MALLOC_ARENA_MAX"):
+        return None
+    return {**environ, "MALLOC_ARENA_MAX": str(ARENAS)}

@@ -46,3 +46,27 @@ f.seek(0); print(f.read().decode().count("<heap nr="))
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert int(out.stdout.strip()) <= 2
+
+
+def test_arena_environment_respects_the_user_and_the_platform():
+    from featureinterp.memory import arena_environment
+
+    assert arena_environment({"PATH": "/bin"}, "linux") == {"PATH": "/bin", "MALLOC_ARENA_MAX": "2"}
+    assert arena_environment({"MALLOC_ARENA_MAX": "8"}, "linux") is None
+    assert arena_environment({}, "darwin") is None
+
+
+def test_console_script_runs_with_the_arena_variable_set(tmp_path):
+    """The installed `featureinterp` script re-executes itself with MALLOC_ARENA_MAX=2: the
+    re-executed process reports it (via a sitecustomize on PYTHONPATH that prints its environment)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    script = os.path.join(os.path.dirname(sys.executable), "featureinterp")
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, sys\nprint('ARENA=' + os.environ.get('MALLOC_ARENA_MAX', '-'), file=sys.stderr)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    env["PYTHONPATH"] = str(tmp_path)
+    out = subprocess.run([script, "presets", "list"], capture_output=True, text=True, env=env, check=True)
+    assert out.stderr.splitlines() == ["ARENA=-", "ARENA=2"]  # the script, then its re-execution
+    assert "embedded" in out.stdout
