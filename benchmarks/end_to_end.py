@@ -5,7 +5,7 @@ Runs ``featureinterp run`` in a subprocess with a fresh ``DAGSTER_HOME`` and ``F
 wall time and peak resident memory, then runs it again with nothing changed: the rerun must
 recompute nothing, so ``rerun_speedup`` = first wall time / rerun wall time.
 
-    python -m benchmarks.end_to_end                      # the embedded default (the goal: <= 15 min, <= 6 GiB)
+    python -m benchmarks.end_to_end                      # the embedded default (the goal: <= 15 min, <= 3 GiB)
     python -m benchmarks.end_to_end --preset embedded-tiny --conditions one_shot
 """
 
