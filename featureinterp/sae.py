@@ -6,7 +6,7 @@ write to the residual stream mean-free, so its ``hook_resid_post`` equals the Hu
 state minus its per-token mean (LayerNorm subtracts the mean anyway, so nothing downstream
 changes). ``LoadedSae.encode`` applies that transform whenever the SAE's metadata says the model
 was processed that way; RMSNorm models (Gemma, Llama, SmolLM2) are never centred by
-TransformerLens. ``tests/test_sae.py`` pins equality with sae-lens's ``run_with_cache_with_saes``.
+TransformerLens. ``tests/featureinterp/test_sae.py`` pins equality with sae-lens's ``run_with_cache_with_saes``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Random-weight stand-ins for the SAE families of the paper presets, built with sae-lens's classes.
 
-Stand-in runs and the SAE conformance tests (``tests/test_sae_families.py``) need SAEs of the
+Stand-in runs and the SAE conformance tests (``tests/featureinterp/test_sae_families.py``) need SAEs of the
 same *family* as the released ones, because each family takes a different code path in sae-lens:
 
 - ``jumprelu``: Gemma Scope (per-latent thresholds, ``apply_b_dec_to_input=False``) and Llama Scope,

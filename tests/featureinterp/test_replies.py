@@ -12,7 +12,7 @@ from featureinterp.explainers import parse_child_reply
 from featureinterp.explanations import ParseError, parse_explanation, parse_structured
 from featureinterp.replies import json_candidates, split_reasoning
 
-CASES = json.loads((Path(__file__).parent / "data" / "replies.json").read_text())["cases"]
+CASES = json.loads((Path(__file__).parents[1] / "data" / "replies.json").read_text())["cases"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])

@@ -6,7 +6,7 @@ OpenRouter or vLLM. What this server does with our parameters is part of what is
 ``n`` and ``response_format`` (one free-text choice back, a warning in its log), honours ``seed``,
 answers unknown fields (vLLM's ``continue_final_message``) with HTTP 422 and sends no logprobs.
 The status codes it cannot produce (429, 5xx, resets) are tested against the in-repo scripted server
-(tests/test_api_llm.py) and the fault proxy (benchmarks/api_faults.py).
+(tests/featureinterp/test_api_llm.py) and the fault proxy (benchmarks/api_faults.py).
 """
 
 from __future__ import annotations
