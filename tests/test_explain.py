@@ -6,20 +6,18 @@ import time
 import numpy as np
 import pytest
 
-from featureinterp.explainers import (
+from featureinterp.explain import (
     ExplainerConfig,
     ExplanationFailed,
-    FeatureRecords,
-    Record,
     contrast_block,
     explain,
     feedback_message,
     leave_one_out,
     one_shot_messages,
-    parse_child_reply,
 )
-from featureinterp.explanations import Explanation, ParseError, Rule
+from featureinterp.explanations import Explanation, Rule
 from featureinterp.llm import BackendError, ChatBackend, Completion, Usage
+from featureinterp.records import FeatureRecords, Record
 from featureinterp.scoring import score
 
 
@@ -302,20 +300,6 @@ def test_feedback_names_the_worst_records_by_their_real_index():
     assert "The 2 records" in text and "(training record 2;" in text and "(training record 3;" in text
     assert text.index("training record 2") < text.index("training record 3")
     assert text.rstrip().endswith("Do not write comments inside the JSON.")
-
-
-def test_child_replies_parse_in_text_and_json_forms():
-    text = '**IMPROVEMENT:** add dates\n\n**NEW EXPLANATION:** [{"activates_on": "dates", "strength": 3},]'
-    expl, note = parse_child_reply(text, structured=True, rule_cap=5)
-    assert expl.rules == (Rule("dates", 3),) and note == "add dates"
-    expl, note = parse_child_reply(
-        '{"improvement": "narrower", "rules": [{"activates_on": "a", "strength": 1}]}', True, 5
-    )
-    assert expl.rules == (Rule("a", 1),) and note == "narrower"
-    expl, _ = parse_child_reply('IMPROVEMENT: x\nNEW EXPLANATION: "names of rivers"', False, None)
-    assert expl == Explanation.text("names of rivers")
-    with pytest.raises(ParseError):
-        parse_child_reply("IMPROVEMENT: only a plan", True, 5)
 
 
 # -- the real local path ---------------------------------------------------------------------------
