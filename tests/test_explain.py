@@ -6,18 +6,20 @@ import time
 import numpy as np
 import pytest
 
+from featureinterp.config import ExplainSettings
 from featureinterp.explain import (
     ExplainerConfig,
     ExplanationFailed,
     contrast_block,
     explain,
+    explain_seed,
     feedback_message,
     leave_one_out,
     one_shot_messages,
 )
 from featureinterp.explanations import Explanation, Rule
 from featureinterp.llm import BackendError, ChatBackend, Completion, Usage
-from featureinterp.records import FeatureRecords, Record
+from featureinterp.records import FeatureRecords, Record, feature_generator
 from featureinterp.scoring import score
 
 
@@ -300,6 +302,18 @@ def test_feedback_names_the_worst_records_by_their_real_index():
     assert "The 2 records" in text and "(training record 2;" in text and "(training record 3;" in text
     assert text.index("training record 2") < text.index("training record 3")
     assert text.rstrip().endswith("Do not write comments inside the JSON.")
+
+
+def test_config_from_settings_copies_the_preset_and_fields_win():
+    settings = ExplainSettings(
+        temperature=0.5, tree_roots=4, tree_depth=1, max_tokens=90, child_max_tokens=70
+    )
+    config = ExplainerConfig.from_settings(settings, method="tree", depth=2)
+    assert (config.temperature, config.roots, config.depth, config.max_tokens) == (0.5, 4, 2, 90)
+    assert config.child_max_tokens == 70 and config.method == "tree"
+    assert ExplainerConfig.from_settings(None) == ExplainerConfig()
+    want = int(feature_generator(3, "preset" + "tree", 5, 9).integers(2**31))
+    assert explain_seed(3, "preset", "tree", 5, 9) == want
 
 
 # -- the real local path ---------------------------------------------------------------------------

@@ -261,17 +261,9 @@ def _score(llm: LLMResource, cond: Condition, expl: dict, rec, faithful: bool = 
     simulator_tokens = simulator.thread_tokens() - tokens_before
     analyzer = ComplexityAnalyzer(llm.local_backend(), faithful=faithful)
     complexities = analyzer.rate(list(explanation_obj.rules))
-    metadata = {
-        "score": ev.score,
-        "reason": ev.reason or "",
-        "explanation": str(explanation_obj),
-        "per_source": dg.MetadataValue.json(ev.per_source),
-        "complexity": mean_complexity(complexities),
-        "simulator": dg.MetadataValue.json(simulator.describe()),
-        "simulator_tokens": simulator_tokens,
-        "preview": dg.MetadataValue.md(_preview(rec.frame, explanation_obj, ev.predictions, expl["max_act"])),
-        "activations": dg.MetadataValue.md(_strip(rec.frame, explanation_obj, ev, expl["max_act"])),
-    }
+    metadata = _score_metadata(
+        ev, explanation_obj, complexities, simulator, simulator_tokens, rec.frame, expl["max_act"]
+    )
     value = base | {
         "score": ev.score,
         "reason": ev.reason,
@@ -283,3 +275,20 @@ def _score(llm: LLMResource, cond: Condition, expl: dict, rec, faithful: bool = 
         "simulator_tokens": simulator_tokens,
     }
     return Produced(value, metadata)
+
+
+def _score_metadata(
+    ev, explanation: Explanation, complexities: list, simulator, simulator_tokens: int, frame, max_act: float
+) -> dict:
+    """The Dagster metadata of one test evaluation: scores, complexity, simulator, previews."""
+    return {
+        "score": ev.score,
+        "reason": ev.reason or "",
+        "explanation": str(explanation),
+        "per_source": dg.MetadataValue.json(ev.per_source),
+        "complexity": mean_complexity(complexities),
+        "simulator": dg.MetadataValue.json(simulator.describe()),
+        "simulator_tokens": simulator_tokens,
+        "preview": dg.MetadataValue.md(_preview(frame, explanation, ev.predictions, max_act)),
+        "activations": dg.MetadataValue.md(_strip(frame, explanation, ev, max_act)),
+    }
