@@ -41,9 +41,9 @@ from pathlib import Path
 from benchmarks._common import report
 from benchmarks._servers import FaultProxy, transformers_serve
 from featureinterp.config import ApiSpec, feature_key, get_preset, models_dir
-from featureinterp.explainers import parse_child_reply
 from featureinterp.explanations import ParseError, parse_structured
 from featureinterp.preset_files import dump_preset
+from featureinterp.replies import parse_child_reply
 
 BIN = Path(sys.executable).parent
 KEY_ENV = "FEATUREINTERP_BENCH_EXPLAINER_KEY"

@@ -35,7 +35,7 @@ from featureinterp.complexity import ComplexityAnalyzer
 from featureinterp.config import get_preset, models_dir
 from featureinterp.corpus import build_tokens, decode_tokens
 from featureinterp.experiments import evaluate, feature_records, get_condition
-from featureinterp.explainers import explain
+from featureinterp.explain import explain
 from featureinterp.local_llm import LocalChatBackend
 from featureinterp.models import load_subject_model
 from featureinterp.records import COMPLEMENTARY_SOURCES

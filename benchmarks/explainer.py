@@ -2,7 +2,7 @@
 
 Paper loop (paper-method.md 4.6-4.7): nodes and children generated one request at a time, every
 node simulated from scratch (each rule separately, train and valid records in separate calls),
-feedback computed for every node. Ours (``featureinterp.explainers.explain``): the child requests
+feedback computed for every node. Ours (``featureinterp.explain.explain``): the child requests
 of a level run concurrently, each distinct rule is simulated once per feature (train and valid
 together) and nodes are combined from cached per-rule values.
 
@@ -33,17 +33,14 @@ import numpy as np
 from benchmarks._common import report, setup, timed
 from featureinterp.activations import sae_activations
 from featureinterp.corpus import decode_tokens
-from featureinterp.explainers import (
+from featureinterp.explain import (
     ExplainerConfig,
-    FeatureRecords,
-    Record,
     child_schema,
     child_seed,
     explain,
     feedback_message,
     one_shot_messages,
     one_shot_seed,
-    parse_child_reply,
     root_messages,
 )
 from featureinterp.explanations import (
@@ -55,6 +52,8 @@ from featureinterp.explanations import (
 )
 from featureinterp.formatting import quantize
 from featureinterp.llm import ChatBackend, Completion, GenerationParams, Usage, assistant, user
+from featureinterp.records import FeatureRecords, Record
+from featureinterp.replies import parse_child_reply
 from featureinterp.scoring import score
 from featureinterp.simulator import LocalSimulator
 

@@ -15,9 +15,9 @@ from typing import Literal
 
 import numpy as np
 
-from featureinterp.explainers import ExplainerConfig, FeatureRecords, Record
+from featureinterp.explain.config import ExplainerConfig
 from featureinterp.explanations import Explanation
-from featureinterp.records import COMPLEMENTARY_SOURCES
+from featureinterp.records import COMPLEMENTARY_SOURCES, FeatureRecords, Record
 from featureinterp.scoring import score
 
 __all__ = [
@@ -71,21 +71,11 @@ class Condition:
 
     def explainer_config(self, settings=None, **overrides) -> ExplainerConfig:
         """The explainer settings: the preset's (``settings``: its ``ExplainSettings``:
-        temperatures, tree size), then this condition's own tree size where it fixes one, then
-        ``overrides``."""
-        if settings is not None:
-            overrides = {
-                "temperature": settings.temperature,
-                "tree_temperature": settings.tree_temperature,
-                "roots": settings.tree_roots,
-                "branching": settings.tree_branching,
-                "depth": settings.tree_depth,
-                "width": settings.tree_width,
-                "max_tokens": settings.max_tokens,
-                "child_max_tokens": settings.child_max_tokens,
-            } | overrides
+        temperatures, tree size; ``ExplainerConfig.from_settings``), then ``overrides``, then this
+        condition's own tree size where it fixes one."""
+        tree = {}
         if self.tree is not None:
-            overrides |= {
+            tree = {
                 "roots": self.tree.roots,
                 "branching": self.tree.branching,
                 "depth": self.tree.depth,
@@ -93,12 +83,13 @@ class Condition:
                 "stop_score": self.tree.stop_score,
                 "tree_temperature": self.tree.temperature,
             }
-        return ExplainerConfig(
+        return ExplainerConfig.from_settings(
+            settings,
             method=self.method,
             structured=self.structured,
             holistic=self.holistic,
             rule_cap=self.rule_cap if self.structured else None,
-            **overrides,
+            **(overrides | tree),
         )
 
 

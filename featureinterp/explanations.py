@@ -12,8 +12,11 @@ rule cap applies.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from featureinterp.formatting import MAX_VALUE
 from featureinterp.replies import ReplyError, find_rules, split_reasoning
@@ -21,6 +24,7 @@ from featureinterp.replies import ReplyError, find_rules, split_reasoning
 __all__ = [
     "Rule",
     "Explanation",
+    "combine_rules",
     "ParseError",
     "explanation_schema",
     "parse_structured",
@@ -168,3 +172,28 @@ def parse_explanation(reply: str, structured: bool, rule_cap: int | None = None)
     if not phrase:
         raise ParseError("empty explanation")
     return Explanation.text(phrase)
+
+
+def combine_rules(
+    explanation: Explanation,
+    lengths: Sequence[int],
+    rule_values: Callable[[str], Sequence[np.ndarray] | None],
+) -> list[np.ndarray]:
+    """Per token: the max over rules of the rule's values scaled by strength / 5 (section 5.4).
+
+    ``lengths``: tokens per record; ``rule_values(activates_on)``: that rule's full-strength
+    values per record (None: the rule predicts nothing). A free-text explanation is one rule at
+    full strength; zero-strength rules are skipped (never asked for); no rules -> zeros. The one
+    place the simulator (``LocalSimulator.simulate_explanation``) and the explainer's rule cache
+    combine rules, so both score an explanation the same way."""
+    preds = [np.zeros(n) for n in lengths]
+    for rule in explanation.rules:
+        if rule.strength <= 0:
+            continue
+        values = rule_values(rule.activates_on)
+        if values is None:
+            continue
+        scale = rule.strength / MAX_VALUE if explanation.structured else 1.0
+        for i, v in enumerate(values):
+            preds[i] = np.maximum(preds[i], v * scale)
+    return preds

@@ -9,6 +9,9 @@ Paper-method.md sections 1.5 and 2, with the original code's bugs fixed and repr
 - no complementary list contains a positive, and random rows are drawn without replacement;
 - a source that cannot fill its rows stays short and says so (the paper silently substitutes
   random rows), and the validation split is the validation slice (faithful: the train slice).
+
+The record types the explainer reads (``Record``, ``FeatureRecords``) live here too, next to the
+selection that produces them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from featureinterp.retrieval import (
 )
 
 __all__ = [
+    "Record",
+    "FeatureRecords",
     "COMPLEMENTARY_SOURCES",
     "NEGATIVE_SOURCES",
     "SPLITS",
@@ -53,6 +58,41 @@ COMPLEMENTARY_SOURCES = (
 )
 NEGATIVE_SOURCES = ("random_negative", "similar_negative", "similar_negative_projected")
 SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True, eq=False)
+class Record:
+    """One record shown to (train) or scored for (valid) the explainer."""
+
+    tokens: tuple[str, ...]
+    acts: np.ndarray
+    """Raw activation per token (float, the feature's own units)."""
+    holistic: np.ndarray | None = None
+    """Raw holistic (leave-one-token-out) value per token, when available."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tokens", tuple(self.tokens))
+        object.__setattr__(self, "acts", np.asarray(self.acts, dtype=np.float64))
+        if self.acts.shape != (len(self.tokens),):
+            raise ValueError(f"record has {len(self.tokens)} tokens but acts of shape {self.acts.shape}")
+        if self.holistic is not None:
+            object.__setattr__(self, "holistic", np.asarray(self.holistic, dtype=np.float64))
+            if self.holistic.shape != (len(self.tokens),):
+                raise ValueError(
+                    f"record has {len(self.tokens)} tokens but holistic values of shape {self.holistic.shape}"
+                )
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureRecords:
+    """What the explainer sees of one feature: train records to explain, valid records to pick by."""
+
+    train: tuple[Record, ...]
+    valid: tuple[Record, ...]
+    max_act: float
+    """The feature's maximum over the whole corpus: the 0..5 formatting scale (section 3)."""
+    max_holistic: float = 0.0
+    """Likewise for holistic values."""
 
 
 @dataclass(frozen=True)

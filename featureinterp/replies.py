@@ -21,9 +21,19 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Candidate", "ReplyError", "json_candidates", "split_reasoning", "find_rules"]
+if TYPE_CHECKING:
+    from featureinterp.explanations import Explanation
+
+__all__ = [
+    "Candidate",
+    "ReplyError",
+    "json_candidates",
+    "split_reasoning",
+    "find_rules",
+    "parse_child_reply",
+]
 
 _REASONING_TAGS = ("think", "thinking", "reasoning", "reflection")
 _BLOCK_RE = re.compile(
@@ -187,3 +197,29 @@ def _rule_list(value: Any, extra: tuple[str, ...]) -> tuple[list[Any] | None, di
         inner = value[keys[0]]
         return (inner, value) if inner and all(isinstance(v, dict) for v in inner) else (None, {})
     return None, {}
+
+
+_NEW_RE = re.compile(r"\**\s*NEW\s+EXPLANATION\s*:\s*\**", re.IGNORECASE)
+_IMPROVEMENT_RE = re.compile(r"\**\s*IMPROVEMENT\s*:\s*\**", re.IGNORECASE)
+
+
+def parse_child_reply(text: str, structured: bool, rule_cap: int | None) -> tuple[Explanation, str]:
+    """(explanation, improvement note) of a child reply, in the ``IMPROVEMENT: ... NEW EXPLANATION:
+    ...`` text form or (structured) the JSON object form; raises ``ParseError``."""
+    # imported here: explanations builds its parsers on this module
+    from featureinterp.explanations import ParseError, parse_explanation, parse_structured_child
+
+    text, _ = split_reasoning(text)
+    marker = _NEW_RE.search(text)
+    if marker is None:
+        if structured:
+            return parse_structured_child(text, rule_cap)
+        raise ParseError(f"no 'NEW EXPLANATION:' in reply: {text.strip()[:80]!r}")
+    head, body = text[: marker.start()], text[marker.end() :]
+    second = _NEW_RE.search(body)
+    body = body[: second.start()] if second else body
+    imp = _IMPROVEMENT_RE.search(head)
+    improvement = (head[imp.end() :] if imp else head).strip()
+    if not structured:
+        body = body.strip().strip("*\"'").strip()
+    return parse_explanation(body, structured, rule_cap), improvement

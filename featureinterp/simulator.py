@@ -28,9 +28,10 @@ import torch
 
 from featureinterp import chat, kv_cache
 from featureinterp.errors import ConfigError
-from featureinterp.explanations import Explanation
+from featureinterp.explanations import Explanation, combine_rules
 from featureinterp.formatting import MAX_VALUE, UNKNOWN, escape_token
 from featureinterp.llm import Message, assistant, system, user
+from featureinterp.models import _base_model
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -318,10 +319,6 @@ class LocalSimulator:
         return self._ids(f"\nExplanation: {explanation}\n")
 
     # -- forward helpers -------------------------------------------------------------------------
-    def _base(self):
-        prefix = getattr(self.model, "base_model_prefix", None)
-        return getattr(self.model, prefix) if prefix else self.model
-
     def _digit_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of the six digit tokens for hidden states [..., d] (LM head on these rows only)."""
         head = self.model.get_output_embeddings()
@@ -338,7 +335,7 @@ class LocalSimulator:
         start = cache.get_seq_length()
         x = torch.tensor([ids], device=self.device)
         pos = torch.arange(start, start + len(ids), device=self.device)[None]
-        self._base()(input_ids=x, position_ids=pos, cache=cache, use_cache=True)
+        _base_model(self.model)(input_ids=x, position_ids=pos, cache=cache, use_cache=True)
         self._count(len(ids), shared)
         return cache
 
@@ -394,7 +391,7 @@ class LocalSimulator:
                 mask[i, prefix_len : prefix_len + len(ids)] = 1
             pos = (prefix_len + torch.arange(length, device=self.device)).expand(b, -1)
             cache = kv_cache.fork(rule_cache, b)
-            hidden = self._base()(
+            hidden = _base_model(self.model)(
                 input_ids=x, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
             )[0]
             self._count(x.numel())
@@ -411,18 +408,15 @@ class LocalSimulator:
     ) -> list[np.ndarray]:
         """Per token: the max over rules of the rule's expected value scaled by strength / 5
         (section 5.4). A free-text explanation is one rule at full strength; no rules -> zeros."""
-        preds = [np.zeros(len(r)) for r in records]
-        for rule in explanation.rules:
-            if rule.strength <= 0 or not rule.activates_on.strip():
-                continue
-            scale = rule.strength / MAX_VALUE if explanation.structured else 1.0
-            for i, ev in enumerate(self.simulate(rule.activates_on, records, cached=cached)):
-                preds[i] = np.maximum(preds[i], ev * scale)
-        return preds
+        return combine_rules(
+            explanation,
+            [len(r) for r in records],
+            lambda text: self.simulate(text, records, cached=cached) if text.strip() else None,
+        )
 
     def _simulate_uncached(self, prefix: list[int], ids: list[int], positions: list[int]) -> np.ndarray:
         x = torch.tensor([prefix + ids], device=self.device)
-        hidden = self._base()(input_ids=x, use_cache=False)[0][0]
+        hidden = _base_model(self.model)(input_ids=x, use_cache=False)[0][0]
         self._count(x.numel())
         idx = torch.tensor([len(prefix) + p for p in positions], device=self.device, dtype=torch.long)
         return expected_values(self._digit_logits(hidden[idx])).cpu().numpy()

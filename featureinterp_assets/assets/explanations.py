@@ -17,12 +17,11 @@ import numpy as np
 from featureinterp.complexity import ComplexityAnalyzer, mean_complexity
 from featureinterp.config import ApiSpec
 from featureinterp.experiments import Condition, evaluate, feature_records, get_condition
-from featureinterp.explainers import ExplanationFailed, explain
+from featureinterp.explain import ExplainResult, ExplanationFailed, explain, explain_seed
 from featureinterp.explanations import Explanation
 from featureinterp.formatting import quantize
 from featureinterp.llm import request_modes
 from featureinterp.previews import score_strip
-from featureinterp.records import feature_generator
 from featureinterp_assets.assets.records import _layer_feature_of
 from featureinterp_assets.automation import PER_PARTITION
 from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition
@@ -178,7 +177,7 @@ def _explain(spec, llm: LLMResource, cond: Condition, layer: int, feature: int, 
     records = feature_records(rec.frame, max_act, cond, hol, max_h)
     backend, simulator = llm.explainer(cond.explainer_model), llm.simulator()
     config = cond.explainer_config(spec.explain)
-    seed = int(feature_generator(spec.seed, spec.name + cond.name, layer, feature).integers(2**31))
+    seed = explain_seed(spec.seed, spec.name, cond.name, layer, feature)
     tokens_before = simulator.thread_tokens()  # this feature's passes only, when features share it
     try:
         result = explain(backend, simulator.simulate_explanation, records, config, seed)
@@ -188,7 +187,13 @@ def _explain(spec, llm: LLMResource, cond: Condition, layer: int, feature: int, 
             metadata={"completions": dg.MetadataValue.json(err.completions[:20])},
             allow_retries=False,
         ) from err
-    simulator_tokens = simulator.thread_tokens() - tokens_before
+    return _explained(base, result, backend.name, seed, simulator.thread_tokens() - tokens_before)
+
+
+def _explained(
+    base: dict, result: ExplainResult, explainer: str, seed: int, simulator_tokens: int
+) -> Produced:
+    """The stored value and the metadata of one feature's ``ExplainResult``."""
     path = [
         {"depth": n.get("depth", 0), "train": n.get("train_score"), "valid": n.get("valid_score")}
         for n in result.nodes
@@ -200,7 +205,7 @@ def _explain(spec, llm: LLMResource, cond: Condition, layer: int, feature: int, 
         "valid_score": result.valid_score,
         "tree_path": dg.MetadataValue.json(path),
         "usage": dg.MetadataValue.json(result.usage),
-        "explainer": backend.name,
+        "explainer": explainer,
         "request_modes": dg.MetadataValue.json(request_modes(result.completions)),
         "simulations": result.simulations,
         "simulator_tokens": simulator_tokens,
@@ -213,7 +218,7 @@ def _explain(spec, llm: LLMResource, cond: Condition, layer: int, feature: int, 
         "nodes": result.nodes,
         "completions": result.completions,
         "usage": result.usage,
-        "explainer": backend.name,
+        "explainer": explainer,
         "seed": seed,
         "simulator_tokens": simulator_tokens,
     }
@@ -256,17 +261,9 @@ def _score(llm: LLMResource, cond: Condition, expl: dict, rec, faithful: bool = 
     simulator_tokens = simulator.thread_tokens() - tokens_before
     analyzer = ComplexityAnalyzer(llm.local_backend(), faithful=faithful)
     complexities = analyzer.rate(list(explanation_obj.rules))
-    metadata = {
-        "score": ev.score,
-        "reason": ev.reason or "",
-        "explanation": str(explanation_obj),
-        "per_source": dg.MetadataValue.json(ev.per_source),
-        "complexity": mean_complexity(complexities),
-        "simulator": dg.MetadataValue.json(simulator.describe()),
-        "simulator_tokens": simulator_tokens,
-        "preview": dg.MetadataValue.md(_preview(rec.frame, explanation_obj, ev.predictions, expl["max_act"])),
-        "activations": dg.MetadataValue.md(_strip(rec.frame, explanation_obj, ev, expl["max_act"])),
-    }
+    metadata = _score_metadata(
+        ev, explanation_obj, complexities, simulator, simulator_tokens, rec.frame, expl["max_act"]
+    )
     value = base | {
         "score": ev.score,
         "reason": ev.reason,
@@ -278,3 +275,20 @@ def _score(llm: LLMResource, cond: Condition, expl: dict, rec, faithful: bool = 
         "simulator_tokens": simulator_tokens,
     }
     return Produced(value, metadata)
+
+
+def _score_metadata(
+    ev, explanation: Explanation, complexities: list, simulator, simulator_tokens: int, frame, max_act: float
+) -> dict:
+    """The Dagster metadata of one test evaluation: scores, complexity, simulator, previews."""
+    return {
+        "score": ev.score,
+        "reason": ev.reason or "",
+        "explanation": str(explanation),
+        "per_source": dg.MetadataValue.json(ev.per_source),
+        "complexity": mean_complexity(complexities),
+        "simulator": dg.MetadataValue.json(simulator.describe()),
+        "simulator_tokens": simulator_tokens,
+        "preview": dg.MetadataValue.md(_preview(frame, explanation, ev.predictions, max_act)),
+        "activations": dg.MetadataValue.md(_strip(frame, explanation, ev, max_act)),
+    }

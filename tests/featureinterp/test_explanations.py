@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from featureinterp.explanations import (
@@ -53,3 +54,22 @@ def test_schema_caps_rules_and_roundtrip():
     e = Explanation((Rule("a", 3), Rule("b", 5)))
     assert Explanation.from_record(e.to_record()) == e
     assert parse_explanation(" the word cat \nmore", structured=False) == Explanation.text("the word cat")
+
+
+def test_combine_rules_takes_the_max_of_strength_scaled_rules():
+    from featureinterp.explanations import combine_rules  # the simulator's and the rule cache's
+
+    values = {"a": [np.array([5.0, 0.0]), np.array([2.5])], "b": [np.array([1.0, 4.0]), np.array([5.0])]}
+    asked = []
+
+    def rule_values(text):
+        asked.append(text)
+        return values.get(text)
+
+    rules = (Rule("a", 5), Rule("b", 1), Rule("zero", 0), Rule("missing", 3))
+    got = combine_rules(Explanation(rules), [2, 1], rule_values)
+    assert [g.tolist() for g in got] == [[5.0, 0.8], [2.5]]
+    assert asked == ["a", "b", "missing"]  # a zero-strength rule is never asked for
+    free = combine_rules(Explanation.text("b"), [2, 1], rule_values)  # free text: full strength
+    assert [g.tolist() for g in free] == [[1.0, 4.0], [5.0]]
+    assert [g.tolist() for g in combine_rules(Explanation(()), [2], rule_values)] == [[0.0, 0.0]]

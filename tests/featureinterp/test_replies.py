@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from featureinterp.explainers import parse_child_reply
-from featureinterp.explanations import ParseError, parse_explanation, parse_structured
-from featureinterp.replies import json_candidates, split_reasoning
+from featureinterp.explanations import Explanation, ParseError, Rule, parse_explanation, parse_structured
+from featureinterp.replies import json_candidates, parse_child_reply, split_reasoning
 
 CASES = json.loads((Path(__file__).parents[1] / "data" / "replies.json").read_text())["cases"]
 
@@ -65,3 +64,17 @@ def test_repair_sees_only_the_bracketed_span():
     # prose after the span must not leak into the repaired value
     found = list(json_candidates("x [{'a': 1},] and then {bad} words"))
     assert found[0].repaired and found[0].value == [{"a": 1}]
+
+
+def test_child_replies_parse_in_text_and_json_forms():
+    text = '**IMPROVEMENT:** add dates\n\n**NEW EXPLANATION:** [{"activates_on": "dates", "strength": 3},]'
+    expl, note = parse_child_reply(text, structured=True, rule_cap=5)
+    assert expl.rules == (Rule("dates", 3),) and note == "add dates"
+    expl, note = parse_child_reply(
+        '{"improvement": "narrower", "rules": [{"activates_on": "a", "strength": 1}]}', True, 5
+    )
+    assert expl.rules == (Rule("a", 1),) and note == "narrower"
+    expl, _ = parse_child_reply('IMPROVEMENT: x\nNEW EXPLANATION: "names of rivers"', False, None)
+    assert expl == Explanation.text("names of rivers")
+    with pytest.raises(ParseError):
+        parse_child_reply("IMPROVEMENT: only a plan", True, 5)

@@ -6,20 +6,20 @@ import time
 import numpy as np
 import pytest
 
-from featureinterp.explainers import (
+from featureinterp.config import ExplainSettings
+from featureinterp.explain import (
     ExplainerConfig,
     ExplanationFailed,
-    FeatureRecords,
-    Record,
     contrast_block,
     explain,
+    explain_seed,
     feedback_message,
     leave_one_out,
     one_shot_messages,
-    parse_child_reply,
 )
-from featureinterp.explanations import Explanation, ParseError, Rule
+from featureinterp.explanations import Explanation, Rule
 from featureinterp.llm import BackendError, ChatBackend, Completion, Usage
+from featureinterp.records import FeatureRecords, Record, feature_generator
 from featureinterp.scoring import score
 
 
@@ -304,18 +304,16 @@ def test_feedback_names_the_worst_records_by_their_real_index():
     assert text.rstrip().endswith("Do not write comments inside the JSON.")
 
 
-def test_child_replies_parse_in_text_and_json_forms():
-    text = '**IMPROVEMENT:** add dates\n\n**NEW EXPLANATION:** [{"activates_on": "dates", "strength": 3},]'
-    expl, note = parse_child_reply(text, structured=True, rule_cap=5)
-    assert expl.rules == (Rule("dates", 3),) and note == "add dates"
-    expl, note = parse_child_reply(
-        '{"improvement": "narrower", "rules": [{"activates_on": "a", "strength": 1}]}', True, 5
+def test_config_from_settings_copies_the_preset_and_fields_win():
+    settings = ExplainSettings(
+        temperature=0.5, tree_roots=4, tree_depth=1, max_tokens=90, child_max_tokens=70
     )
-    assert expl.rules == (Rule("a", 1),) and note == "narrower"
-    expl, _ = parse_child_reply('IMPROVEMENT: x\nNEW EXPLANATION: "names of rivers"', False, None)
-    assert expl == Explanation.text("names of rivers")
-    with pytest.raises(ParseError):
-        parse_child_reply("IMPROVEMENT: only a plan", True, 5)
+    config = ExplainerConfig.from_settings(settings, method="tree", depth=2)
+    assert (config.temperature, config.roots, config.depth, config.max_tokens) == (0.5, 4, 2, 90)
+    assert config.child_max_tokens == 70 and config.method == "tree"
+    assert ExplainerConfig.from_settings(None) == ExplainerConfig()
+    want = int(feature_generator(3, "preset" + "tree", 5, 9).integers(2**31))
+    assert explain_seed(3, "preset", "tree", 5, 9) == want
 
 
 # -- the real local path ---------------------------------------------------------------------------
