@@ -493,11 +493,3 @@ def test_a_server_that_ignores_n_is_asked_for_the_rest_and_remembered(server):
     make(server).generate(HELLO, GenerationParams(n=2, seed=9))
     assert [r["body"]["n"] for r in server.requests[3:]] == [1, 1], "learned: no batched request"
 
-
-def test_only_400_and_422_count_as_a_parameter_rejection():
-    from featureinterp.api_capabilities import Capabilities, fallback
-
-    params = GenerationParams(n=2, seed=1, json_schema=SCHEMA)
-    assert fallback(Capabilities(), params, 422, "Extra inputs are not permitted: seed")[0] == "seed"
-    for status in (401, 403, 404):
-        assert fallback(Capabilities(), params, status, "response_format is not supported") is None

@@ -1,22 +1,12 @@
+"""featureinterp.scoring: pooled (not per-record) Pearson correlation, its scale invariance, and
+the one NaN policy (NaN exactly when undefined, with the reason)."""
+
 import math
 
 import numpy as np
 import pytest
 
-from featureinterp.formatting import nonzero_fraction, quantize, record_block
 from featureinterp.scoring import score
-
-
-def test_quantize_floors_and_clips_on_the_global_max():
-    assert quantize([0.0, 0.19, 0.2, 0.99, 1.0, 2.0, -1.0], 1.0).tolist() == [0, 0, 1, 4, 5, 5, 0]
-    assert quantize([1.0, 2.0], 0.0).tolist() == [0, 0]  # dead feature: all zero, never NaN
-
-
-def test_record_block_escapes_tokens_and_reveals():
-    block = record_block(["a\tb", "\n", "c"], [1, 0, 3])
-    assert block == "\n<start>\na\\tb\t1\n\\n\t0\nc\t3\n<end>\n"
-    assert record_block(["x", "y"], [2, 4], reveal=1).splitlines()[2:4] == ["x\t2", "y\tunknown"]
-    assert nonzero_fraction([[0, 1], [0, 0, 2]]) == pytest.approx(0.4)
 
 
 def test_pooled_correlation_not_mean_of_records():
@@ -35,3 +25,10 @@ def test_scale_invariant_and_nan_with_reasons():
     assert score([[0, 0, 0]], [[1, 2, 3]]).reason == "true activations are constant"
     with pytest.raises(ValueError, match="3 vs 2 tokens"):
         score([[1, 2, 3]], [[1, 2]])
+
+
+def test_perfect_prediction_and_too_few_tokens():
+    s = score([[0.0, 1.0, 4.0]], [[1.0, 3.0, 9.0]])  # an affine map of the truth
+    assert s.correlation == pytest.approx(1.0) and s.abs_dev_explained == pytest.approx(1.0)
+    one = score([[1.0]], [[1.0]])
+    assert math.isnan(one.r_squared) and one.reason == "fewer than two tokens" and one.n_tokens == 1
