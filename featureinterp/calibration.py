@@ -17,7 +17,7 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from featureinterp.experiments import PRIMARY_SOURCE
-from featureinterp.figures import FigureResult, _seaborn, _style, _title, _write
+from featureinterp.figure_common import FigureResult, _seaborn, _style, _title, _write
 from featureinterp.synthetic import SYNTHETIC_FEATURES
 
 __all__ = ["calibration_figure", "calibration_summary"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from featureinterp.errors import ConfigError
+from featureinterp.names import SYNTHETIC_KEY, SYNTHETIC_LAYER
 
 __all__ = [
     "PRESETS",
@@ -288,7 +289,7 @@ class Preset:
     @property
     def layer_keys(self) -> list[str]:
         """Partition keys of the studied layers, plus ``SYN`` when synthetic features are on."""
-        return [layer_key(layer) for layer in self.layers] + (["SYN"] if self.explain.synthetic else [])
+        return [layer_key(layer) for layer in self.layers] + ([SYNTHETIC_KEY] if self.explain.synthetic else [])
 
     @property
     def feature_keys(self) -> list[str]:
@@ -298,7 +299,7 @@ class Preset:
 def layer_key(layer: int) -> str:
     """Partition key of a layer; zero-padded so lexicographic order is numeric order."""
     if layer == SYNTHETIC_LAYER:
-        return "SYN"
+        return SYNTHETIC_KEY
     return f"L{layer:02d}"
 
 
@@ -306,12 +307,8 @@ def feature_key(feature: int) -> str:
     return f"F{feature:04d}"
 
 
-SYNTHETIC_LAYER = -1
-"""Layer index of the synthetic ground-truth features (partition key ``SYN``)."""
-
-
 def parse_layer_key(key: str) -> int:
-    if key == "SYN":
+    if key == SYNTHETIC_KEY:
         return SYNTHETIC_LAYER
     if len(key) < 2 or key[0] != "L" or not key[1:].isdigit():
         raise ConfigError(f"bad layer key {key!r}: expected 'L' followed by digits, e.g. 'L06'")

@@ -17,7 +17,8 @@ import numpy as np
 
 from featureinterp.explain.config import ExplainerConfig
 from featureinterp.explanations import Explanation
-from featureinterp.records import COMPLEMENTARY_SOURCES, FeatureRecords, Record
+from featureinterp.names import COMPLEMENTARY_SOURCES, DEFAULT_RULE_CAP, POSITIVE_SOURCE, PRIMARY_SOURCE
+from featureinterp.records import FeatureRecords, Record
 from featureinterp.scoring import score
 
 __all__ = [
@@ -30,10 +31,6 @@ __all__ = [
     "feature_records",
     "get_condition",
 ]
-
-PRIMARY_SOURCE = "similar_negative"
-"""Test set of the headline score (Figures 4 and 5): 10 positives + 10 similar non-activating rows."""
-
 
 @dataclass(frozen=True)
 class TreeSize:
@@ -60,7 +57,7 @@ class Condition:
     structured: bool = True
     holistic: bool = False
     train_negatives: bool = False
-    rule_cap: int = 5
+    rule_cap: int = DEFAULT_RULE_CAP
     figure_condition: str = "structured"
     """Label in the figures' ``condition`` column."""
     explainer_model: str | None = None
@@ -68,6 +65,12 @@ class Condition:
     Figure 3 used another explainer than its Figures 4-5); None: the preset's explainer."""
     tree: TreeSize | None = None
     """Tree size of this condition; None: the preset's (``ExplainSettings.tree_*``)."""
+
+    @property
+    def cap_run(self) -> int | None:
+        """The rule cap the explainer runs with: ``rule_cap`` when structured, None (uncapped)
+        for a free-text explanation."""
+        return self.rule_cap if self.structured else None
 
     def explainer_config(self, settings=None, **overrides) -> ExplainerConfig:
         """The explainer settings: the preset's (``settings``: its ``ExplainSettings``:
@@ -88,7 +91,7 @@ class Condition:
             method=self.method,
             structured=self.structured,
             holistic=self.holistic,
-            rule_cap=self.rule_cap if self.structured else None,
+            rule_cap=self.cap_run,
             **(overrides | tree),
         )
 
@@ -105,9 +108,8 @@ def _grid() -> dict[str, Condition]:
         for label, kw in variants.items():
             name = method if label == "structured" else f"{method}_{label}"
             out[name] = Condition(name, method, figure_condition=label, **kw)  # type: ignore[arg-type]
-    for cap in range(1, 6):  # Figure 5: one-shot, structured, rule caps 1..5 (cap 5 = "one_shot")
-        if cap < 5:
-            out[f"one_shot_cap{cap}"] = Condition(f"one_shot_cap{cap}", "one_shot", rule_cap=cap)
+    for cap in range(1, DEFAULT_RULE_CAP):  # Figure 5: rule caps 1..5 (cap 5 = "one_shot")
+        out[f"one_shot_cap{cap}"] = Condition(f"one_shot_cap{cap}", "one_shot", rule_cap=cap)
     # Figure 3: its own explainer and a deeper tree (depth 3, width 3), structured, rule cap 5
     fig3 = {"explainer_model": FIG3_EXPLAINER, "tree": TreeSize(depth=3, width=3)}
     out["fig3_one_shot"] = Condition("fig3_one_shot", "one_shot", **fig3)  # type: ignore[arg-type]
@@ -151,10 +153,10 @@ def feature_records(
     """What the explainer sees: train = 10 positives (+ 10 similar-negatives with train negatives),
     valid = 10 positives + 10 similar-negatives (a real held-out split, unlike the paper code)."""
     hol = holistic if condition.holistic else None
-    train = _records(frame, "positive", "train", hol)
+    train = _records(frame, POSITIVE_SOURCE, "train", hol)
     if condition.train_negatives:
-        train += _records(frame, "similar_negative", "train", hol)
-    valid = _records(frame, "positive", "valid", hol) + _records(frame, "similar_negative", "valid", hol)
+        train += _records(frame, PRIMARY_SOURCE, "train", hol)
+    valid = _records(frame, POSITIVE_SOURCE, "valid", hol) + _records(frame, PRIMARY_SOURCE, "valid", hol)
     return FeatureRecords(tuple(train), tuple(valid), float(max_act), float(max_holistic))
 
 
@@ -181,13 +183,13 @@ def evaluate(
     fp_true_below: float | None = None,
 ) -> Evaluation:
     """Score ``explanation`` on the test split, per complementary source, with one simulation."""
-    pos = _records(frame, "positive", "test", None)
+    pos = _records(frame, POSITIVE_SOURCE, "test", None)
     comp = {s: _records(frame, s, "test", None) for s in COMPLEMENTARY_SOURCES}
     everything = pos + [r for recs in comp.values() for r in recs]
     preds = simulate(explanation, [list(r.tokens) for r in everything]) if everything else []
     pos_pred, at = preds[: len(pos)], len(pos)
     per_source: dict[str, dict[str, float]] = {}
-    predictions: dict[str, list[list[float]]] = {"positive": [p.tolist() for p in pos_pred]}
+    predictions: dict[str, list[list[float]]] = {POSITIVE_SOURCE: [p.tolist() for p in pos_pred]}
     primary = (float("nan"), "no test records")
     for source, recs in comp.items():
         sp, at = preds[at : at + len(recs)], at + len(recs)

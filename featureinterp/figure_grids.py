@@ -16,6 +16,7 @@ import numpy as np
 
 from featureinterp.config import Preset, feature_key, layer_key
 from featureinterp.experiments import FIG3_EXPLAINER, TreeSize
+from featureinterp.names import SYNTHETIC_KEY
 
 __all__ = [
     "FigureGrid",
@@ -138,7 +139,7 @@ def condition_scope(preset: Preset) -> dict[str, frozenset[str]]:
     them, and they are few) unless ``ExplainSettings.synthetic_conditions`` names the only
     conditions they run."""
     scope: dict[str, set[str]] = {}
-    synthetic = {f"{f}|SYN" for f in preset.feature_keys} if "SYN" in preset.layer_keys else set()
+    synthetic = {f"{f}|{SYNTHETIC_KEY}" for f in preset.feature_keys} if SYNTHETIC_KEY in preset.layer_keys else set()
     own = {(layer_key(x), feature_key(f)) for x in preset.layers for f in preset.features}
     for grid in figure_grids(preset).values():
         keys = {

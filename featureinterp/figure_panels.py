@@ -25,7 +25,7 @@ import polars as pl
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from featureinterp import figures as F
+from featureinterp import figure_common as F
 
 __all__ = ["cap_heatmap", "fig3_panels", "fig5_layer_table", "fig5_panels", "rules_for_share"]
 

@@ -11,6 +11,10 @@ used a different NaN policy in each script; here every figure
 - refuses an empty, incomplete-schema or ambiguous input (``ValueError``) instead of drawing an
   empty plot or silently averaging duplicate results.
 
+The input table, its checks and the shared drawing helpers are in featureinterp/figure_common.py,
+the paper's extra panels in featureinterp/figure_panels.py, and which layers, features and
+conditions each figure plots in featureinterp/figure_grids.py.
+
 Text is drawn by matplotlib itself (never LaTeX), so figures build on machines without TeX, and
 figures are built as ``matplotlib.figure.Figure`` objects (no pyplot state), so repeated calls in a
 long-lived worker neither leak figures nor need a display.
@@ -18,19 +22,10 @@ long-lived worker neither leak figures nor need a display.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
-import re
-import sys
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from itertools import product
+from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
@@ -38,10 +33,35 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-# Headless workers have no display. Only pick the backend while pyplot is not loaded: switching it
-# under a running pyplot session (a notebook) would close that session's figures.
-if "matplotlib.pyplot" not in sys.modules:
-    matplotlib.use("Agg")
+from featureinterp.figure_common import (
+    _CONDITION_LABELS,
+    _HATCHES,
+    _METHOD_COLORS,
+    _METHOD_LABELS,
+    ALL_LAYERS,
+    CONDITIONS,
+    METHODS,
+    SOURCES,
+    FigureResult,
+    _cap_label,
+    _check_unique,
+    _coverage,
+    _grid,
+    _layer_positions,
+    _layers,
+    _nanmean,
+    _order,
+    _seaborn,
+    _select_cap,
+    _source_style,
+    _style,
+    _title,
+    _with_panels,
+    _write,
+    prepare,
+    t_quantile,
+)
+from featureinterp.names import PRIMARY_SOURCE
 
 __all__ = [
     "ALL_LAYERS",
@@ -54,53 +74,6 @@ __all__ = [
     "fig5",
     "t_quantile",
 ]
-
-METHODS = ("one_shot", "tree")
-CONDITIONS = ("unstructured", "structured", "structured_train_negatives", "structured_holistic")
-"""Fig. 4's conditions in the paper's bar order."""
-SOURCES = ("random", "random_negative", "similar", "similar_negative", "projected", "projected_negative")
-"""Complementary sources of the test set (section 1.5); ``*_negative`` = non-activating records only."""
-ALL_LAYERS = "all layers"
-"""Value of ``layer`` in fig4's rows pooled over layers."""
-
-DPI = 120
-_METHOD_COLORS = {"one_shot": "#49419c", "tree": "#fa9e3b"}
-_METHOD_LABELS = {"one_shot": "one-shot", "tree": "tree"}
-_SOURCE_COLORS = {"random": "#120789", "similar": "#FA9E3B", "projected": "#C23D80"}
-_HATCHES = {
-    "unstructured": "",
-    "structured": "//",
-    "structured_train_negatives": "\\\\",
-    "structured_holistic": "--",
-}
-_CONDITION_LABELS = {
-    "unstructured": "unstructured",
-    "structured": "structured",
-    "structured_train_negatives": "structured + train negatives",
-    "structured_holistic": "structured + holistic",
-}
-_FLOATS = ("score", "fp_rate", "complexity", "null_score")
-
-
-@dataclass(frozen=True)
-class FigureResult:
-    """What a figure function produced: its tables, the files written and the caption it drew."""
-
-    name: str
-    """"fig3", "fig4" or "fig5"; also the stem of the files written."""
-    summary: pl.DataFrame
-    """One row per plotted cell (including cells without results, ``n`` = 0), with ``n`` and
-    ``expected`` columns; stored as ``<name>.parquet``."""
-    caption: str
-    """The coverage and NaN note printed on the figure ("... 40 of 50 features ...")."""
-    incomplete: bool
-    """True when some cell has fewer than ``expected`` results."""
-    png: Path
-    files: Mapping[str, Path]
-    """Every file written, by role: "png", "summary", "panels" (fig3, fig5: the paper's other
-    panels, featureinterp.figure_panels) and, for fig5, "features" and "layers"."""
-    tables: Mapping[str, pl.DataFrame] = field(default_factory=dict)
-    """Extra tables beyond the summary (fig5: "features", the per-feature monotone scores)."""
 
 
 def fig3(
@@ -124,7 +97,7 @@ def fig3(
     if tokens_per_record <= 0:
         raise ValueError(f"{name}: tokens_per_record must be positive, got {tokens_per_record}")
     required = ("layer", "feature", "method", "condition", "rule_cap", "source", "score", "fp_rate")
-    frame = _prepare(df, name, required, ("complexity", "n_rules"), {"condition": condition}, expected)
+    frame = prepare(df, name, required, ("complexity", "n_rules"), {"condition": condition}, expected)
     frame = _select_cap(frame, name, rule_cap)
     _check_unique(frame, ("method", "source", "layer", "feature"), name)
 
@@ -177,13 +150,11 @@ def fig3(
             else:
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right center", fontsize=8)
-        _title(
-            fig, f"Complementary test sentences (rule cap {int(frame['rule_cap'][0])})", caption, incomplete
-        )
+        _title(fig, f"Complementary test sentences ({_cap_label(frame)})", caption, incomplete)
     result = _write(name, fig, summary, {}, out_dir, caption, incomplete)
     from featureinterp.figure_panels import fig3_panels  # the paper's combined one-shot vs tree plots
 
-    return _with_panels(result, fig3_panels(summary, Path(out_dir), caption, incomplete, "similar_negative"))
+    return _with_panels(result, fig3_panels(summary, Path(out_dir), caption, incomplete, PRIMARY_SOURCE))
 
 
 def fig4(
@@ -193,7 +164,7 @@ def fig4(
     expected: int | None = None,
     *,
     grid: str = "",
-    source: str = "similar_negative",
+    source: str = PRIMARY_SOURCE,
     rule_cap: int | None = None,
 ) -> FigureResult:
     """Figure 4: mean test score per method x condition, per layer and pooled over layers.
@@ -208,7 +179,7 @@ def fig4(
         raise ValueError(f"{name}: confidence must lie strictly between 0 and 1, got {confidence}")
     required = ("layer", "feature", "method", "condition", "rule_cap", "source", "score")
     frame = _select_cap(
-        _prepare(df, name, required, ("null_score",), {"source": source}, expected), name, rule_cap
+        prepare(df, name, required, ("null_score",), {"source": source}, expected), name, rule_cap
     )
     _check_unique(frame, ("method", "condition", "layer", "feature"), name)
     # the empty explanation's score per layer (the simulator's prior), drawn as a reference line
@@ -329,7 +300,7 @@ def fig4(
         ax.legend(handles=condition_handles, loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=8)
         _title(
             fig,
-            f"Explainer comparison (source {source}, rule cap {int(frame['rule_cap'][0])})",
+            f"Explainer comparison (source {source}, {_cap_label(frame)})",
             caption,
             incomplete,
         )
@@ -344,7 +315,7 @@ def fig5(
     grid: str = "",
     method: str = "one_shot",
     condition: str = "structured",
-    source: str = "similar_negative",
+    source: str = PRIMARY_SOURCE,
 ) -> FigureResult:
     """Figure 5: score and complexity per layer x rule cap (heatmaps) and the monotone scores.
 
@@ -359,7 +330,7 @@ def fig5(
     name = "fig5"
     required = ("layer", "feature", "method", "condition", "rule_cap", "source", "score", "complexity")
     filters = {"method": method, "condition": condition, "source": source}
-    frame = _prepare(df, name, required, (), filters, expected)
+    frame = prepare(df, name, required, (), filters, expected)
     _check_unique(frame, ("layer", "feature", "rule_cap"), name)
     if frame["rule_cap"].min() < 1:
         raise ValueError(f"{name}: rule caps start at 1, found {frame['rule_cap'].min()}")
@@ -426,161 +397,6 @@ def fig5(
     return _with_panels(result, fig5_panels(summary, per_layer, Path(out_dir), caption, incomplete))
 
 
-def t_quantile(q: float, df: int) -> float:
-    """Quantile ``q`` of Student's t with ``df`` degrees of freedom (scipy when installed)."""
-    try:
-        from scipy.stats import t
-    except ImportError:
-        return _t_quantile_numeric(q, df)
-    return float(t.ppf(q, df))
-
-
-def _t_quantile_numeric(q: float, df: int, n_grid: int = 200_001) -> float:
-    """Student-t quantile without scipy, accurate to about 1e-7 relative for q <= 0.999.
-
-    With x = sqrt(df) tan(theta) the t density becomes proportional to cos(theta)^(df-1) on
-    [0, pi/2): bounded and smooth, so a trapezoid cumulative integral inverts cleanly.
-    """
-    if not 0 < q < 1 or df < 1:
-        raise ValueError(f"t quantile needs 0 < q < 1 and df >= 1, got q={q}, df={df}")
-    if q < 0.5:
-        return -_t_quantile_numeric(1 - q, df, n_grid)
-    theta = np.linspace(0.0, np.pi / 2, n_grid)
-    density = np.cos(theta) ** (df - 1)
-    cdf = np.concatenate([[0.0], np.cumsum((density[1:] + density[:-1]) / 2)])
-    # P(0 < T < x) = (q - 1/2), i.e. share 2q - 1 of the half-line mass.
-    angle = float(np.interp(2 * q - 1, cdf / cdf[-1], theta))
-    return math.sqrt(df) * math.tan(angle)
-
-
-# ---------------------------------------------------------------- input checks and aggregation
-
-
-def _prepare(
-    df: pl.DataFrame,
-    name: str,
-    required: Sequence[str],
-    optional: Sequence[str],
-    filters: Mapping[str, str],
-    expected: int | None,
-) -> pl.DataFrame:
-    """Check the schema, normalise types (layer str, NaN for null floats) and apply the filters."""
-    if expected is not None and (isinstance(expected, bool) or int(expected) != expected or expected < 1):
-        raise ValueError(f"{name}: expected must be a positive number of features per cell, got {expected!r}")
-    if not isinstance(df, pl.DataFrame):
-        raise TypeError(f"{name}: expected a polars DataFrame, got {type(df).__name__}")
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ValueError(f"{name}: the results table lacks required column(s) {', '.join(missing)}")
-    if df.is_empty():
-        raise ValueError(f"{name}: the results table is empty; there are no feature results to plot")
-    columns = [*required, *(c for c in optional if c in df.columns)]
-    frame = df.select(columns).with_columns(
-        pl.col("layer").cast(pl.String),
-        pl.col("feature").cast(pl.Int64),
-        pl.col("rule_cap").cast(pl.Int64),
-        *(pl.col(c).cast(pl.Float64).fill_null(math.nan) for c in _FLOATS if c in columns),
-    )
-    for column, value in filters.items():
-        kept = frame.filter(pl.col(column) == value)
-        if kept.is_empty():
-            present = sorted(frame[column].unique().to_list())
-            raise ValueError(f"{name}: no results with {column} == {value!r} (present: {present})")
-        frame = kept
-    return frame
-
-
-def _select_cap(frame: pl.DataFrame, name: str, rule_cap: int | None) -> pl.DataFrame:
-    """Keep one rule cap (None: the highest present), so fig5's cap sweep never leaks into fig3/fig4."""
-    if rule_cap is None:
-        rule_cap = int(frame["rule_cap"].max())
-    kept = frame.filter(pl.col("rule_cap") == rule_cap)
-    if kept.is_empty():
-        present = sorted(frame["rule_cap"].unique().to_list())
-        raise ValueError(f"{name}: no results with rule_cap == {rule_cap} (present: {present})")
-    return kept
-
-
-def _check_unique(frame: pl.DataFrame, keys: Sequence[str], name: str) -> None:
-    """Refuse duplicate results: averaging two experiments' rows would pass for one experiment."""
-    dup = frame.group_by(keys).len().filter(pl.col("len") > 1)
-    if dup.height:
-        example = {k: dup[k][0] for k in keys}
-        raise ValueError(
-            f"{name}: {dup.height} ({', '.join(keys)}) combination(s) occur more than once, e.g. {example}; "
-            "pass the results of one experiment per figure"
-        )
-
-
-def _nanmean(column: str) -> pl.Expr:
-    return pl.col(column).filter(pl.col(column).is_not_nan()).mean()
-
-
-def _grid(
-    stats: pl.DataFrame,
-    levels: Mapping[str, Sequence],
-    expected: int | None,
-    counts: Iterable[str],
-) -> pl.DataFrame:
-    """Stats on the full grid of levels, in order: cells without results get n = 0 and NaN means."""
-    keys = list(levels)
-    grid = pl.DataFrame(
-        list(product(*levels.values())), schema={k: stats.schema[k] for k in keys}, orient="row"
-    )
-    out = grid.join(stats, on=keys, how="left", maintain_order="left")
-    counts = list(counts)
-    floats = [c for c, t in out.schema.items() if c not in keys and t == pl.Float64]
-    out = out.with_columns(
-        *(pl.col(c).fill_null(0).cast(pl.Int64) for c in counts),
-        *(pl.col(c).fill_null(math.nan) for c in floats),
-        expected=pl.lit(expected, dtype=pl.Int64),
-    )
-    return out.select(*keys, "n", "expected", *(c for c in out.columns if c not in (*keys, "n", "expected")))
-
-
-def _coverage(summary: pl.DataFrame, expected: int | None, cell: str) -> tuple[str, bool]:
-    """Caption text on how many results each cell has, and whether any cell is short."""
-    present, cells = int(summary["n"].sum()), summary.height
-    if expected is None:
-        return f"{present} results over {cells} cells ({cell}), completeness not checked", False
-    short = summary.filter(pl.col("n") < expected)
-    if short.is_empty():
-        return (
-            f"complete: {present} results, at least {expected} features in each of {cells} cells ({cell})",
-            False,
-        )
-    fewest = int(short["n"].min())
-    return (
-        f"INCOMPLETE: {fewest} of {expected} features in the sparsest cell ({cell}); {short.height} of "
-        f"{cells} cells short, {present} of {expected * cells} results",
-        True,
-    )
-
-
-def _order(values: pl.Series, canonical: Sequence[str]) -> list[str]:
-    """The known values in their canonical order, then any others alphabetically."""
-    present = set(values.unique().to_list())
-    return [v for v in canonical if v in present] + sorted(present - set(canonical))
-
-
-def _layer_key(layer: str) -> tuple[int, str]:
-    digits = re.search(r"\d+", layer)
-    return (int(digits.group()) if digits else sys.maxsize, layer)
-
-
-def _layers(values: pl.Series) -> list[str]:
-    """Layer labels ordered by their integer part ("L2" before "L10"), unnumbered ones last."""
-    return sorted(values.unique().to_list(), key=_layer_key)
-
-
-def _layer_positions(layers: Sequence[str]) -> list:
-    """x positions: the layer index when every label has one (keeps uneven spacing), else the labels."""
-    keys = [_layer_key(layer)[0] for layer in layers]
-    if sys.maxsize in keys or len(set(keys)) < len(keys):
-        return list(layers)
-    return keys
-
-
 def _monotone(frame: pl.DataFrame, caps: Sequence[int], layers: Sequence[str]) -> pl.DataFrame:
     """Per feature and cap: score, score / best, monotone score (best over caps <= cap) and share."""
     rank = {layer: i for i, layer in enumerate(layers)}
@@ -607,84 +423,3 @@ def _monotone(frame: pl.DataFrame, caps: Sequence[int], layers: Sequence[str]) -
             "mono_prop": (mono * share).ravel(),
         }
     )
-
-
-# ---------------------------------------------------------------- drawing and writing
-
-
-def _seaborn():
-    import seaborn as sns  # imports pyplot, so only after the backend choice above
-
-    return sns
-
-
-@contextmanager
-def _style(sns):
-    """Seaborn's whitegrid look and no LaTeX, for this figure only (global rcParams untouched)."""
-    with (
-        matplotlib.rc_context({"text.usetex": False, "font.family": "sans-serif"}),
-        sns.axes_style("whitegrid"),
-    ):
-        yield
-
-
-def _source_style(source: str) -> dict:
-    """Paper style: the non-activating variant solid and strong, the unfiltered one dashed and faint."""
-    negative = "_negative" in source  # similar_negative, similar_negative_projected, ...
-    base = source.replace("_negative", "")
-    color = (
-        _SOURCE_COLORS["projected"] if base.endswith("_projected") else _SOURCE_COLORS.get(base, "#555555")
-    )
-    base = base.replace("_", " ").replace(" projected", ", projected")
-    return {
-        "color": color,
-        "linestyle": "-" if negative else "--",
-        "alpha": 0.8 if negative else 0.35,
-        "linewidth": 2.0 if negative else 1.5,
-        "marker": "o",
-        "markersize": 3,
-        "label": f"{base} (non-activating)" if negative else base,
-    }
-
-
-def _title(fig: Figure, title: str, caption: str, incomplete: bool) -> None:
-    fig.suptitle(title + (" [INCOMPLETE]" if incomplete else ""), fontsize=11)
-    color = "firebrick" if incomplete else "dimgray"
-    fig.text(0.5, 0.0, caption, ha="center", va="top", fontsize=8, wrap=True, color=color)
-
-
-def _write(
-    name: str,
-    fig: Figure,
-    summary: pl.DataFrame,
-    tables: Mapping[str, pl.DataFrame],
-    out_dir: Path | str,
-    caption: str,
-    incomplete: bool,
-) -> FigureResult:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"png": out_dir / f"{name}.png", "summary": out_dir / f"{name}.parquet"}
-    _atomic_write(files["png"], lambda p: fig.savefig(p, format="png", dpi=DPI, bbox_inches="tight"))
-    _atomic_write(files["summary"], summary.write_parquet)
-    for role, table in tables.items():
-        files[role] = out_dir / f"{name}_{role}.parquet"
-        _atomic_write(files[role], table.write_parquet)
-    return FigureResult(name, summary, caption, incomplete, files["png"], files, dict(tables))
-
-
-def _with_panels(result: FigureResult, panels: Path) -> FigureResult:
-    return dataclasses.replace(result, files={**result.files, "panels": panels})
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temp sibling and rename, so readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

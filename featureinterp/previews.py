@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from featureinterp.names import POSITIVE_SOURCE, PRIMARY_SOURCE
+
 __all__ = ["StripRecord", "activation_strip"]
 
 StripRecord = tuple[str, Sequence[str], Sequence[float], Sequence[float]]
@@ -70,7 +72,7 @@ def score_strip(
     from featureinterp.formatting import quantize
 
     rows: list[StripRecord] = []
-    for source, n, label in (("positive", n_positive, "pos"), ("similar_negative", n_negative, "sim. neg")):
+    for source, n, label in ((POSITIVE_SOURCE, n_positive, "pos"), (PRIMARY_SOURCE, n_negative, "sim. neg")):
         part = frame.filter((pl.col("source") == source) & (pl.col("split") == "test")).sort("rank")
         for i, r in enumerate(part.head(n).iter_rows(named=True)):
             sim = predictions.get(source, [])

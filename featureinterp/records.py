@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from featureinterp.corpus import decode_tokens
+from featureinterp.names import COMPLEMENTARY_SOURCES, NEGATIVE_SOURCES, POSITIVE_SOURCE
 from featureinterp.retrieval import (
     CorpusIndex,
     mean_direction,
@@ -48,15 +49,6 @@ __all__ = [
     "CheckOutcome",
 ]
 
-COMPLEMENTARY_SOURCES = (
-    "random",
-    "random_negative",
-    "similar",
-    "similar_negative",
-    "similar_projected",
-    "similar_negative_projected",
-)
-NEGATIVE_SOURCES = ("random_negative", "similar_negative", "similar_negative_projected")
 SPLITS = ("train", "valid", "test")
 
 
@@ -238,7 +230,7 @@ def assign_splits(sel: Selection, params: RecordParams) -> list[tuple[int, str, 
     split None. Faithful mode gives 'valid' the train slice, as the paper's code does.
     """
     out = []
-    lists = {"positive": sel.positives, **sel.sources}
+    lists = {POSITIVE_SOURCE: sel.positives, **sel.sources}
     for source, rows in lists.items():
         split_of = {}
         for k, split in enumerate(SPLITS):
@@ -293,18 +285,18 @@ def check_records(frame, row_max: np.ndarray, params: RecordParams) -> list[Chec
 
     c = params.complementary_n
     lists = frame.filter(pl.col("rank") >= 0).unique(["row", "source"])
-    counts = {s: lists.filter(pl.col("source") == s).height for s in ("positive", *COMPLEMENTARY_SOURCES)}
-    short = {s: n for s, n in counts.items() if s != "positive" and n < c}
+    counts = {s: lists.filter(pl.col("source") == s).height for s in (POSITIVE_SOURCE, *COMPLEMENTARY_SOURCES)}
+    short = {s: n for s, n in counts.items() if s != POSITIVE_SOURCE and n < c}
     neg_rows = lists.filter(pl.col("source").is_in(NEGATIVE_SOURCES))["row"].to_numpy()
     firing_negs = sorted(set(neg_rows[row_max[neg_rows] > 0].tolist()))
-    pos = set(lists.filter(pl.col("source") == "positive")["row"].to_list())
-    leaked = sorted(pos & set(lists.filter(pl.col("source") != "positive")["row"].to_list()))
+    pos = set(lists.filter(pl.col("source") == POSITIVE_SOURCE)["row"].to_list())
+    leaked = sorted(pos & set(lists.filter(pl.col("source") != POSITIVE_SOURCE)["row"].to_list()))
     # An experiment uses the positives plus one complementary source, so splits must be disjoint
     # within every (positives + source) set; one row may serve two sources (a similar-negative is
     # also similar), which never meet in one experiment.
     overlap = {}
     for source in COMPLEMENTARY_SOURCES:
-        used = frame.filter(pl.col("source").is_in(["positive", source]))
+        used = frame.filter(pl.col("source").is_in([POSITIVE_SOURCE, source]))
         by_split = {s: set(used.filter(pl.col("split") == s)["row"].to_list()) for s in SPLITS}
         for i, a in enumerate(SPLITS):
             for b in SPLITS[i + 1 :]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from featureinterp.activations import FeatureActivations
+from featureinterp.names import SYNTHETIC_KEY
 
 __all__ = [
     "SyntheticFeature",
@@ -30,8 +31,8 @@ __all__ = [
     "wrong_explanation",
 ]
 
-SYNTHETIC_LAYER = "SYN"
-"""Layer key of the synthetic features in the layer partitions."""
+SYNTHETIC_LAYER = SYNTHETIC_KEY
+"""Layer key of the synthetic features in the layer partitions (``names.SYNTHETIC_KEY``)."""
 
 
 def _norm(token: str) -> str:

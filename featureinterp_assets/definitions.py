@@ -14,6 +14,7 @@ import dagster as dg
 from featureinterp.config import ApiSpec, Preset, data_home, get_preset, models_dir
 from featureinterp.experiments import get_condition
 from featureinterp.figure_grids import condition_scope
+from featureinterp.names import SYNTHETIC_KEY
 from featureinterp.preset_files import preset_to_json
 from featureinterp_assets.assets.activations import build_activation_assets
 from featureinterp_assets.assets.baselines import build_baseline_asset
@@ -38,7 +39,7 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
     # run on their figures' partitions only, which `featureinterp run` or a backfill launches
     # (a scope that only keeps conditions off the synthetic SYN features still automates: a new
     # layer runs every condition)
-    own = {f"{f}|{x}" for x in preset.layer_keys if x != "SYN" for f in preset.feature_keys}
+    own = {f"{f}|{x}" for x in preset.layer_keys if x != SYNTHETIC_KEY for f in preset.feature_keys}
     automate = all(own <= keys for keys in condition_scope(preset).values())
     holistic = any(get_condition(c).holistic for c in preset.explain.conditions)
     assets = [

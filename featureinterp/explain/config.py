@@ -17,6 +17,7 @@ import numpy as np
 
 from featureinterp.errors import ConfigError
 from featureinterp.explanations import Explanation
+from featureinterp.names import DEFAULT_RULE_CAP
 from featureinterp.records import feature_generator
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ class ExplainerConfig:
     """Rule lists (JSON) rather than one free-text phrase."""
     holistic: bool = False
     """Show activation-causing (holistic) blocks next to the activations (records need them)."""
-    rule_cap: int | None = 5
+    rule_cap: int | None = DEFAULT_RULE_CAP
     """Most rules an explanation may have (schema ``maxItems`` and truncation); None: no cap."""
     num_samples: int = 1
     """Explanations returned: one-shot requests this many; tree returns the top ones by valid score."""

@@ -6,7 +6,8 @@ once per ranged run like the explain stage."""
 import dagster as dg
 
 from featureinterp.baselines import baseline_scores
-from featureinterp.config import SYNTHETIC_LAYER, layer_key
+from featureinterp.config import layer_key
+from featureinterp.names import SYNTHETIC_LAYER
 from featureinterp_assets.assets.records import _layer_feature_of
 from featureinterp_assets.automation import PER_PARTITION
 from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition

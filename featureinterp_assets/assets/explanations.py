@@ -13,6 +13,7 @@ import base64
 
 import dagster as dg
 import numpy as np
+import polars as pl
 
 from featureinterp.complexity import ComplexityAnalyzer, mean_complexity
 from featureinterp.config import ApiSpec
@@ -21,6 +22,7 @@ from featureinterp.explain import ExplainResult, ExplanationFailed, explain, exp
 from featureinterp.explanations import Explanation
 from featureinterp.formatting import quantize
 from featureinterp.llm import request_modes
+from featureinterp.names import POSITIVE_SOURCE
 from featureinterp.previews import score_strip
 from featureinterp_assets.assets.records import _layer_feature_of
 from featureinterp_assets.automation import PER_PARTITION
@@ -46,13 +48,11 @@ def _holistic(holistic_value) -> tuple[dict[int, np.ndarray], float]:
 
 def _preview(frame, explanation: Explanation, predictions, max_act: float, n: int = 3) -> str:
     """Markdown: true (0..5) vs simulated values on the first test positives."""
-    import polars as pl
-
-    pos = frame.filter((pl.col("source") == "positive") & (pl.col("split") == "test")).sort("rank")
+    pos = frame.filter((pl.col("source") == POSITIVE_SOURCE) & (pl.col("split") == "test")).sort("rank")
     lines = [f"**{explanation}**", "", "| record | token: true / simulated |", "|---|---|"]
     for i, r in enumerate(pos.head(n).iter_rows(named=True)):
         true = quantize(r["acts"], max_act)
-        sim = predictions["positive"][i] if i < len(predictions["positive"]) else []
+        sim = predictions[POSITIVE_SOURCE][i] if i < len(predictions[POSITIVE_SOURCE]) else []
         cells = [
             f"`{t.strip() or repr(t)}` {a}/{s:.1f}"
             for t, a, s in zip(r["tokens"], true, sim, strict=False)
@@ -170,13 +170,14 @@ def _explain(spec, llm: LLMResource, cond: Condition, layer: int, feature: int, 
     """One feature's explanation (the stored value and its metadata); a failed search raises
     ``dg.Failure`` with the completions, never a dummy explanation."""
     max_act = _max_act(rec)
+    config = cond.explainer_config(spec.explain)
     base = {"condition": cond.name, "layer": layer, "feature": feature, "max_act": max_act}
+    base["rule_cap"] = config.rule_cap  # the cap this explanation ran with (None: uncapped)
     if not max_act > 0:
         return Produced(base | {"skipped": "dead feature"}, {"skipped": "dead feature (never fires)"})
     hol, max_h = _holistic(hol_value) if cond.holistic else (None, 0.0)
     records = feature_records(rec.frame, max_act, cond, hol, max_h)
     backend, simulator = llm.explainer(cond.explainer_model), llm.simulator()
-    config = cond.explainer_config(spec.explain)
     seed = explain_seed(spec.seed, spec.name, cond.name, layer, feature)
     tokens_before = simulator.thread_tokens()  # this feature's passes only, when features share it
     try:
@@ -236,15 +237,22 @@ PAPER_FP_BELOW = 10.0
 """The paper's false-positive rule: a token is quiet when its raw activation is below 10."""
 
 
+def score_base(cond: Condition, expl: dict) -> dict:
+    """The fields every score row carries; ``rule_cap`` is the cap the explanation ran with (read
+    from the stored explanation; None for an uncapped free-text one), never the condition's
+    nominal cap (an explanation stored before the cap was recorded: the condition's cap as run)."""
+    return {k: expl[k] for k in ("condition", "layer", "feature")} | {
+        "method": cond.method,
+        "figure_condition": cond.figure_condition,
+        "rule_cap": expl["rule_cap"] if "rule_cap" in expl else cond.cap_run,
+    }
+
+
 def _score(llm: LLMResource, cond: Condition, expl: dict, rec, faithful: bool = False) -> Produced:
     """Test-split evaluation of one stored explanation, with each rule's complexity; ``faithful``
     (faithful presets): false positives by the paper's absolute rule instead of ours, and the
     paper's complexity read-out one token late."""
-    base = {k: expl[k] for k in ("condition", "layer", "feature")} | {
-        "method": cond.method,
-        "figure_condition": cond.figure_condition,
-        "rule_cap": cond.rule_cap,
-    }
+    base = score_base(cond, expl)
     if expl.get("skipped"):
         value = base | {"score": float("nan"), "reason": expl["skipped"], "per_source": {}}
         return Produced(value, {"skipped": expl["skipped"]})
@@ -259,11 +267,15 @@ def _score(llm: LLMResource, cond: Condition, expl: dict, rec, faithful: bool = 
         fp_true_below=PAPER_FP_BELOW if faithful else None,
     )
     simulator_tokens = simulator.thread_tokens() - tokens_before
+    from featureinterp.simulator import alignment_stats  # torch: only in the step that scores
+
+    test_tokens = rec.frame.filter(pl.col("split") == "test")["tokens"].to_list()
+    alignment = alignment_stats(simulator.tok, test_tokens)  # tokens the simulator cannot see
     analyzer = ComplexityAnalyzer(llm.local_backend(), faithful=faithful)
     complexities = analyzer.rate(list(explanation_obj.rules))
     metadata = _score_metadata(
         ev, explanation_obj, complexities, simulator, simulator_tokens, rec.frame, expl["max_act"]
-    )
+    ) | {"alignment": dg.MetadataValue.json(alignment)}
     value = base | {
         "score": ev.score,
         "reason": ev.reason,
@@ -273,6 +285,7 @@ def _score(llm: LLMResource, cond: Condition, expl: dict, rec, faithful: bool = 
         "n_rules": len(explanation_obj.rules),
         "predictions": ev.predictions,
         "simulator_tokens": simulator_tokens,
+        "alignment": alignment,
     }
     return Produced(value, metadata)
 

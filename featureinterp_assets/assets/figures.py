@@ -14,46 +14,18 @@ import dagster as dg
 import polars as pl
 
 from featureinterp import calibration, figures
-from featureinterp.config import SYNTHETIC_LAYER, feature_key, layer_key
+from featureinterp.config import feature_key, layer_key
+from featureinterp.figure_common import result_frame, result_rows
 from featureinterp.figure_grids import figure_conditions, figure_grids, select_grid
+from featureinterp.names import PRIMARY_SOURCE, SYNTHETIC_KEY
 from featureinterp.storage import TableBundle
 from featureinterp_assets.automation import SUMMARY
 from featureinterp_assets.constants import GROUP_FIGURES, STORAGE_IO
 from featureinterp_assets.partitions import asset_scope
 from featureinterp_assets.resources import PresetResource
 
-SYNTHETIC_KEY = layer_key(SYNTHETIC_LAYER)
 ALLOW_MISSING = {"allow_missing": True}
 """Input metadata read by StorageIOManager: load the partitions that exist, skip the others."""
-
-
-def _reference(baseline: dict | None, kind: str, source: str) -> float:
-    value = (baseline or {}).get(kind) or {}
-    return float(value.get("per_source", {}).get(source, {}).get("score", float("nan")))
-
-
-def result_rows(score: dict, baseline: dict | None = None) -> list[dict]:
-    """One figure-table row per test source of one scores partition, with the feature's baseline
-    scores on the same source (NaN when not computed)."""
-    base = {
-        "layer": score["layer_key"],
-        "feature": int(score["feature"]),
-        "experiment": score["condition"],
-        "method": score["method"],
-        "condition": score["figure_condition"],
-        "rule_cap": int(score["rule_cap"]),
-        "complexity": float(score.get("complexity", float("nan"))),
-        "n_rules": int(score.get("n_rules", 0)),
-    }
-    return [
-        base
-        | {"source": source, "score": float(v["score"]), "fp_rate": float(v["fp_rate"])}
-        | {f"{kind}_score": _reference(baseline, kind, source) for kind in BASELINE_KINDS}
-        for source, v in score.get("per_source", {}).items()
-    ]
-
-
-BASELINE_KINDS = ("null", "true_rule", "other_rule")
 
 
 def build_hint(preset: str) -> str:
@@ -106,7 +78,7 @@ def build_figure_assets(
             ]
             for value in values.values():
                 rows.extend(result_rows(value | {"layer_key": layer}, refs.get(int(value["feature"]))))
-        frame = pl.DataFrame(rows, schema=_SCHEMA)
+        frame = result_frame(rows)
         context.add_output_metadata(
             {
                 "rows": len(frame),
@@ -155,63 +127,69 @@ FIGURE_DESCRIPTIONS = {
 """What each paper figure shows (the asset's description in the UI)."""
 
 
+def _figure_table(name: str, config: FigureConfig, spec, layer_results: dict) -> tuple:
+    """The figure's grid and its rows: (table, grid note, missing partitions, features expected);
+    fails over an incomplete grid when ``allow_incomplete`` is off, or when nothing is scored."""
+    if config.grid not in ("paper", "preset"):
+        raise dg.Failure(description=f"{name}: grid must be 'paper' or 'preset', not {config.grid!r}")
+    grid = figure_grids(spec).get(name) if config.grid == "paper" else None
+    # the preset's layers and any registered since (a layer added to a preset file reaches
+    # the figures before the code location reloads)
+    layers = (
+        [layer_key(x) for x in grid.layers]
+        if grid
+        else sorted({k for k in [*spec.layer_keys, *layer_results] if k != SYNTHETIC_KEY})
+    )
+    features = {feature_key(f) for f in (grid.features if grid else spec.features)}
+    conditions = set(grid.conditions if grid else figure_conditions(name, spec.explain.conditions))
+    # the synthetic features are a calibration, never pooled into the paper's figures
+    layer_results = {k: v for k, v in layer_results.items() if k in layers}
+    missing = {
+        f"{layer}/{cond}": [f for f in feats if f in features]
+        for layer, value in layer_results.items()
+        for cond, feats in value.meta["missing"].items()
+        if cond in conditions and any(f in features for f in feats)
+    }
+    absent_layers = [k for k in layers if k not in layer_results]
+    if not config.allow_incomplete and (missing or absent_layers):
+        raise dg.Failure(
+            description=f"{name}: inputs incomplete; missing layers {absent_layers or 'none'}, "
+            f"missing partitions {missing}",
+            metadata={"missing": dg.MetadataValue.json(missing), "absent_layers": absent_layers},
+        )
+    frames = [v.frame for v in layer_results.values() if len(v.frame)]
+    if not frames:
+        raise dg.Failure(description=f"{name}: no scores yet; {build_hint(spec.name)}")
+    table, grid_note = select_grid(pl.concat(frames), grid, spec.explain.conditions, name)
+    if not len(table):
+        raise dg.Failure(
+            description=f"{name}: no scores inside the figure's {grid_note}; {build_hint(spec.name)}"
+        )
+    return table, grid_note, missing, len(features)
+
+
+def _image_metadata(name: str, result) -> dict:
+    """The figure inline (base64 PNG), its caption, summary table and file path."""
+    png = base64.b64encode(result.png.read_bytes()).decode()
+    return {
+        "image": dg.MetadataValue.md(f"![{name}](data:image/png;base64,{png})"),
+        "caption": result.caption,
+        "summary": dg.MetadataValue.md(_markdown(result.summary)),
+        "png": dg.MetadataValue.path(str(result.png)),
+    }
+
+
 def _figure_asset(name: str) -> dg.AssetsDefinition:
     @dg.asset(name=name, description=FIGURE_DESCRIPTIONS[name], **_FIGURE_ASSET)
     def figure(
         context: dg.AssetExecutionContext, config: FigureConfig, layer_results: dict, preset: PresetResource
     ):
-        spec = preset.spec()
-        if config.grid not in ("paper", "preset"):
-            raise dg.Failure(description=f"{name}: grid must be 'paper' or 'preset', not {config.grid!r}")
-        grid = figure_grids(spec).get(name) if config.grid == "paper" else None
-        # the preset's layers and any registered since (a layer added to a preset file reaches
-        # the figures before the code location reloads)
-        layers = (
-            [layer_key(x) for x in grid.layers]
-            if grid
-            else sorted({k for k in [*spec.layer_keys, *layer_results] if k != SYNTHETIC_KEY})
-        )
-        features = {feature_key(f) for f in (grid.features if grid else spec.features)}
-        conditions = set(grid.conditions if grid else figure_conditions(name, spec.explain.conditions))
-        # the synthetic features are a calibration, never pooled into the paper's figures
-        layer_results = {k: v for k, v in layer_results.items() if k in layers}
-        missing = {
-            f"{layer}/{cond}": [f for f in feats if f in features]
-            for layer, value in layer_results.items()
-            for cond, feats in value.meta["missing"].items()
-            if cond in conditions and any(f in features for f in feats)
-        }
-        absent_layers = [k for k in layers if k not in layer_results]
-        if not config.allow_incomplete and (missing or absent_layers):
-            raise dg.Failure(
-                description=f"{name}: inputs incomplete; missing layers {absent_layers or 'none'}, "
-                f"missing partitions {missing}",
-                metadata={"missing": dg.MetadataValue.json(missing), "absent_layers": absent_layers},
-            )
-        frames = [v.frame for v in layer_results.values() if len(v.frame)]
-        if not frames:
-            raise dg.Failure(description=f"{name}: no scores yet; {build_hint(spec.name)}")
-        table, grid_note = select_grid(pl.concat(frames), grid, spec.explain.conditions, name)
-        if not len(table):
-            raise dg.Failure(
-                description=f"{name}: no scores inside the figure's {grid_note}; {build_hint(spec.name)}"
-            )
+        table, grid_note, missing, expected = _figure_table(name, config, preset.spec(), layer_results)
         out_dir = Path(preset.storage_dir()) / "figures"
-        fn = getattr(figures, name)
-        result = fn(table, out_dir, expected=len(features), grid=grid_note)
-        png = result.png.read_bytes()
+        result = getattr(figures, name)(table, out_dir, expected=expected, grid=grid_note)
         context.add_output_metadata(
-            {
-                "image": dg.MetadataValue.md(
-                    f"![{name}](data:image/png;base64,{base64.b64encode(png).decode()})"
-                ),
-                "caption": result.caption,
-                "grid": grid_note,
-                "incomplete": result.incomplete,
-                "missing": dg.MetadataValue.json(missing),
-                "summary": dg.MetadataValue.md(_markdown(result.summary)),
-                "png": dg.MetadataValue.path(str(result.png)),
-            }
+            _image_metadata(name, result)
+            | {"grid": grid_note, "incomplete": result.incomplete, "missing": dg.MetadataValue.json(missing)}
         )
         return {
             "png": str(result.png),
@@ -231,50 +209,22 @@ def _calibration_asset() -> dg.AssetsDefinition:
         syn = layer_results.get(SYNTHETIC_KEY)
         if syn is None or not len(syn.frame):
             raise dg.Failure(
-                description="fig_calibration: no scores of layer SYN yet; materialize records, baselines and "
-                "scores/* for the SYN partitions first (`featureinterp run --layers SYN`)"
+                description=f"fig_calibration: no scores of layer {SYNTHETIC_KEY} yet; materialize records, baselines "
+                f"and scores/* for the {SYNTHETIC_KEY} partitions first (`featureinterp run --layers {SYNTHETIC_KEY}`)"
             )
         result = calibration.calibration_figure(syn.frame, Path(preset.storage_dir()) / "figures")
-        png = result.png.read_bytes()
-        context.add_output_metadata(
-            {
-                "image": dg.MetadataValue.md(
-                    f"![fig_calibration](data:image/png;base64,{base64.b64encode(png).decode()})"
-                ),
-                "caption": result.caption,
-                # a synthetic feature without a score under some condition
-                "incomplete": any(bool(v) for v in syn.meta.get("missing", {}).values()),
-                "summary": dg.MetadataValue.md(_markdown(result.summary)),
-                "png": dg.MetadataValue.path(str(result.png)),
-            }
-        )
+        # incomplete: a synthetic feature without a score under some condition
+        incomplete = any(bool(v) for v in syn.meta.get("missing", {}).values())
+        context.add_output_metadata(_image_metadata("fig_calibration", result) | {"incomplete": incomplete})
         return {"png": str(result.png), "caption": result.caption}
 
     return fig_calibration
 
 
-_SCHEMA = {
-    "layer": pl.String,
-    "feature": pl.Int64,
-    "experiment": pl.String,
-    "method": pl.String,
-    "condition": pl.String,
-    "rule_cap": pl.Int64,
-    "complexity": pl.Float64,
-    "n_rules": pl.Int64,
-    "source": pl.String,
-    "score": pl.Float64,
-    "fp_rate": pl.Float64,
-    "null_score": pl.Float64,
-    "true_rule_score": pl.Float64,
-    "other_rule_score": pl.Float64,
-}
-
-
 def _mean_table(frame: pl.DataFrame) -> str:
     if not len(frame):
         return "_no scores yet_"
-    primary = frame.filter(pl.col("source") == "similar_negative")
+    primary = frame.filter(pl.col("source") == PRIMARY_SOURCE)
     agg = primary.group_by("method", "condition", "rule_cap").agg(
         pl.col("score").drop_nans().mean().alias("mean"), pl.len().alias("n")
     )
@@ -289,4 +239,4 @@ def _markdown(frame: pl.DataFrame, limit: int = 40) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["build_figure_assets", "result_rows"]
+__all__ = ["build_figure_assets", "result_rows"]  # result_rows: featureinterp.figure_common

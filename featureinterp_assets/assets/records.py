@@ -8,6 +8,7 @@ import numpy as np
 from featureinterp.config import layer_key, parse_feature_key, parse_layer_key
 from featureinterp.corpus import decode_rows
 from featureinterp.holistic import holistic_activations as compute_holistic
+from featureinterp.names import POSITIVE_SOURCE
 from featureinterp.records import (
     RecordParams,
     assign_splits,
@@ -230,7 +231,7 @@ def _records_of(
         "short_sources": sel.short,
         "faithful": params.faithful,
     }
-    counts = {"positive": len(sel.positives), **{s: len(v) for s, v in sel.sources.items()}}
+    counts = {POSITIVE_SOURCE: len(sel.positives), **{s: len(v) for s, v in sel.sources.items()}}
     metadata = {
         "counts": dg.MetadataValue.json(counts),
         "max_act": meta["max_act"],
@@ -264,7 +265,7 @@ def records_preview(frame, max_act: float, n: int = 4) -> str:
     import polars as pl
 
     lines = []
-    pos = frame.filter(pl.col("source") == "positive").unique("row").sort("row_max", descending=True).head(n)
+    pos = frame.filter(pl.col("source") == POSITIVE_SOURCE).unique("row").sort("row_max", descending=True).head(n)
     for r in pos.iter_rows(named=True):
         toks = [
             f"{t[: len(t) - len(t.lstrip())]}**{t.strip() or repr(t)}**[{a / max_act:.1f}]"

@@ -15,7 +15,6 @@ from featureinterp.figures import (
     CONDITIONS,
     METHODS,
     SOURCES,
-    _t_quantile_numeric,
     fig3,
     fig4,
     fig5,
@@ -155,7 +154,10 @@ def test_fig3_means_match_numpy_on_random_results(tmp_path):
     df = results(np.random.default_rng(3))
     res = fig3(df, tmp_path, expected=5)
     assert res.summary.height == len(METHODS) * len(SOURCES) * 3 and (res.summary["n"] == 5).all()
-    for method, source, layer in [("tree", "random", "L03"), ("one_shot", "projected_negative", "L12")]:
+    for method, source, layer in [
+        ("tree", "random", "L03"),
+        ("one_shot", "similar_negative_projected", "L12"),
+    ]:
         part = df.filter(method=method, source=source, layer=layer, rule_cap=5)
         got = res.summary.filter(method=method, source=source, layer=layer).row(0, named=True)
         scores = part["score"].to_numpy()
@@ -269,16 +271,51 @@ def test_fig3_requires_false_positive_rates_and_fig4_a_known_source(tmp_path):
 
 
 @pytest.mark.parametrize("q, dof", [(0.95, 1), (0.95, 3), (0.975, 29), (0.9, 239), (0.05, 5), (0.999, 2)])
-def test_t_quantile_without_scipy_matches_scipy(q, dof):
+def test_t_quantile_matches_scipy(q, dof):
     stats = pytest.importorskip("scipy.stats")
-    assert _t_quantile_numeric(q, dof) == pytest.approx(stats.t.ppf(q, dof), rel=1e-6)
     assert t_quantile(q, dof) == pytest.approx(stats.t.ppf(q, dof), rel=1e-12)
-    assert _t_quantile_numeric(0.95, 3) == pytest.approx(T_95_DF3, rel=1e-7)
+    assert t_quantile(0.95, 3) == pytest.approx(T_95_DF3, rel=1e-7)
+
+
+def test_fig3_orders_the_sources_records_produce_as_documented(tmp_path):
+    """Figure 3's legend order is the documented one for the source names records really write
+    (a stale name list used to send them to the alphabetical fallback)."""
+    from featureinterp.records import COMPLEMENTARY_SOURCES
+
+    documented = COMPLEMENTARY_SOURCES  # records.py's documented order, what records write
+    df = pl.DataFrame(
+        [
+            row(feature=f, method=m, source=s)
+            for f in range(2)
+            for m in METHODS
+            for s in reversed(COMPLEMENTARY_SOURCES)
+        ]
+    )
+    summary = fig3(df, tmp_path).summary
+    assert tuple(summary["source"].unique(maintain_order=True)) == documented
+    assert SOURCES == documented and len(documented) == 6
+
+
+def test_uncapped_results_join_every_cap_and_keep_a_null_cap(tmp_path):
+    """Free-text explanations ran uncapped: their rows say so (null cap) and still join fig4's
+    comparison at the structured conditions' cap."""
+    from featureinterp.figure_common import result_frame, result_rows
+
+    score = {"layer_key": "L00", "feature": 1, "condition": "one_shot_unstructured", "method": "one_shot",
+             "figure_condition": "unstructured", "rule_cap": None,
+             "per_source": {"similar_negative": {"score": 0.4, "fp_rate": 0.1}}}  # fmt: skip
+    rows = result_rows(score)
+    assert rows[0]["rule_cap"] is None and rows[0]["null_score"] != rows[0]["null_score"]  # NaN baseline
+    structured = pl.DataFrame([row(feature=1, condition="structured", rule_cap=5, score=0.6)])
+    df = pl.concat([result_frame(rows).select(structured.columns), structured], how="vertical_relaxed")
+    summary = fig4(df, tmp_path).summary.filter(pl.col("layer") == "L00")
+    by_condition = dict(zip(summary["condition"], summary["mean_score"], strict=True))
+    assert by_condition == pytest.approx({"unstructured": 0.4, "structured": 0.6})
 
 
 def test_projected_sources_keep_their_non_activating_style():
     """Every *_negative source (projected too) is drawn solid and labelled non-activating."""
-    from featureinterp.figures import _source_style
+    from featureinterp.figure_common import _source_style
 
     styles = {
         s: _source_style(s) for s in ("similar_projected", "similar_negative_projected", "random_negative")
