@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from featureinterp.models import residuals
+from featureinterp.models import residuals, row_batches
 from featureinterp.progress import Progress
 from featureinterp.sae import LoadedSae, check_features
 from featureinterp.storage import NpyStream, StagedNpy
@@ -62,7 +62,6 @@ def sae_activations(
     n, t = tokens.shape
     f = len(features)
     start = int(skip_first)
-    device = next(model.parameters()).device
     if stage_dir is None:
         out = {layer: np.zeros((f, n, t), dtype=np.float16) for layer in layers}
     else:
@@ -71,10 +70,7 @@ def sae_activations(
     fired = {layer: np.zeros(f, dtype=np.int64) for layer in layers}
     rows = {layer: np.zeros(f, dtype=np.int64) for layer in layers}
     progress = Progress(f"SAE activations (layers {', '.join(map(str, layers))})", n, log=log)
-    for lo in range(0, n, batch_size):
-        ids = torch.tensor(
-            tokens[lo : lo + batch_size], dtype=torch.long, device=device
-        )  # copy: inputs may be read-only memmaps
+    for lo, ids in row_batches(model, tokens, batch_size, progress):
         res = residuals(model, ids, layers)
         for layer in layers:
             acts = saes[layer].encode(res[layer], features).float()  # [B, T, F]
@@ -87,7 +83,6 @@ def sae_activations(
                 out[layer][:, lo : lo + len(ids)] = block
             else:
                 out[layer].write_rows(lo, block)
-        progress.update(len(ids))
     n_tok = n * (t - start)
     return {
         layer: FeatureActivations(

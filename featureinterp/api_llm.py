@@ -12,11 +12,9 @@ and never appears in ``repr``, log records or exception messages.
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -32,6 +30,7 @@ import numpy as np
 import openai
 
 from featureinterp import api_capabilities as capabilities
+from featureinterp import api_replies as replies
 from featureinterp.api_capabilities import JSON_SCHEMA_MODES, Capabilities
 from featureinterp.errors import ConfigError
 from featureinterp.llm import BackendError, ChatBackend, Completion, GenerationParams, Message, Usage
@@ -47,10 +46,6 @@ _NO_KEY = "EMPTY"
 _RETRY_AFTER_STATUSES = (429, 503)
 _SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TOP_LOGPROBS = 20
-
-
-class _BadResponse(Exception):
-    """A 200 response that cannot be used (not JSON, no choices, malformed): retried."""
 
 
 class _Rejected(BackendError):
@@ -161,7 +156,7 @@ class OpenAIChatBackend(ChatBackend):
         stored = self._cache_read(key)
         if stored is not None:
             self.usage.add(cached_requests=1)
-            return [_completion_of(c, cached=True) for c in stored["result"]]
+            return [replies.completion_of(c, cached=True) for c in stored["result"]]
         caps = capabilities.recall(self.base_url, self.model, self.json_schema_mode)
         while True:
             try:
@@ -183,7 +178,7 @@ class OpenAIChatBackend(ChatBackend):
                 )
         capabilities.learn(self.base_url, self.model, caps)
         self._cache_write(key, {"result": result, "usage": usage})
-        return [_completion_of(c, cached=False) for c in result]
+        return [replies.completion_of(c, cached=False) for c in result]
 
     def _generate_with(
         self, messages: Sequence[Message], params: GenerationParams, caps: Capabilities
@@ -199,7 +194,7 @@ class OpenAIChatBackend(ChatBackend):
 
         def send(body: dict[str, Any], n_mode: str) -> None:
             nonlocal total
-            completions, usage = self._call(body, _completions)
+            completions, usage = self._call(body, replies.completions)
             self.usage.add(requests=1, **usage)
             total = {k: total[k] + usage[k] for k in total}
             mode = {"response_format": fmt, "n": n_mode, "seed": seed}
@@ -265,7 +260,7 @@ class OpenAIChatBackend(ChatBackend):
             request["messages"].append({"role": "assistant", "content": reply_prefix})
             if self.continue_final_message:
                 request["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
-        top = dict(self._answer(request, _top_logprobs)["result"])
+        top = dict(self._answer(request, replies.top_logprobs)["result"])
         out = np.full(len(candidates), -np.inf, dtype=np.float64)
         for i, cand in enumerate(candidates):
             if cand in top:
@@ -309,11 +304,11 @@ class OpenAIChatBackend(ChatBackend):
                     raw = self._client.chat.completions.with_raw_response.create(**request)
                     text = raw.http_response.text
                     request_id = raw.http_response.headers.get("x-request-id")
-                body = _json_body(text)
+                body = replies.json_body(text)
                 return extract(body, request_id), self._usage_of(body)
             except openai.APIStatusError as err:
                 status = err.status_code
-                reason = _short_reason(err)
+                reason = replies.short_reason(err)
                 if not (status == 429 or status == 408 or status >= 500):
                     raise _Rejected(
                         self._redact(
@@ -324,14 +319,14 @@ class OpenAIChatBackend(ChatBackend):
                         self._redact(reason),
                     ) from None
                 if status in _RETRY_AFTER_STATUSES:
-                    retry_after = _retry_after_s(err.response.headers.get("retry-after"))
+                    retry_after = replies.retry_after_s(err.response.headers.get("retry-after"))
                 last_error = f"HTTP {status} {type(err).__name__}: {reason}"
             except openai.APITimeoutError:
                 last_error = f"APITimeoutError: no answer within {self.timeout_s:g} s"
             except openai.APIConnectionError as err:
                 cause = type(err.__cause__).__name__ if err.__cause__ is not None else "unknown"
                 last_error = f"APIConnectionError ({cause})"
-            except _BadResponse as err:
+            except replies.BadResponse as err:
                 last_error = f"unusable 200 response: {err}"
             last_error = self._redact(last_error)
             if attempt == self.max_attempts:
@@ -361,8 +356,8 @@ class OpenAIChatBackend(ChatBackend):
 
     def _usage_of(self, body: dict) -> dict[str, float]:
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-        prompt = _int_or_zero(usage.get("prompt_tokens"))
-        completion = _int_or_zero(usage.get("completion_tokens"))
+        prompt = replies.int_or_zero(usage.get("prompt_tokens"))
+        completion = replies.int_or_zero(usage.get("completion_tokens"))
         cost = (prompt * self.price_in_per_mtok + completion * self.price_out_per_mtok) / 1e6
         return {"prompt_tokens": prompt, "completion_tokens": completion, "cost_usd": cost}
 
@@ -410,107 +405,3 @@ class OpenAIChatBackend(ChatBackend):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-
-
-# -- response parsing (plain JSON, so that it also copes with servers that bend the schema) ----------
-
-
-def _json_body(text: str) -> dict:
-    try:
-        body = json.loads(text)
-    except ValueError:
-        raise _BadResponse(f"body is not JSON ({text[:60]!r})") from None
-    if not isinstance(body, dict):
-        raise _BadResponse(f"body is a JSON {type(body).__name__}, not an object")
-    return body
-
-
-def _choices(body: dict) -> list[dict]:
-    choices = body.get("choices")
-    if not isinstance(choices, list) or not choices:
-        error = body.get("error")
-        detail = f" (error: {str(error.get('message', error) if isinstance(error, dict) else error)[:200]})"
-        raise _BadResponse("no choices" + (detail if error else ""))
-    for choice in choices:
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if not isinstance(message, dict) or not isinstance(message.get("content"), (str, type(None))):
-            raise _BadResponse("a choice has no message content")
-    return sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c.get("index"), int) else 0)
-
-
-def _completions(body: dict, request_id: str | None) -> list[dict[str, Any]]:
-    rid = body.get("id") if isinstance(body.get("id"), str) else request_id
-    return [
-        {
-            "text": c["message"].get("content") or "",
-            "finish_reason": c.get("finish_reason"),
-            "request_id": rid,
-            "reasoning": _reasoning(c["message"]),
-        }
-        for c in _choices(body)
-    ]
-
-
-def _reasoning(message: dict) -> str:
-    """Reasoning sent beside the answer (vLLM/DeepSeek ``reasoning_content``, OpenRouter
-    ``reasoning``); never the answer."""
-    for name in ("reasoning_content", "reasoning"):
-        value = message.get(name)
-        if isinstance(value, str) and value.strip():
-            return value
-    return ""
-
-
-def _completion_of(entry: dict[str, Any], cached: bool) -> Completion:
-    return Completion(
-        entry["text"],
-        entry["finish_reason"],
-        entry["request_id"],
-        cached=cached,
-        reasoning=entry.get("reasoning", ""),
-        mode=entry.get("mode"),
-    )
-
-
-def _top_logprobs(body: dict, request_id: str | None) -> list[list]:
-    """``[[token, logprob], ...]`` of the first generated position (the sampled token included)."""
-    try:
-        first = _choices(body)[0]["logprobs"]["content"][0]
-        pairs = [[first["token"], float(first["logprob"])]]
-        pairs += [[t["token"], float(t["logprob"])] for t in first.get("top_logprobs") or []]
-    except (KeyError, IndexError, TypeError, ValueError):
-        raise _BadResponse("no logprobs for the first token (does the server support logprobs?)") from None
-    best: dict[str, float] = {}
-    for token, logprob in pairs:
-        if isinstance(token, str) and not math.isnan(logprob):
-            best[token] = max(logprob, best.get(token, -math.inf))
-    return [[t, lp] for t, lp in best.items()]
-
-
-def _short_reason(err: openai.APIStatusError) -> str:
-    body = err.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        reason = inner.get("message", inner) if isinstance(inner, dict) else inner
-    else:
-        reason = err.response.text or err.response.reason_phrase
-    return " ".join(str(reason).split())[:200]
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (seconds or an HTTP date); None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _int_or_zero(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from featureinterp import kv_cache
-from featureinterp.models import residuals
+from featureinterp.models import residuals, row_batches
 from featureinterp.progress import Progress
 from featureinterp.sae import LoadedSae, check_features
 
@@ -55,10 +55,7 @@ def holistic_activations(
     device = next(model.parameters()).device
     out = np.zeros((len(features), r, t), dtype=np.float32)
     progress = Progress("holistic activations", r, log=log)
-    for lo in range(0, r, batch_size):
-        ids = torch.tensor(
-            tokens[lo : lo + batch_size], dtype=torch.long, device=device
-        )  # copy: inputs may be read-only memmaps
+    for lo, ids in row_batches(model, tokens, batch_size, progress):
         b = len(ids)
         full_cache = kv_cache.new_cache(model, keep_past=True)  # sliding layers keep x[:d] for every d
         resid = residuals(model, ids, [sae.layer], use_cache=True, cache=full_cache)[sae.layer]
@@ -77,7 +74,6 @@ def holistic_activations(
                 variant = torch.cat([acts[:, s:d], sae.encode(res, features).float()], dim=1)
             h[:, d] = base - _reduce(variant, definition)
         out[:, lo : lo + b] = h.permute(2, 0, 1).cpu().numpy()
-        progress.update(b)
     return out
 
 

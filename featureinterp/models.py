@@ -11,14 +11,20 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from featureinterp.config import ModelSpec
 from featureinterp.errors import ConfigError, UnavailableError
 from featureinterp.storage import atomic_dir
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from featureinterp.progress import Progress
 
 __all__ = [
     "convert_gguf",
@@ -30,6 +36,7 @@ __all__ = [
     "load_tokenizer",
     "residuals",
     "resolve_device",
+    "row_batches",
 ]
 
 logger = logging.getLogger(__name__)
@@ -254,3 +261,24 @@ def residuals(
         for handle in handles:
             handle.remove()
     return captured
+
+
+def row_batches(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    batch_size: int,
+    progress: Progress | None = None,
+    rows: int | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(lo, ids)`` for each batch of ``batch_size`` rows of ``tokens`` [N, T] starting at row
+    ``lo`` (below ``rows``, default N): ``ids`` [B, T] long on the model's device, a copy (inputs
+    may be read-only memmaps). ``progress`` counts a batch's rows once the caller is done with it.
+
+    The batch loop of every pass over the corpus (SAE activations, SAE training, holistic values).
+    """
+    device = next(model.parameters()).device
+    for lo in range(0, len(tokens) if rows is None else rows, batch_size):
+        ids = torch.tensor(tokens[lo : lo + batch_size], dtype=torch.long, device=device)  # [B, T]
+        yield lo, ids
+        if progress is not None:
+            progress.update(len(ids))

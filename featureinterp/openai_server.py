@@ -35,30 +35,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from featureinterp.llm import ChatBackend, GenerationParams, Message
+from featureinterp.openai_requests import JSON_OBJECT_SCHEMA, RequestError, parse_request
 
 __all__ = ["JSON_OBJECT_SCHEMA", "OpenAIServer", "serve", "start"]
 
 logger = logging.getLogger(__name__)
 
-JSON_OBJECT_SCHEMA: dict[str, Any] = {"type": "object"}
-"""What ``response_format: {"type": "json_object"}`` becomes: any JSON object (the grammar of the
-local backend then guarantees an object, as a server's JSON mode does)."""
-
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-"""Accepted message roles; ``developer`` is OpenAI's newer name for ``system``."""
 _MAX_BODY_BYTES = 16 * 2**20
-_UNSUPPORTED = ("stream", "logprobs", "top_logprobs", "stop", "tools", "functions", "tool_choice")
-"""Request fields a ``ChatBackend`` cannot honour; a non-empty value gets a 400."""
-
-
-class _RequestError(Exception):
-    """A request this server refuses; ``status`` and the message go into the JSON error body."""
-
-    def __init__(
-        self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None
-    ):
-        super().__init__(message)
-        self.status, self.kind, self.param = status, kind, param
 
 
 class OpenAIServer:
@@ -183,7 +166,7 @@ class OpenAIServer:
         }
 
     def chat_completion(self, body: Any) -> dict[str, Any]:
-        """The OpenAI-shaped answer to one request body (raises ``_RequestError``)."""
+        """The OpenAI-shaped answer to one request body (raises ``RequestError``)."""
         messages, params = self.parse(body)
         try:
             with self._backend_lock:
@@ -194,13 +177,13 @@ class OpenAIServer:
             logger.warning(
                 "backend %s failed: %s", self.backend.name, self.redact(f"{type(err).__name__}: {err}")
             )
-            raise _RequestError(
+            raise RequestError(
                 500,
                 self.redact(f"backend {self.backend.name} failed: {type(err).__name__}: {err}"),
                 "server_error",
             ) from None
         if not completions:
-            raise _RequestError(500, f"backend {self.backend.name} returned no completions", "server_error")
+            raise RequestError(500, f"backend {self.backend.name} returned no completions", "server_error")
         prompt_tokens = int(used.get("prompt_tokens", 0))
         completion_tokens = int(used.get("completion_tokens", 0))
         return {
@@ -225,104 +208,8 @@ class OpenAIServer:
         }
 
     def parse(self, body: Any) -> tuple[list[Message], GenerationParams]:
-        """Messages and generation parameters of a request body; ``_RequestError`` (400) says what is wrong."""
-        if not isinstance(body, dict):
-            raise _RequestError(400, f"the request body must be a JSON object, not {type(body).__name__}")
-        for name in _UNSUPPORTED:
-            if body.get(name):
-                raise _RequestError(400, f"{name!r} is not supported by this server", param=name)
-        messages = _messages(body.get("messages"))
-        n = _int(body, "n", 1)
-        if n > self.max_n:
-            raise _RequestError(400, f"n is {n}; this server returns at most {self.max_n}", param="n")
-        max_tokens = _int(body, "max_completion_tokens", None)
-        if max_tokens is None:
-            max_tokens = _int(body, "max_tokens", self.default_max_tokens)
-        seed = _int(body, "seed", None)
-        try:
-            params = GenerationParams(
-                n=n,
-                temperature=_number(body, "temperature", 1.0),
-                top_p=_number(body, "top_p", 1.0),
-                max_tokens=max_tokens,
-                json_schema=_schema(body.get("response_format")),
-                seed=seed,
-            )
-        except ValueError as err:
-            raise _RequestError(400, str(err)) from None
-        return messages, params
-
-
-# -- request-body fields ---------------------------------------------------------------------------------
-
-
-def _messages(value: Any) -> list[Message]:
-    if not isinstance(value, list) or not value:
-        raise _RequestError(400, "'messages' must be a non-empty list", param="messages")
-    out: list[Message] = []
-    for i, m in enumerate(value):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise _RequestError(400, f"{where} must be an object", param=where)
-        role = _ROLES.get(m.get("role"))  # type: ignore[arg-type]
-        if role is None:
-            raise _RequestError(
-                400, f"{where}.role {m.get('role')!r} is not one of {', '.join(_ROLES)}", param=where
-            )
-        content = m.get("content")
-        if isinstance(content, list):  # content parts: only text ones carry meaning here
-            texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-            if len(texts) != len(content) or not all(isinstance(t, str) for t in texts):
-                raise _RequestError(400, f"{where}.content has non-text parts", param=where)
-            content = "".join(texts)
-        if not isinstance(content, str):
-            raise _RequestError(400, f"{where}.content must be a string", param=where)
-        out.append({"role": role, "content": content})
-    return out
-
-
-def _int(body: Mapping[str, Any], name: str, default: int | None) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _RequestError(400, f"{name!r} must be an integer, got {value!r}", param=name)
-    return value
-
-
-def _number(body: Mapping[str, Any], name: str, default: float) -> float:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _RequestError(400, f"{name!r} must be a number, got {value!r}", param=name)
-    return float(value)
-
-
-def _schema(response_format: Any) -> dict[str, Any] | None:
-    """``GenerationParams.json_schema`` for a ``response_format`` (None: free text)."""
-    if response_format is None:
-        return None
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return dict(JSON_OBJECT_SCHEMA)
-    if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise _RequestError(
-                400,
-                "response_format json_schema needs a 'json_schema': {'schema': {...}} object",
-                param="response_format",
-            )
-        return schema
-    raise _RequestError(
-        400,
-        f"response_format type {kind!r} is not one of text, json_object, json_schema",
-        param="response_format",
-    )
+        """Messages and generation parameters of a request body; ``RequestError`` (400) says what is wrong."""
+        return parse_request(body, self.max_n, self.default_max_tokens)
 
 
 # -- HTTP plumbing ----------------------------------------------------------------------------------------
@@ -380,7 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (timeout) or the server is stopping
 
-    def _error(self, err: _RequestError) -> None:
+    def _error(self, err: RequestError) -> None:
         app = self.server.app
         app.count(ok=False)
         headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
@@ -396,7 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.app.authorized(self.headers.get("Authorization")):
             return True
         self._error(
-            _RequestError(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+            RequestError(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
         )
         return False
 
@@ -405,10 +292,10 @@ class _Handler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length")
         if length is None or not length.strip().isdigit():
             self.close_connection = True  # the body's end is unknown: this connection cannot be reused
-            raise _RequestError(411 if length is None else 400, "a valid Content-Length header is required")
+            raise RequestError(411 if length is None else 400, "a valid Content-Length header is required")
         if int(length) > _MAX_BODY_BYTES:
             self.close_connection = True
-            raise _RequestError(413, f"request body over {_MAX_BODY_BYTES} bytes")
+            raise RequestError(413, f"request body over {_MAX_BODY_BYTES} bytes")
         return self.rfile.read(int(length))
 
     def do_GET(self) -> None:
@@ -417,7 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") in ("/v1/models", "/models"):
             self._send(200, self.server.app.models())
         else:
-            self._error(_RequestError(404, f"no route GET {self.path}", "not_found_error"))
+            self._error(RequestError(404, f"no route GET {self.path}", "not_found_error"))
 
     def do_POST(self) -> None:
         app = self.server.app
@@ -426,19 +313,19 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._check_key():
                 return
             if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
-                raise _RequestError(404, f"no route POST {self.path}", "not_found_error")
+                raise RequestError(404, f"no route POST {self.path}", "not_found_error")
             try:
                 body = json.loads(raw)
             except ValueError as err:
-                raise _RequestError(400, f"the request body is not valid JSON ({err})") from None
+                raise RequestError(400, f"the request body is not valid JSON ({err})") from None
             started = time.perf_counter()
             answer = app.chat_completion(body)
-        except _RequestError as err:
+        except RequestError as err:
             self._error(err)
             return
         except Exception as err:  # a bug here must still answer, not leave the client waiting
             logger.exception("request failed")
-            self._error(_RequestError(500, app.redact(f"{type(err).__name__}: {err}"), "server_error"))
+            self._error(RequestError(500, app.redact(f"{type(err).__name__}: {err}"), "server_error"))
             return
         app.count(ok=True)
         usage = answer["usage"]
@@ -453,7 +340,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, answer, {"x-request-id": answer["id"]})
 
     def _not_allowed(self) -> None:
-        self._error(_RequestError(405, f"method {self.command} is not allowed", "invalid_request_error"))
+        self._error(RequestError(405, f"method {self.command} is not allowed", "invalid_request_error"))
 
     do_PUT = do_DELETE = do_PATCH = _not_allowed
 

@@ -11,10 +11,12 @@ TransformerLens. ``tests/featureinterp/test_sae.py`` pins equality with sae-lens
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,6 +25,7 @@ from featureinterp.models import decoder_layers, layer_from_hook_name
 
 __all__ = [
     "LoadedSae",
+    "SaeRef",
     "check_features",
     "load_layer_sae",
     "load_sae_from_disk",
@@ -175,12 +178,70 @@ def load_sae_pretrained(release: str, sae_id: str, device: str = "cpu"):
     return sae
 
 
-def load_layer_sae(ref: dict, model: torch.nn.Module, layer: int, device: str = "cpu") -> LoadedSae:
-    """Load the SAE an ``sae`` asset recorded (``{"path": ...}`` or ``{"release", "sae_id"}``)."""
-    if "path" in ref:
-        sae = load_sae_from_disk(ref["path"], device=device)
-    elif "release" in ref:
-        sae = load_sae_pretrained(ref["release"], ref["sae_id"], device=device)
+@dataclass(frozen=True)
+class SaeRef:
+    """Where a layer's SAE comes from, as the ``sae`` asset records it (stored as :meth:`to_dict`).
+
+    Exactly one of: ``path`` (a folder in sae-lens's on-disk format: trained here, or a ``disk``
+    source), ``release`` + ``sae_id`` (a released sae-lens SAE), or ``synthetic`` (the ground-truth
+    features of layer ``SYN``, which have no SAE).
+    """
+
+    d_sae: int
+    """Dictionary width (latents)."""
+    path: str | None = None
+    """Folder of the SAE (``cfg.json`` + ``sae_weights.safetensors``)."""
+    release: str | None = None
+    """sae-lens release name."""
+    sae_id: str | None = None
+    """SAE id within ``release``."""
+    synthetic: bool = False
+    """The synthetic ground-truth features (featureinterp.synthetic): nothing to load."""
+    explained_variance: float | None = None
+    """Trained here: fraction of the residual variance the SAE reconstructs."""
+    l0: float | None = None
+    """Trained here: mean active latents per token."""
+    dead_fraction: float | None = None
+    """Trained here: fraction of latents that never fired."""
+    live_latents: int | None = None
+    """Trained here: latents in the live band (ordered first)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form: only the fields set, in the order the ``sae`` asset has always written."""
+        if self.synthetic:
+            return {"synthetic": True, "d_sae": self.d_sae}
+        if self.release is not None:
+            return {"release": self.release, "sae_id": self.sae_id, "d_sae": self.d_sae}
+        out: dict[str, Any] = {"path": self.path}
+        if self.explained_variance is not None:
+            out |= {
+                "explained_variance": self.explained_variance,
+                "l0": self.l0,
+                "dead_fraction": self.dead_fraction,
+                "live_latents": self.live_latents,
+            }
+        return out | {"d_sae": self.d_sae}
+
+    @classmethod
+    def from_dict(cls, ref: SaeRef | dict[str, Any]) -> SaeRef:
+        """The reference a stored ``sae`` value holds (an ``SaeRef`` is returned as it is)."""
+        if isinstance(ref, SaeRef):
+            return ref
+        known = {f.name for f in dataclasses.fields(cls)} - {"d_sae"}
+        return cls(d_sae=ref.get("d_sae", 0), **{k: v for k, v in ref.items() if k in known})
+
+
+def load_layer_sae(
+    ref: SaeRef | dict[str, Any], model: torch.nn.Module, layer: int, device: str = "cpu"
+) -> LoadedSae:
+    """Load the SAE an ``sae`` asset recorded (an :class:`SaeRef`, or its stored dict)."""
+    ref = SaeRef.from_dict(ref)
+    if ref.path is not None:
+        sae = load_sae_from_disk(ref.path, device=device)
+    elif ref.release is not None:
+        sae = load_sae_pretrained(ref.release, ref.sae_id, device=device)
     else:
-        raise CorruptFileError(f"SAE reference for layer {layer} names neither a path nor a release: {ref}")
+        raise CorruptFileError(
+            f"SAE reference for layer {layer} names neither a path nor a release: {ref.to_dict()}"
+        )
     return LoadedSae.bind(sae, model, layer)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from featureinterp.config import SaeTrainConfig
-from featureinterp.models import hook_name, residuals
+from featureinterp.models import hook_name, residuals, row_batches
 from featureinterp.progress import Progress
 from featureinterp.storage import atomic_dir
 
@@ -64,17 +64,12 @@ def collect_residuals(
     """
     start = int(skip_first)
     rows = min(len(tokens), -(-n_tokens // (tokens.shape[1] - start)))
-    device = next(model.parameters()).device
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     progress = Progress("SAE training activations", rows, log=log)
-    for lo in range(0, rows, batch_size):
-        ids = torch.tensor(
-            tokens[lo : lo + batch_size], dtype=torch.long, device=device
-        )  # copy: inputs may be read-only memmaps
+    for _, ids in row_batches(model, tokens, batch_size, progress, rows):
         res = residuals(model, ids, layers)
         for layer in layers:
             out[layer].append(res[layer][:, start:].reshape(-1, res[layer].shape[-1]).float().cpu())
-        progress.update(len(ids))
     return {layer: torch.cat(chunks)[:n_tokens] for layer, chunks in out.items()}
 
 

@@ -37,7 +37,6 @@ from typing import Any, Literal
 
 from featureinterp.architectures import Architecture, TinySpec, tiny_model
 from featureinterp.config import (
-    PRESETS,
     STANDIN_SUFFIX,
     ApiSpec,
     CorpusSpec,
@@ -48,6 +47,7 @@ from featureinterp.config import (
     models_dir,
 )
 from featureinterp.errors import ConfigError
+from featureinterp.presets import PRESETS
 from featureinterp.storage import atomic_dir
 
 __all__ = [

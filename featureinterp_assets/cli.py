@@ -23,7 +23,6 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from featureinterp.config import PRESET_ENV, feature_key, get_preset, models_dir
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
 from featureinterp.models import load_tokenizer
-from featureinterp.names import SYNTHETIC_KEY
 from featureinterp_assets.eta import RunEta, block_seconds, estimate, stage_kind
 from featureinterp_assets.partitions import asset_scope, missing_blocks, range_tags
 
@@ -275,7 +274,7 @@ def _run_lineage(
     )
     assets = [f"{kind}/{c}" for c in preset.explain.conditions for kind in ("explanations", "scores")]
     # the whole run's work, estimated up front, so every stage line carries an ETA
-    sae_seconds = estimate("sae", preset.n_rows * len([k for k in todo if k != SYNTHETIC_KEY]))
+    sae_seconds = estimate("sae", preset.n_rows * len([k for k in todo if k != "SYN"]))
     _PROGRESS.plan("corpus_tokens", estimate("corpus_tokens", preset.n_rows) if need_tokens else 0)
     _PROGRESS.plan("sae", sae_seconds)
     _PROGRESS.plan(
@@ -285,7 +284,7 @@ def _run_lineage(
         for layer in layer_keys if selection else []:
             for features, block in missing_blocks(instance, layer, feature_keys, selection, force, scope):
                 _PROGRESS.plan(kind, block_seconds(len(features), block))
-    figures = ["fig3", "fig4", "fig5"] + (["fig_calibration"] if SYNTHETIC_KEY in layer_keys else [])
+    figures = ["fig3", "fig4", "fig5"] + (["fig_calibration"] if "SYN" in layer_keys else [])
     if explain and "explain" in _PROGRESS.planned:
         _PROGRESS.plan("layer_results", estimate("layer_results", len(layer_keys)))
         _PROGRESS.plan("figures", estimate("figures", len(figures)))
@@ -337,142 +336,6 @@ def _where_to_look(preset, figures: list[str]) -> None:
         f"    DAGSTER_HOME={home} FEATUREINTERP_PRESET={preset.name} .venv/bin/dagster dev\n"
         "    then open http://127.0.0.1:3000 (Assets -> fig5 -> the image in its metadata)"
     )
-
-
-def _storage(preset):
-    """A preset's asset storage (a preset or its name), as the Definitions configure it (read
-    outside a run)."""
-    from featureinterp.config import data_home
-    from featureinterp_assets.io_managers import StorageIOManager
-
-    name = preset if isinstance(preset, str) else preset.name
-    return StorageIOManager(base_dir=str(data_home() / "storage" / name))
-
-
-def simulate(preset_name: str | None, layer: str, feature: str, text: str, structured: bool) -> None:
-    """Score a hand-written explanation on one partition's stored test records."""
-    from featureinterp.config import parse_feature_key, parse_layer_key
-    from featureinterp.experiments import evaluate
-    from featureinterp.explanations import Explanation, parse_structured
-    from featureinterp.models import load_subject_model
-    from featureinterp.simulator import LocalSimulator, prompt_for
-
-    preset = get_preset(preset_name)
-    parse_layer_key(layer), parse_feature_key(feature)  # clear errors for bad keys
-    storage = _storage(preset)
-    rec = storage.stored(dg.AssetKey("records"), f"{feature}|{layer}")
-    if rec is None:
-        raise CorruptFileError(
-            f"no records for {layer}/{feature} under {storage.base_dir}: run `featureinterp run` first"
-        )
-    explanation = parse_structured(text) if structured else Explanation.text(text)
-    s = preset.explain
-    model, tok = load_subject_model(s.simulator or preset.model, models_dir())
-    sim = LocalSimulator(model, tok, prompt_for(s.simulator_prompt), batch_size=s.simulator_batch or 2)
-    ev = evaluate(sim.simulate_explanation, explanation, rec.frame, float(rec.meta["max_act"]))
-    print(f"{preset.name} {layer}/{feature}: {explanation}")
-    print(
-        f"test score (positives + similar non-activating): {ev.score:.3f}"
-        + (f" ({ev.reason})" if ev.reason else "")
-    )
-    for source, v in ev.per_source.items():
-        print(f"  {source:20s} score {v['score']:.3f}  false-positive rate {v['fp_rate']:.3f}")
-
-
-def scores(preset_name: str | None, show_explanations: bool) -> None:
-    """Print every stored test score of a preset: one row per (layer, feature), one column per
-    condition, then per-layer means; a partition without a score shows `-`."""
-    import math
-
-    from featureinterp.config import parse_feature_key
-    from featureinterp.explanations import Explanation
-    from featureinterp.synthetic import SYNTHETIC_FEATURES
-
-    preset = get_preset(preset_name)
-    storage = _storage(preset)
-    root = Path(storage.base_dir) / "scores"
-    conditions = sorted(p.name for p in root.glob("*") if p.is_dir())
-    if not conditions:
-        raise CorruptFileError(f"no scores under {root}: run `featureinterp run` first")
-
-    def load(kind: str, cond: str, layer: str, feature: str) -> dict | None:
-        return storage.stored(dg.AssetKey([kind, cond]), f"{feature}|{layer}")
-
-    print(f"{preset.name}: test score (positives + similar non-activating), pooled Pearson r")
-    print(
-        "null: the empty explanation's score (the simulator's prior; an explanation near it explains nothing)"
-    )
-    print(f"{'layer':6s} {'feature':8s} " + " ".join(f"{c:>12s}" for c in [*conditions, "null"]))
-    for layer in preset.layer_keys:
-        per_cond: dict[str, list[float]] = {c: [] for c in [*conditions, "null"]}
-        for feature in preset.feature_keys:
-            row = []
-            for c in conditions:
-                v = load("scores", c, layer, feature)
-                score = None if v is None else v["score"]
-                if score is not None and not math.isnan(score):
-                    per_cond[c].append(score)
-                row.append("-" if v is None else f"{score:.3f}" if score is not None else "nan")
-            base = storage.stored(dg.AssetKey("baselines"), f"{feature}|{layer}")
-            null = (base or {}).get("null", {}).get("score")
-            if null is not None and not math.isnan(null):
-                per_cond["null"].append(null)
-            row.append("-" if base is None else "nan" if null is None or math.isnan(null) else f"{null:.3f}")
-            print(f"{layer:6s} {feature:8s} " + " ".join(f"{x:>12s}" for x in row))
-            if show_explanations:
-                if layer == SYNTHETIC_KEY:
-                    truth = SYNTHETIC_FEATURES[parse_feature_key(feature)].explanation
-                    print(f"{'':15s} truth: {truth}")
-                for c in conditions:
-                    e = load("explanations", c, layer, feature)
-                    if e is not None:
-                        print(f"{'':15s} {c}: {Explanation.from_record(e['explanation'])}")
-        means = [f"{sum(v) / len(v):.3f} ({len(v)})" if v else "-" for v in per_cond.values()]
-        print(f"{layer:6s} {'mean':8s} " + " ".join(f"{x:>12s}" for x in means))
-
-
-def plan(
-    preset_name: str | None,
-    conditions: list[str] | None,
-    as_json: bool,
-    grid: bool = False,
-    whole_grid: bool = False,
-) -> None:
-    """Print what the preset costs (no model is loaded); see featureinterp/plan.py. ``grid``: the
-    paper's 8 layers x 30 features instead of the whole preset; ``whole_grid``: every condition
-    on every partition (``featureinterp run --whole-grid``)."""
-    from featureinterp.experiments import get_condition
-    from featureinterp.plan import paper_grid, plan_preset
-
-    preset = get_preset(preset_name)
-    if grid:
-        preset = paper_grid(preset)
-    if conditions:
-        [get_condition(c) for c in conditions]  # unknown names fail here, with the known ones
-        preset = preset.replace(explain=dataclasses.replace(preset.explain, conditions=tuple(conditions)))
-    from featureinterp.standin import SUFFIX
-
-    # measured token counts: the preset's stand-in run first, then the preset's own runs
-    readers = [_storage(preset.name + SUFFIX).stored, _storage(preset.name).stored]
-    from featureinterp.plan import figure_plans
-
-    stored = [lambda key, part, r=r: r(dg.AssetKey(list(key)), part) for r in readers]
-    result = plan_preset(preset, stored, scoped=not whole_grid)
-    result.figures = {} if grid else figure_plans(get_preset(preset_name), stored)
-    print(result.to_json() if as_json else result.text())
-
-
-def presets(command: str, name: str | None, fmt: str) -> None:
-    """``presets list``: the built-in names; ``presets show NAME``: the preset as a file's text
-    (start a preset file of your own from this output; loading it gives the same preset)."""
-    from featureinterp.config import PRESETS
-    from featureinterp.preset_files import dump_preset
-
-    if command == "list":
-        for key, preset in PRESETS.items():
-            print(f"{key:16s} {preset.model.name}, layers {','.join(map(str, preset.layers))}")
-        return
-    print(dump_preset(get_preset(name), fmt), end="")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -542,6 +405,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
+        from featureinterp_assets.cli_inspect import plan, presets, scores, simulate
+
         if args.command == "run":
             run(
                 args.preset,

@@ -10,11 +10,10 @@ import dagster as dg
 import numpy as np
 
 from featureinterp.activations import sae_activations as compute_sae_activations
-from featureinterp.config import layer_key, parse_layer_key
+from featureinterp.config import SYNTHETIC_LAYER, layer_key, parse_layer_key
 from featureinterp.corpus import decode_tokens
 from featureinterp.models import check_layers
-from featureinterp.names import SYNTHETIC_KEY, SYNTHETIC_LAYER
-from featureinterp.sae import load_layer_sae, load_sae_from_disk, load_sae_pretrained
+from featureinterp.sae import SaeRef, load_layer_sae, load_sae_from_disk, load_sae_pretrained
 from featureinterp.sae_training import train_layer_saes
 from featureinterp.storage import ArrayBundle
 from featureinterp.synthetic import SYNTHETIC_FEATURES, synthetic_activations
@@ -43,7 +42,7 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
         layer_ids = [layer for layer in all_ids if layer != SYNTHETIC_LAYER]
         refs = {}
         if SYNTHETIC_LAYER in all_ids:  # ground-truth features: no SAE to train or load
-            refs[SYNTHETIC_KEY] = {"synthetic": True, "d_sae": len(SYNTHETIC_FEATURES)}
+            refs["SYN"] = SaeRef(d_sae=len(SYNTHETIC_FEATURES), synthetic=True).to_dict()
         if layer_ids:
             model, _ = preset.model_and_tokenizer()
             check_layers(model, layer_ids)
@@ -57,28 +56,26 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
                 context.log.info,
             )
             for layer, (path, r) in trained.items():
-                refs[layer_key(layer)] = {
-                    "path": str(path),
-                    "explained_variance": r.explained_variance,
-                    "l0": r.l0,
-                    "dead_fraction": r.dead_fraction,
-                    "live_latents": r.live_count,
-                    "d_sae": int(r.sae.cfg.d_sae),
-                }
+                refs[layer_key(layer)] = SaeRef(
+                    d_sae=int(r.sae.cfg.d_sae),
+                    path=str(path),
+                    explained_variance=r.explained_variance,
+                    l0=r.l0,
+                    dead_fraction=r.dead_fraction,
+                    live_latents=r.live_count,
+                ).to_dict()
         elif layer_ids and spec.sae.source == "disk":
             for layer in layer_ids:
                 path = spec.sae.path(layer)
                 loaded = load_sae_from_disk(path)
-                refs[layer_key(layer)] = {"path": path, "d_sae": int(loaded.cfg.d_sae)}
+                refs[layer_key(layer)] = SaeRef(d_sae=int(loaded.cfg.d_sae), path=path).to_dict()
         elif layer_ids:
             for layer in layer_ids:
                 sae_id = spec.sae.sae_id(layer)
                 loaded = load_sae_pretrained(spec.sae.release, sae_id, device="cpu")
-                refs[layer_key(layer)] = {
-                    "release": spec.sae.release,
-                    "sae_id": sae_id,
-                    "d_sae": int(loaded.cfg.d_sae),
-                }
+                refs[layer_key(layer)] = SaeRef(
+                    d_sae=int(loaded.cfg.d_sae), release=spec.sae.release, sae_id=sae_id
+                ).to_dict()
         for key, ref in refs.items():
             context.add_asset_metadata(
                 {k: v for k, v in ref.items() if k != "path" or spec.sae.source == "disk"}
@@ -109,7 +106,8 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
         """
         spec = preset.spec()
         results = {}
-        real = {k: ref for k, ref in sae.items() if not ref.get("synthetic")}
+        refs = {k: SaeRef.from_dict(ref) for k, ref in sae.items()}
+        real = {k: ref for k, ref in refs.items() if not ref.synthetic}
         if real:
             model, _ = preset.model_and_tokenizer()
             saes = {

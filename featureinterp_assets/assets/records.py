@@ -8,17 +8,10 @@ import numpy as np
 from featureinterp.config import layer_key, parse_feature_key, parse_layer_key
 from featureinterp.corpus import decode_rows
 from featureinterp.holistic import holistic_activations as compute_holistic
-from featureinterp.names import POSITIVE_SOURCE
-from featureinterp.records import (
-    RecordParams,
-    assign_splits,
-    check_records,
-    records_frame,
-    records_generator,
-    select_rows,
-)
+from featureinterp.record_building import build_feature_records
+from featureinterp.records import RecordParams
 from featureinterp.retrieval import CorpusIndex, embed_texts, load_embedder, table_name
-from featureinterp.sae import load_layer_sae
+from featureinterp.sae import SaeRef, load_layer_sae
 from featureinterp.storage import ArrayBundle, TableBundle
 from featureinterp_assets.automation import PER_PARTITION
 from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition
@@ -170,8 +163,8 @@ def build_records_assets(
         def compute(key: str) -> PartitionResult:
             layer, feature = _layer_feature_of(key)
             rows = np.unique(records[key].frame["row"].to_numpy())
-            ref = sae[layer_key(layer)]
-            if ref.get("synthetic"):
+            ref = SaeRef.from_dict(sae[layer_key(layer)])
+            if ref.synthetic:
                 # A synthetic feature is a rule on tokens, not a latent of the model: no holistic values.
                 zeros = np.zeros((len(rows), spec.row_len), dtype=np.float32)
                 meta = {"max_holistic": 0.0, "synthetic": True}
@@ -214,30 +207,17 @@ def _records_of(
             description=f"sae_activations[{layer_key(layer)}] holds features {stored}, not {feature}: "
             f"rematerialize sae_activations for {layer_key(layer)} (`featureinterp run` does it)"
         )
-    f_idx = stored.index(feature)
-    acts = np.asarray(acts_bundle["acts"][f_idx], dtype=np.float32)  # [N, T]
-    start = int(spec.prepend_bos)
-    row_max = acts[:, start:].max(axis=1)
-    rng = records_generator(spec.seed, spec.name, layer, feature, params.faithful)
-    sel = select_rows(row_max, index.vectors(), index, params, rng)
-    frame = records_frame(
-        assign_splits(sel, params), corpus_tokens["tokens"], acts, preset.tokenizer(), bool(start)
+    acts = np.asarray(acts_bundle["acts"][stored.index(feature)], dtype=np.float32)  # [N, T]
+    built = build_feature_records(
+        spec, params, index, corpus_tokens["tokens"], acts, preset.tokenizer(), layer, feature
     )
-    meta = {
-        "layer": layer,
-        "feature": feature,
-        "max_act": float(row_max.max()),
-        "dead": sel.dead,
-        "short_sources": sel.short,
-        "faithful": params.faithful,
-    }
-    counts = {POSITIVE_SOURCE: len(sel.positives), **{s: len(v) for s, v in sel.sources.items()}}
+    meta, sel = built.meta, built.selection
     metadata = {
-        "counts": dg.MetadataValue.json(counts),
+        "counts": dg.MetadataValue.json(built.counts),
         "max_act": meta["max_act"],
         "dead": sel.dead,
         "short_sources": dg.MetadataValue.json(sel.short),
-        "preview": dg.MetadataValue.md(records_preview(frame, meta["max_act"])),
+        "preview": dg.MetadataValue.md(records_preview(built.frame, meta["max_act"])),
     }
     checks = [
         dg.AssetCheckResult(
@@ -246,9 +226,9 @@ def _records_of(
             severity=dg.AssetCheckSeverity.ERROR if outcome.blocking else dg.AssetCheckSeverity.WARN,
             metadata={"detail": outcome.detail},
         )
-        for outcome in check_records(frame, row_max, params)
+        for outcome in built.checks
     ]
-    return PartitionResult({"result": Produced(TableBundle(frame, meta), metadata)}, checks)
+    return PartitionResult({"result": Produced(TableBundle(built.frame, meta), metadata)}, checks)
 
 
 def _layer_feature_of(key: str) -> tuple[int, int]:
@@ -265,7 +245,7 @@ def records_preview(frame, max_act: float, n: int = 4) -> str:
     import polars as pl
 
     lines = []
-    pos = frame.filter(pl.col("source") == POSITIVE_SOURCE).unique("row").sort("row_max", descending=True).head(n)
+    pos = frame.filter(pl.col("source") == "positive").unique("row").sort("row_max", descending=True).head(n)
     for r in pos.iter_rows(named=True):
         toks = [
             f"{t[: len(t) - len(t.lstrip())]}**{t.strip() or repr(t)}**[{a / max_act:.1f}]"

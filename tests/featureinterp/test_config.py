@@ -1,7 +1,6 @@
 import pytest
 
 from featureinterp.config import (
-    PRESETS,
     SYNTHETIC_LAYER,
     feature_key,
     get_preset,
@@ -10,6 +9,7 @@ from featureinterp.config import (
     parse_layer_key,
 )
 from featureinterp.errors import ConfigError
+from featureinterp.presets import PRESETS
 
 
 def test_unknown_preset_names_the_value_and_the_choices():

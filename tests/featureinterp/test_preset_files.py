@@ -13,9 +13,10 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from featureinterp.config import PRESETS, get_preset
+from featureinterp.config import get_preset
 from featureinterp.errors import ConfigError
 from featureinterp.preset_files import FORMATS, dump_preset, load_preset_file, parse_preset
+from featureinterp.presets import PRESETS
 
 ALL = [*PRESETS, "gemma-2-9b-standin", "embedded-faithful"]
 

@@ -290,10 +290,10 @@ def test_scores_command_shows_the_null_baseline(explained, monkeypatch, capsys):
     defs, instance, storage, _ = explained
     key = dg.MultiPartitionKey({"layer": "L03", "feature": "F0001"})
     assert _materialize(defs, instance, ["baselines"], partition_key=key).success
-    from featureinterp_assets import cli
+    from featureinterp_assets import cli_inspect
 
     monkeypatch.setenv("FEATUREINTERP_HOME", str(storage.parent.parent))
-    cli.scores(PRESET.name, False)
+    cli_inspect.scores(PRESET.name, False)
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("layer"))
     assert header.split()[-1] == "null"
