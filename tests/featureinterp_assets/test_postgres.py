@@ -156,7 +156,7 @@ def _run_workers(home: Path, storage: Path, selection: list[str], signals: dict[
                 [
                     sys.executable,
                     "-c",
-                    "from tests.assets.test_postgres import _worker; _worker()",
+                    "from tests.featureinterp_assets.test_postgres import _worker; _worker()",
                     json.dumps(job),
                 ],
                 cwd=REPO,
