@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from featureinterp.config import Preset
+from featureinterp.names import POSITIVE_SOURCE
 from featureinterp.records import (
     CheckOutcome,
     RecordParams,
@@ -47,7 +48,7 @@ class FeatureRecords:
     def counts(self) -> dict[str, int]:
         """Rows selected per source, positives first."""
         sel = self.selection
-        return {"positive": len(sel.positives), **{s: len(v) for s, v in sel.sources.items()}}
+        return {POSITIVE_SOURCE: len(sel.positives), **{s: len(v) for s, v in sel.sources.items()}}
 
 
 def build_feature_records(

@@ -23,6 +23,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from featureinterp.config import PRESET_ENV, feature_key, get_preset, models_dir
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
 from featureinterp.models import load_tokenizer
+from featureinterp.names import SYNTHETIC_KEY
 from featureinterp_assets.eta import RunEta, block_seconds, estimate, stage_kind
 from featureinterp_assets.partitions import asset_scope, missing_blocks, range_tags
 
@@ -274,7 +275,7 @@ def _run_lineage(
     )
     assets = [f"{kind}/{c}" for c in preset.explain.conditions for kind in ("explanations", "scores")]
     # the whole run's work, estimated up front, so every stage line carries an ETA
-    sae_seconds = estimate("sae", preset.n_rows * len([k for k in todo if k != "SYN"]))
+    sae_seconds = estimate("sae", preset.n_rows * len([k for k in todo if k != SYNTHETIC_KEY]))
     _PROGRESS.plan("corpus_tokens", estimate("corpus_tokens", preset.n_rows) if need_tokens else 0)
     _PROGRESS.plan("sae", sae_seconds)
     _PROGRESS.plan(
@@ -284,7 +285,7 @@ def _run_lineage(
         for layer in layer_keys if selection else []:
             for features, block in missing_blocks(instance, layer, feature_keys, selection, force, scope):
                 _PROGRESS.plan(kind, block_seconds(len(features), block))
-    figures = ["fig3", "fig4", "fig5"] + (["fig_calibration"] if "SYN" in layer_keys else [])
+    figures = ["fig3", "fig4", "fig5"] + (["fig_calibration"] if SYNTHETIC_KEY in layer_keys else [])
     if explain and "explain" in _PROGRESS.planned:
         _PROGRESS.plan("layer_results", estimate("layer_results", len(layer_keys)))
         _PROGRESS.plan("figures", estimate("figures", len(figures)))

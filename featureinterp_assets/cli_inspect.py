@@ -16,6 +16,7 @@ import dagster as dg
 
 from featureinterp.config import get_preset, models_dir
 from featureinterp.errors import CorruptFileError
+from featureinterp.names import SYNTHETIC_KEY
 
 if TYPE_CHECKING:
     from featureinterp_assets.io_managers import StorageIOManager
@@ -102,7 +103,7 @@ def scores(preset_name: str | None, show_explanations: bool) -> None:
             row.append("-" if base is None else "nan" if null is None or math.isnan(null) else f"{null:.3f}")
             print(f"{layer:6s} {feature:8s} " + " ".join(f"{x:>12s}" for x in row))
             if show_explanations:
-                if layer == "SYN":
+                if layer == SYNTHETIC_KEY:
                     truth = SYNTHETIC_FEATURES[parse_feature_key(feature)].explanation
                     print(f"{'':15s} truth: {truth}")
                 for c in conditions:

@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 import torch
+from dagster._core.definitions.job_base import InMemoryJob
+from dagster._core.execution.api import create_execution_plan
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+
+# Private Dagster names live here only (tests/test_layout.py checks it): Dagster has no public API
+# for launching a backfill outside GraphQL, nor for a backfill's status enum; the tag strings below
+# are the documented run tags of a ranged run (public values, private constants). The k8s executor's
+# pod specs can only be built without a cluster from an execution plan (InMemoryJob, create_execution_plan).
+__all__ = ["BulkActionStatus", "InMemoryJob", "create_execution_plan", "PARTITION_RANGE_END_TAG", "PARTITION_RANGE_START_TAG", "BACKFILL_ID_TAG"]
+PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+BACKFILL_ID_TAG = "dagster/backfill"
 
 
 def tiny_llama(n_layers: int = 4, seed: int = 0):
@@ -70,8 +82,6 @@ def launch_backfill(instance, defs, asset_selection, partitions: list[str] | Non
     """What the UI's launch-backfill mutation does: a PartitionBackfill added to the instance,
     for ``partitions`` of the selected assets (None: all their partitions); returns its id."""
     import time
-
-    from dagster._core.execution.backfill import PartitionBackfill
 
     backfill_id = f"bf{int(time.time() * 1000) % 10**9}"
     backfill = PartitionBackfill.from_asset_partitions(

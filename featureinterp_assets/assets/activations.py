@@ -13,6 +13,7 @@ from featureinterp.activations import sae_activations as compute_sae_activations
 from featureinterp.config import SYNTHETIC_LAYER, layer_key, parse_layer_key
 from featureinterp.corpus import decode_tokens
 from featureinterp.models import check_layers
+from featureinterp.names import SYNTHETIC_KEY
 from featureinterp.sae import SaeRef, load_layer_sae, load_sae_from_disk, load_sae_pretrained
 from featureinterp.sae_training import train_layer_saes
 from featureinterp.storage import ArrayBundle
@@ -42,7 +43,7 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
         layer_ids = [layer for layer in all_ids if layer != SYNTHETIC_LAYER]
         refs = {}
         if SYNTHETIC_LAYER in all_ids:  # ground-truth features: no SAE to train or load
-            refs["SYN"] = SaeRef(d_sae=len(SYNTHETIC_FEATURES), synthetic=True).to_dict()
+            refs[SYNTHETIC_KEY] = SaeRef(d_sae=len(SYNTHETIC_FEATURES), synthetic=True).to_dict()
         if layer_ids:
             model, _ = preset.model_and_tokenizer()
             check_layers(model, layer_ids)

@@ -8,6 +8,7 @@ import numpy as np
 from featureinterp.config import layer_key, parse_feature_key, parse_layer_key
 from featureinterp.corpus import decode_rows
 from featureinterp.holistic import holistic_activations as compute_holistic
+from featureinterp.names import POSITIVE_SOURCE
 from featureinterp.record_building import build_feature_records
 from featureinterp.records import RecordParams
 from featureinterp.retrieval import CorpusIndex, embed_texts, load_embedder, table_name
@@ -245,7 +246,7 @@ def records_preview(frame, max_act: float, n: int = 4) -> str:
     import polars as pl
 
     lines = []
-    pos = frame.filter(pl.col("source") == "positive").unique("row").sort("row_max", descending=True).head(n)
+    pos = frame.filter(pl.col("source") == POSITIVE_SOURCE).unique("row").sort("row_max", descending=True).head(n)
     for r in pos.iter_rows(named=True):
         toks = [
             f"{t[: len(t) - len(t.lstrip())]}**{t.strip() or repr(t)}**[{a / max_act:.1f}]"

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.execution.backfill import BulkActionStatus
 
 from featureinterp.config import get_preset
 from featureinterp.preset_files import dump_preset
 from tests.conftest import CACHE
-from tests.helpers import launch_backfill, start_daemon, stop_daemon
+from tests.helpers import BulkActionStatus, launch_backfill, start_daemon, stop_daemon
 
 PER_FEATURE = ["records", "explanations/one_shot", "scores/one_shot", "baselines"]
 

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.execution.backfill import BulkActionStatus
-from dagster._core.storage.tags import BACKFILL_ID_TAG
 
 from featureinterp.config import get_preset
 from featureinterp.llm import ChatBackend, Completion
@@ -30,7 +28,7 @@ from featureinterp_assets import cli
 from featureinterp_assets.definitions import build_definitions
 from featureinterp_assets.resources import LOAD_LINE
 from tests.conftest import CACHE
-from tests.helpers import launch_backfill, start_daemon, stop_daemon
+from tests.helpers import BACKFILL_ID_TAG, BulkActionStatus, launch_backfill, start_daemon, stop_daemon
 
 pytestmark = pytest.mark.slow
 LAYER, FEATURES = "L05", ("F0000", "F0001", "F0002")

@@ -6,10 +6,10 @@ import threading
 
 import dagster as dg
 import pytest
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition
 from featureinterp_assets.io_managers import StorageIOManager
+from tests.helpers import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 
 PARTS = dg.MultiPartitionsDefinition(
     {
@@ -18,7 +18,7 @@ PARTS = dg.MultiPartitionsDefinition(
     }
 )
 KEYS = [dg.MultiPartitionKey({"layer": "L01", "feature": f}) for f in ("F0", "F1", "F2")]
-RANGE = {ASSET_PARTITION_RANGE_START_TAG: KEYS[0], ASSET_PARTITION_RANGE_END_TAG: KEYS[-1]}
+RANGE = {PARTITION_RANGE_START_TAG: KEYS[0], PARTITION_RANGE_END_TAG: KEYS[-1]}
 
 
 def _assets(fail: set[str], as_you_go: bool, concurrency: int = 1, threads: set | None = None):

@@ -12,15 +12,13 @@ import types
 
 import dagster as dg
 import pytest
-from dagster._core.definitions.job_base import InMemoryJob
-from dagster._core.execution.api import create_execution_plan
-from dagster._core.executor.init import InitExecutorContext
 from dagster_k8s.job import construct_dagster_k8s_job
 
 from featureinterp.config import get_preset
 from featureinterp_assets.constants import POOL_GPU
 from featureinterp_assets.definitions import build_definitions
 from featureinterp_assets.k8s import K8S_GPU_TAGS, k8s_definitions, pool_step_k8s_config
+from tests.helpers import InMemoryJob, create_execution_plan
 
 PRESET = get_preset("embedded-tiny")
 GPU = "nvidia.com/gpu"
@@ -100,7 +98,7 @@ def step_pod(k8s_defs, tmp_path_factory):
     config = dg.validate_run_config(job, {})["execution"]["featureinterp_k8s"]
     with dg.instance_for_test(overrides={"run_launcher": launcher}) as instance:
         executor = job.executor_def.executor_creation_fn(
-            InitExecutorContext(
+            dg.InitExecutorContext(
                 job=InMemoryJob(job),
                 executor_def=job.executor_def,
                 executor_config={

@@ -3,13 +3,13 @@
 import dagster as dg
 import numpy as np
 import pytest
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from featureinterp.config import get_preset
 from featureinterp.sae import load_sae_from_disk
 from featureinterp.storage import load_arrays
 from featureinterp_assets.definitions import build_definitions
 from featureinterp_assets.partitions import layer_partitions, register_layers
+from tests.helpers import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 
 pytestmark = pytest.mark.slow
 PRESET = get_preset("embedded-tiny")
@@ -40,7 +40,7 @@ def built(tmp_path_factory, model_cache):
     with dg.instance_for_test() as instance:
         assert register_layers(instance, PRESET) == ["L03", "L06", "SYN"]
         assert _materialize(defs, instance, ["corpus_tokens"]).success
-        tags = {ASSET_PARTITION_RANGE_START_TAG: "L03", ASSET_PARTITION_RANGE_END_TAG: "L06"}
+        tags = {PARTITION_RANGE_START_TAG: "L03", PARTITION_RANGE_END_TAG: "L06"}
         result = _materialize(defs, instance, ["sae", "sae_activations"], tags=tags)
         assert result.success, _failure(result)
         yield defs, instance, home / "storage" / PRESET.name, result

@@ -25,13 +25,13 @@ import dagster as dg
 import numpy as np
 import pytest
 import yaml
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from featureinterp.config import get_preset
 from featureinterp.storage import ArrayBundle, load_arrays
 from featureinterp_assets.constants import POOL_GPU, STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
 from featureinterp_assets.partitions import layer_partitions, register_layers
+from tests.helpers import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 
 pytestmark = pytest.mark.slow
 
@@ -326,7 +326,6 @@ def instance(pg_env) -> Iterator[dg.DagsterInstance]:
 
 
 def test_deploy_config_gives_postgres_storages_queue_and_pools(instance, pg_env):
-    from dagster._core.instance.config import PoolGranularity
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
     assert isinstance(instance.run_storage, PostgresRunStorage)
@@ -334,7 +333,7 @@ def test_deploy_config_gives_postgres_storages_queue_and_pools(instance, pg_env)
     assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
     assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
     concurrency = instance.get_concurrency_config()
-    assert concurrency.pool_config.pool_granularity == PoolGranularity.OP
+    assert concurrency.pool_config.pool_granularity.value == "op"
     assert concurrency.pool_config.default_pool_limit == 1
     assert concurrency.run_queue_config.max_concurrent_runs == 8
     # secrets only through the environment: every connection setting is an `env:` reference
@@ -350,7 +349,7 @@ def test_deploy_config_gives_postgres_storages_queue_and_pools(instance, pg_env)
 
 def test_partitioned_backfill_run_lands_in_postgres(instance, tmp_path):
     storage = tmp_path / "storage"
-    tags = {ASSET_PARTITION_RANGE_START_TAG: "s0", ASSET_PARTITION_RANGE_END_TAG: "s2"}
+    tags = {PARTITION_RANGE_START_TAG: "s0", PARTITION_RANGE_END_TAG: "s2"}
     result = _materialize(instance, ["shard_stats"], str(storage), tags=tags)
     assert result.success
     key = dg.AssetKey("shard_stats")
@@ -368,7 +367,7 @@ def test_partitioned_backfill_run_lands_in_postgres(instance, tmp_path):
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"spectrum_sorted": True}
     run = instance.get_run_by_id(result.run_id)
-    assert run.status == dg.DagsterRunStatus.SUCCESS and run.tags[ASSET_PARTITION_RANGE_END_TAG] == "s2"
+    assert run.status == dg.DagsterRunStatus.SUCCESS and run.tags[PARTITION_RANGE_END_TAG] == "s2"
 
 
 def test_two_run_workers_write_concurrently(instance, pg_env, tmp_path):

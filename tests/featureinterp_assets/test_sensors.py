@@ -39,11 +39,10 @@ def test_backfill_schedule_requests_missing_and_stale_partitions_per_layer(tmp_p
     miss an asset or hold one built by an older code version; nothing for what is current."""
     import datetime
 
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-
     from featureinterp.config import get_preset
     from featureinterp_assets.definitions import build_definitions
     from featureinterp_assets.partitions import register_layers
+    from tests.helpers import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 
     preset = get_preset("embedded-tiny")  # L03, L06, SYN x F0000, F0001; one_shot, tree
     defs = build_definitions(preset, home=tmp_path / "home", models=tmp_path)
@@ -72,7 +71,7 @@ def test_backfill_schedule_requests_missing_and_stale_partitions_per_layer(tmp_p
 
         def span(request):
             start, end = (
-                request.tags[t] for t in (ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG)
+                request.tags[t] for t in (PARTITION_RANGE_START_TAG, PARTITION_RANGE_END_TAG)
             )
             return start, end, sorted(k.to_user_string() for k in request.asset_selection)
 
