@@ -187,3 +187,19 @@ def request_modes(completions: Sequence[dict[str, Any]]) -> dict[str, int]:
         key = "local" if not mode else ", ".join(f"{k}={v}" for k, v in mode.items() if v is not None)
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def completion_record(c: Completion | None, stage: str, error: str | None) -> dict[str, Any]:
+    """One completion as stored for audit (explanations' and scorers' ``completions``): the text,
+    how the request was served, and whether its reply parsed (``error``: why not)."""
+    return {
+        "text": c.text if c else "",
+        "finish_reason": c.finish_reason if c else None,
+        "request_id": c.request_id if c else None,
+        "cached": c.cached if c else False,
+        "reasoning": c.reasoning if c else "",
+        "mode": c.mode if c else None,
+        "parsed_ok": error is None,
+        "error": error,
+        "stage": stage,
+    }

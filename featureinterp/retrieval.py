@@ -168,6 +168,21 @@ class CorpusIndex:
         col = tab.column("vector").combine_chunks()
         return np.asarray(col.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(tab), -1)
 
+    def vectors_of(self, rows: Sequence[int]) -> np.ndarray:
+        """The embeddings [len(rows), d] of the given row ids, in that order (a filtered scan: a
+        feature's few dozen test rows, not the whole table)."""
+        ids = sorted({int(r) for r in rows})
+        if not ids:
+            return np.zeros((0, 0), dtype=np.float32)
+        tab = self.table.search().where(f"row IN ({', '.join(map(str, ids))})").limit(len(ids)).to_arrow()
+        found = {int(r): i for i, r in enumerate(tab.column("row").to_pylist())}
+        missing = [r for r in ids if r not in found]
+        if missing:
+            raise ConfigError(f"rows {missing[:5]} are not in the corpus embeddings: re-materialize 'corpus_embeddings'")
+        col = tab.column("vector").combine_chunks()
+        vecs = np.asarray(col.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(tab), -1)
+        return vecs[[found[int(r)] for r in rows]]
+
     def search(self, query: np.ndarray, k: int, nprobes: int = 20) -> np.ndarray:
         """Row ids of the ``k`` rows with the largest inner product with ``query``, best first."""
         q = self.table.search(np.asarray(query, dtype=np.float32)).distance_type("dot").limit(k)
