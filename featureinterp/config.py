@@ -140,6 +140,12 @@ class ExplainSettings:
     """Conditions run on the ``SYN`` features (the calibration figure compares them); None:
     every condition. A budget lever: the synthetic rules calibrate the simulator and the
     explainer methods, not each prompt variant."""
+    secondary_conditions: tuple[str, ...] | None = None
+    """Conditions whose explanations also get the LLM detection and fuzzing scores
+    (featureinterp.scorers); None: the ones Figure 3 compares (its ``fig3_*`` runs, else the
+    structured one-shot and tree). Every condition gets the embedding score (no LLM)."""
+    scorer_batch: int = 10
+    """Records per detection / fuzzing request (featureinterp.scorers.judge.JudgeConfig)."""
     features_at_once: int = 4
     """Features of a run explained concurrently when the explainer is an API (their requests
     overlap while the local simulator, one pass at a time, scores the others); 1 with a local

@@ -100,6 +100,15 @@ class FigureResult:
 BASELINE_KINDS = ("null", "true_rule", "other_rule")
 """Baseline explanations scored per feature (featureinterp/baselines.py): ``<kind>_score`` columns."""
 
+SECONDARY_COLUMNS = {
+    "detection_balanced_accuracy": ("detection", "balanced_accuracy"),
+    "detection_precision": ("detection", "precision"),
+    "detection_recall": ("detection", "recall"),
+    "fuzzing_balanced_accuracy": ("fuzzing", "balanced_accuracy"),
+    "embedding_auroc": ("embedding", None),
+}
+"""Secondary-score columns of the figure table -> (scorer, metric) (featureinterp/scorers)."""
+
 RESULT_SCHEMA: dict[str, Any] = {
     "layer": pl.String,
     "feature": pl.Int64,
@@ -113,9 +122,11 @@ RESULT_SCHEMA: dict[str, Any] = {
     "score": pl.Float64,
     "fp_rate": pl.Float64,
     **{f"{kind}_score": pl.Float64 for kind in BASELINE_KINDS},
+    **{column: pl.Float64 for column in SECONDARY_COLUMNS},
 }
 """The figures' input table: one row per layer x feature x condition x test source. ``rule_cap``
-is the cap the explainer ran with (null: uncapped, a free-text explanation)."""
+is the cap the explainer ran with (null: uncapped, a free-text explanation); the secondary
+columns are each scorer's metric on the positives plus that source (NaN: not scored)."""
 
 
 def _reference(baseline: Mapping | None, kind: str, source: str) -> float:
@@ -123,9 +134,18 @@ def _reference(baseline: Mapping | None, kind: str, source: str) -> float:
     return float(value.get("per_source", {}).get(source, {}).get("score", math.nan))
 
 
-def result_rows(score: Mapping, baseline: Mapping | None = None) -> list[dict]:
+def _secondary(secondary: Mapping | None, column: str, source: str) -> float:
+    scorer, metric = SECONDARY_COLUMNS[column]
+    value = ((secondary or {}).get(scorer) or {}).get("per_source", {}).get(source, math.nan)
+    return float(value[metric] if metric is not None and isinstance(value, Mapping) else value)
+
+
+def result_rows(
+    score: Mapping, baseline: Mapping | None = None, secondary: Mapping | None = None
+) -> list[dict]:
     """One figure-table row per test source of one stored score (with ``layer_key``), with the
-    feature's baseline scores on the same source (NaN when not computed)."""
+    feature's baseline scores and the explanation's secondary scores (``{scorer: stored value}``)
+    on the same source (NaN when not computed)."""
     cap = score.get("rule_cap")
     base = {
         "layer": score["layer_key"],
@@ -141,6 +161,7 @@ def result_rows(score: Mapping, baseline: Mapping | None = None) -> list[dict]:
         base
         | {"source": source, "score": float(v["score"]), "fp_rate": float(v["fp_rate"])}
         | {f"{kind}_score": _reference(baseline, kind, source) for kind in BASELINE_KINDS}
+        | {column: _secondary(secondary, column, source) for column in SECONDARY_COLUMNS}
         for source, v in score.get("per_source", {}).items()
     ]
 

@@ -16,12 +16,14 @@ from featureinterp.experiments import get_condition
 from featureinterp.figure_grids import condition_scope
 from featureinterp.names import SYNTHETIC_KEY
 from featureinterp.preset_files import preset_to_json
+from featureinterp.scorers import secondary_conditions
 from featureinterp_assets.assets.activations import build_activation_assets
 from featureinterp_assets.assets.baselines import build_baseline_asset
 from featureinterp_assets.assets.corpus import corpus_tokens
 from featureinterp_assets.assets.explanations import build_explanation_assets
 from featureinterp_assets.assets.figures import build_figure_assets
 from featureinterp_assets.assets.records import build_records_assets, corpus_embeddings
+from featureinterp_assets.assets.scorers import build_scorer_assets
 from featureinterp_assets.automation import automation_sensor
 from featureinterp_assets.constants import STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
@@ -42,6 +44,7 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
     own = {f"{f}|{x}" for x in preset.layer_keys if x != SYNTHETIC_KEY for f in preset.feature_keys}
     automate = all(own <= keys for keys in condition_scope(preset).values())
     holistic = any(get_condition(c).holistic for c in preset.explain.conditions)
+    layer_x_feature = dg.MultiPartitionsDefinition({"layer": layers, "feature": feature_partitions(preset)})
     assets = [
         corpus_tokens,
         *build_activation_assets(layers),
@@ -50,11 +53,16 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
         *build_explanation_assets(
             layers, feature_partitions(preset), list(preset.explain.conditions), preset.name, automate
         ),
-        build_baseline_asset(
-            dg.MultiPartitionsDefinition({"layer": layers, "feature": feature_partitions(preset)}), automate
+        build_baseline_asset(layer_x_feature, automate),
+        *build_scorer_assets(
+            layer_x_feature, list(preset.explain.conditions), list(secondary_conditions(preset)), automate
         ),
         *build_figure_assets(
-            layers, feature_partitions(preset), list(preset.explain.conditions), preset.explain.synthetic
+            layers,
+            feature_partitions(preset),
+            list(preset.explain.conditions),
+            preset.explain.synthetic,
+            list(secondary_conditions(preset)),
         ),
     ]
     layer_job = dg.define_asset_job(

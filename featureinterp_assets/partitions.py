@@ -91,7 +91,9 @@ def asset_scope(preset: Preset) -> dict[str, frozenset[str]]:
         return {}
     every = frozenset(f"{f}|{x}" for x in preset.layer_keys for f in preset.feature_keys)
     keys = {c: by_condition.get(c, every) for c in conditions}
-    scope = {f"{kind}/{c}": k for c, k in keys.items() for kind in ("explanations", "scores")}
+    # a condition's secondary scores run where its explanations do
+    kinds = ("explanations", "scores", "detection", "fuzzing", "embedding")
+    scope = {f"{kind}/{c}": k for c, k in keys.items() for kind in kinds}
     # every partition keeps its null baseline: the figures' reference line
     scope["baselines"] = (
         frozenset().union(*keys.values()) if preset.explain.synthetic_conditions is None else every

@@ -17,6 +17,8 @@ reports on the same per-source sets; ``agreement`` says per layer how far each t
 
 from __future__ import annotations
 
+from featureinterp.config import Preset
+from featureinterp.errors import ConfigError
 from featureinterp.records import feature_generator
 from featureinterp.scorers.agreement import SCORERS, agreement
 from featureinterp.scorers.detection import detection_score
@@ -37,6 +39,7 @@ __all__ = [
     "embedding_score",
     "fuzzing_score",
     "scorer_seed",
+    "secondary_conditions",
     "split_items",
 ]
 
@@ -45,3 +48,21 @@ def scorer_seed(run_seed: int, preset: str, condition: str, scorer: str, layer: 
     """The seed of one scorer's shuffle, highlights and sampling for one explanation (31 bits):
     per (layer, feature), never global, and different per condition and scorer."""
     return int(feature_generator(run_seed, f"{preset}/{condition}/{scorer}", layer, feature).integers(2**31))
+
+
+def secondary_conditions(preset: Preset) -> tuple[str, ...]:
+    """The conditions whose explanations get the LLM scorers (``ExplainSettings.secondary_conditions``;
+    default: the ones Figure 3 compares), checked against the conditions the preset explains."""
+    from featureinterp.figure_grids import figure_conditions
+
+    present = preset.explain.conditions
+    chosen = preset.explain.secondary_conditions
+    if chosen is None:
+        return figure_conditions("fig3", present)
+    unknown = [c for c in chosen if c not in present]
+    if unknown:
+        raise ConfigError(
+            f"secondary_conditions {', '.join(unknown)}: not explained by preset {preset.name!r} "
+            f"(its conditions: {', '.join(present)}); add them to conditions or drop them"
+        )
+    return tuple(chosen)

@@ -14,7 +14,7 @@ from typing import Any
 
 from featureinterp.scorers.metrics import spearman
 
-__all__ = ["SCORERS", "agreement"]
+__all__ = ["HEADLINE_COLUMNS", "SCORERS", "agreement", "layer_agreement"]
 
 SCORERS = ("detection", "fuzzing", "embedding")
 """The secondary scorers, in the order reports list them."""
@@ -30,3 +30,27 @@ def agreement(explanations: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, 
         rho, n = spearman([a for a, _ in pairs], [b for _, b in pairs])
         out[scorer] = {"spearman": rho, "pairs": n}
     return out
+
+
+HEADLINE_COLUMNS = {
+    "detection": "detection_balanced_accuracy",
+    "fuzzing": "fuzzing_balanced_accuracy",
+    "embedding": "embedding_auroc",
+}
+"""The figure-table column (featureinterp.figure_common.SECONDARY_COLUMNS) of each scorer's
+headline, read on the primary source's rows."""
+
+
+def layer_agreement(frame: Any) -> dict[str, dict[str, float | int]]:
+    """``agreement`` over one layer's figure table (one row per feature x condition x source):
+    each explanation's simulation score and secondary headlines on the primary source's rows."""
+    import polars as pl
+
+    from featureinterp.names import PRIMARY_SOURCE
+
+    primary = frame.filter(pl.col("source") == PRIMARY_SOURCE)
+    rows = [
+        {"score": r["score"], **{s: r[c] for s, c in HEADLINE_COLUMNS.items()}}
+        for r in primary.iter_rows(named=True)
+    ]
+    return agreement(rows)

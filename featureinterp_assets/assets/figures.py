@@ -16,8 +16,10 @@ import polars as pl
 from featureinterp import calibration, figures
 from featureinterp.config import feature_key, layer_key
 from featureinterp.figure_common import result_frame, result_rows
+from featureinterp.figure_detection import fig3_detection
 from featureinterp.figure_grids import figure_conditions, figure_grids, select_grid
 from featureinterp.names import PRIMARY_SOURCE, SYNTHETIC_KEY
+from featureinterp.scorers.agreement import layer_agreement
 from featureinterp.storage import TableBundle
 from featureinterp_assets.automation import SUMMARY
 from featureinterp_assets.constants import GROUP_FIGURES, STORAGE_IO
@@ -41,19 +43,29 @@ def build_figure_assets(
     features: dg.StaticPartitionsDefinition,
     conditions: list[str],
     synthetic: bool = True,
+    judged: list[str] | None = None,
 ) -> list[dg.AssetsDefinition]:
+    """``layer_results`` (reading every condition's scores and secondary scores; ``judged``: the
+    conditions with detection and fuzzing) and the figures over it."""
     by_layer = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="layer")
     ins = {
         f"scores_{c}": dg.AssetIn(["scores", c], partition_mapping=by_layer, metadata=ALLOW_MISSING)
         for c in conditions
     }
     ins["baselines"] = dg.AssetIn("baselines", partition_mapping=by_layer, metadata=ALLOW_MISSING)
+    secondary = [("embedding", c) for c in conditions] + [
+        (scorer, c) for c in judged or [] for scorer in ("detection", "fuzzing")
+    ]
+    ins |= {
+        f"{scorer}__{c}": dg.AssetIn([scorer, c], partition_mapping=by_layer, metadata=ALLOW_MISSING)
+        for scorer, c in secondary
+    }
 
     @dg.asset(
         partitions_def=layers,
         group_name=GROUP_FIGURES,
         io_manager_key=STORAGE_IO,
-        code_version="2",
+        code_version="3",
         ins=ins,
         kinds={"polars"},
         automation_condition=SUMMARY,
@@ -69,27 +81,54 @@ def build_figure_assets(
         expected, scope = spec.feature_keys, asset_scope(spec)
         rows, missing = [], {}
         refs = {int(v["feature"]): v for v in baselines.values()}
+        extra = _secondary_by_partition({k: v for k, v in scores.items() if "__" in k})
         for name, values in scores.items():
+            if "__" in name:
+                continue
             have = {k.split("|")[0] for k in values}  # keys "F0003|L05"
             cond = name.removeprefix("scores_")
             runs_on = scope.get(f"scores/{cond}")  # None: every partition
             missing[cond] = [
                 f for f in expected if f not in have and (runs_on is None or f"{f}|{layer}" in runs_on)
             ]
-            for value in values.values():
-                rows.extend(result_rows(value | {"layer_key": layer}, refs.get(int(value["feature"]))))
+            for key, value in values.items():
+                rows.extend(
+                    result_rows(
+                        value | {"layer_key": layer}, refs.get(int(value["feature"])), extra.get((cond, key))
+                    )
+                )
         frame = result_frame(rows)
+        agreement = layer_agreement(frame)
         context.add_output_metadata(
             {
                 "rows": len(frame),
                 "missing": dg.MetadataValue.json({k: v for k, v in missing.items() if v}),
                 "mean_score": dg.MetadataValue.md(_mean_table(frame)),
+                "agreement": dg.MetadataValue.md(_agreement_table(agreement)),
             }
         )
-        return TableBundle(frame, {"layer": layer, "missing": missing, "expected": len(expected)})
+        meta = {"layer": layer, "missing": missing, "expected": len(expected), "agreement": agreement}
+        return TableBundle(frame, meta)
 
     figs = [_figure_asset(name) for name in ("fig3", "fig4", "fig5")]
     return [layer_results, *figs, *([_calibration_asset()] if synthetic else [])]
+
+
+def _secondary_by_partition(inputs: dict) -> dict[tuple[str, str], dict]:
+    """``{(condition, partition key): {scorer: stored value}}`` from the ``<scorer>__<condition>``
+    inputs of ``layer_results``."""
+    out: dict[tuple[str, str], dict] = {}
+    for name, values in inputs.items():
+        scorer, cond = name.split("__", 1)
+        for key, value in values.items():
+            out.setdefault((cond, key), {})[scorer] = value
+    return out
+
+
+def _agreement_table(agreement: dict) -> str:
+    lines = ["| scorer | Spearman with simulation | pairs |", "|---|---|---|"]
+    lines += [f"| {s} | {v['spearman']:.3f} | {v['pairs']} |" for s, v in agreement.items()]
+    return "\n".join(lines)
 
 
 class FigureConfig(dg.Config):
@@ -116,7 +155,8 @@ _FIGURE_ASSET = {
 FIGURE_DESCRIPTIONS = {
     "fig3": "Figure 3: false-positive rate and score of one-shot vs tree explanations on each test "
     "source (positives with random, similar and similar-but-non-activating rows), per layer; "
-    "fig3_panels.png adds complexity and rules per explanation. The image is in the metadata.",
+    "fig3_panels.png adds complexity and rules per explanation; fig3_detection.png puts detection "
+    "precision and recall per source next to the false positives. The images are in the metadata.",
     "fig4": "Figure 4: test score of one-shot and tree explanations under the four prompt "
     "conditions (unstructured, structured, + holistic, + train negatives), per layer. The image "
     "is in the metadata.",
@@ -187,15 +227,17 @@ def _figure_asset(name: str) -> dg.AssetsDefinition:
         table, grid_note, missing, expected = _figure_table(name, config, preset.spec(), layer_results)
         out_dir = Path(preset.storage_dir()) / "figures"
         result = getattr(figures, name)(table, out_dir, expected=expected, grid=grid_note)
+        metadata = _image_metadata(name, result)
+        files = {k: str(v) for k, v in result.files.items()}
+        detection = fig3_detection(table, out_dir, expected) if name == "fig3" else None
+        if detection is not None:  # Figure 3's detection view, when detection scores exist
+            metadata |= {f"detection_{k}": v for k, v in _image_metadata(detection.name, detection).items()}
+            files["detection"] = str(detection.png)
         context.add_output_metadata(
-            _image_metadata(name, result)
+            metadata
             | {"grid": grid_note, "incomplete": result.incomplete, "missing": dg.MetadataValue.json(missing)}
         )
-        return {
-            "png": str(result.png),
-            "files": {k: str(v) for k, v in result.files.items()},
-            "caption": result.caption,
-        }
+        return {"png": str(result.png), "files": files, "caption": result.caption}
 
     return figure
 
