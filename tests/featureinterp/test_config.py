@@ -1,7 +1,6 @@
 import pytest
 
 from featureinterp.config import (
-    SYNTHETIC_LAYER,
     feature_key,
     get_preset,
     layer_key,
@@ -9,7 +8,6 @@ from featureinterp.config import (
     parse_layer_key,
 )
 from featureinterp.errors import ConfigError
-from featureinterp.presets import PRESETS
 
 
 def test_unknown_preset_names_the_value_and_the_choices():
@@ -28,17 +26,6 @@ def test_preset_env_var_selects(monkeypatch):
 def test_default_is_embedded(monkeypatch):
     monkeypatch.delenv("FEATUREINTERP_PRESET", raising=False)
     assert get_preset().name == "embedded"
-
-
-def test_paper_presets_carry_their_sae_releases():
-    assert get_preset("gemma-2-9b").sae.sae_id(20) == "layer_20/width_16k/canonical"
-    assert get_preset("llama-3.1-8b").sae.sae_id(7) == "l7r_8x"
-    assert get_preset("gpt2-small").sae.sae_id(3) == "blocks.3.hook_resid_post"
-    for preset in PRESETS.values():
-        synthetic = ["SYN"] if preset.explain.synthetic else []
-        assert preset.row_len == (17 if preset.name == "embedded" else 33)
-        assert preset.layer_keys == [layer_key(x) for x in preset.layers] + synthetic
-    assert parse_layer_key("SYN") == SYNTHETIC_LAYER and layer_key(SYNTHETIC_LAYER) == "SYN"
 
 
 def test_keys_round_trip_and_sort_numerically():
@@ -81,19 +68,6 @@ def test_an_api_route_serves_a_conditions_own_model_at_its_price():
     assert api.served("other/model").price_in_per_mtok == 0.0  # unknown price: cost not counted
     standin = ApiSpec(model="m", route_prefix="standin/")
     assert standin.served().model == "standin/m" and standin.served("x").model == "standin/x"
-
-
-def test_the_embedded_default_materializes_every_condition_its_figures_draw():
-    """README command (1) draws complete figures: Figure 4's 2 x 4 cells and Figure 5's rule
-    caps 1..5 all run (Figure 3 reads one_shot and tree among them), with the local explainer."""
-    from featureinterp.figure_grids import FIG4_CONDITIONS, FIG5_CONDITIONS, figure_conditions
-
-    preset = get_preset("embedded")
-    present = preset.explain.conditions
-    assert set(FIG4_CONDITIONS) | set(FIG5_CONDITIONS) == set(present)
-    assert figure_conditions("fig3", present) == ("one_shot", "tree")
-    assert preset.explain.explainer is None and preset.explain.synthetic
-    assert get_preset("embedded-large").explain.conditions == ("one_shot", "tree")
 
 
 def test_reply_budgets_reach_every_condition_s_explainer():

@@ -228,7 +228,7 @@ def test_fig5_reports_missing_caps_and_features(tmp_path):
     assert res.summary["layer"].unique(maintain_order=True).to_list() == ["L00", "L03", "L12"]
 
 
-# ---------------------------------------------------------------- files, errors, t quantile
+# ---------------------------------------------------------------- files and errors
 
 
 def test_files_are_replaced_atomically_without_leftovers(tmp_path):
@@ -270,13 +270,6 @@ def test_fig3_requires_false_positive_rates_and_fig4_a_known_source(tmp_path):
         fig4(df, tmp_path, rule_cap=7)
 
 
-@pytest.mark.parametrize("q, dof", [(0.95, 1), (0.95, 3), (0.975, 29), (0.9, 239), (0.05, 5), (0.999, 2)])
-def test_t_quantile_matches_scipy(q, dof):
-    stats = pytest.importorskip("scipy.stats")
-    assert t_quantile(q, dof) == pytest.approx(stats.t.ppf(q, dof), rel=1e-12)
-    assert t_quantile(0.95, 3) == pytest.approx(T_95_DF3, rel=1e-7)
-
-
 def test_fig3_orders_the_sources_records_produce_as_documented(tmp_path):
     """Figure 3's legend order is the documented one for the source names records really write
     (a stale name list used to send them to the alphabetical fallback)."""
@@ -311,17 +304,3 @@ def test_uncapped_results_join_every_cap_and_keep_a_null_cap(tmp_path):
     summary = fig4(df, tmp_path).summary.filter(pl.col("layer") == "L00")
     by_condition = dict(zip(summary["condition"], summary["mean_score"], strict=True))
     assert by_condition == pytest.approx({"unstructured": 0.4, "structured": 0.6})
-
-
-def test_projected_sources_keep_their_non_activating_style():
-    """Every *_negative source (projected too) is drawn solid and labelled non-activating."""
-    from featureinterp.figure_common import _source_style
-
-    styles = {
-        s: _source_style(s) for s in ("similar_projected", "similar_negative_projected", "random_negative")
-    }
-    assert styles["similar_negative_projected"]["linestyle"] == "-"
-    assert styles["similar_negative_projected"]["label"] == "similar, projected (non-activating)"
-    assert styles["similar_projected"]["linestyle"] == "--"
-    assert styles["similar_projected"]["color"] == styles["similar_negative_projected"]["color"]
-    assert styles["random_negative"]["color"] != styles["similar_projected"]["color"]
