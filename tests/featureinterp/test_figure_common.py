@@ -18,6 +18,7 @@ from featureinterp.figure_common import (
     CONDITIONS,
     METHODS,
     RESULT_SCHEMA,
+    SECONDARY_COLUMNS,
     SOURCES,
     prepare,
     result_frame,
@@ -60,7 +61,7 @@ def test_result_rows_one_row_per_test_source_with_its_baselines() -> None:
         "rule_cap": 5,
         "complexity": 2.5,
         "n_rules": 3,
-    }
+    } | {column: math.nan for column in SECONDARY_COLUMNS}  # no secondary scores given
     assert [r["source"] for r in rows] == ["similar_negative", "random"]
     assert rows[0] == pytest.approx(
         common | {"source": "similar_negative", "score": 0.25, "fp_rate": 0.125, "null_score": 0.0,
@@ -81,7 +82,8 @@ def test_result_rows_one_row_per_test_source_with_its_baselines() -> None:
 def test_result_frame_is_typed_even_when_empty() -> None:
     empty = result_frame([])
     assert empty.height == 0 and dict(empty.schema) == RESULT_SCHEMA
-    assert [f"{kind}_score" for kind in BASELINE_KINDS] == list(RESULT_SCHEMA)[-3:]
+    assert [f"{kind}_score" for kind in BASELINE_KINDS] == list(RESULT_SCHEMA)[-3 - len(SECONDARY_COLUMNS) : -len(SECONDARY_COLUMNS)]
+    assert list(SECONDARY_COLUMNS) == list(RESULT_SCHEMA)[-len(SECONDARY_COLUMNS) :]
     frame = result_frame(result_rows(SCORE))
     assert dict(frame.schema) == RESULT_SCHEMA and frame.height == 2
     assert frame["score"].to_list() == [0.25, -0.5] and frame["null_score"].is_nan().all()
@@ -162,3 +164,15 @@ def test_projected_sources_keep_their_non_activating_style():
     assert styles["similar_projected"]["linestyle"] == "--"
     assert styles["similar_projected"]["color"] == styles["similar_negative_projected"]["color"]
     assert styles["random_negative"]["color"] != styles["similar_projected"]["color"]
+
+
+def test_result_rows_carry_each_scorer_metric_of_the_same_source() -> None:
+    secondary = {
+        "detection": {"per_source": {"random": {"balanced_accuracy": 0.75, "precision": 0.5, "recall": 1.0}}},
+        "embedding": {"per_source": {"random": 0.625, "similar_negative": 0.25}},
+    }
+    rows = {r["source"]: r for r in result_rows(SCORE, None, secondary)}
+    assert rows["random"]["detection_precision"] == 0.5 and rows["random"]["detection_recall"] == 1.0
+    assert rows["random"]["embedding_auroc"] == 0.625 and rows["similar_negative"]["embedding_auroc"] == 0.25
+    assert math.isnan(rows["similar_negative"]["detection_precision"])  # not scored on that source
+    assert math.isnan(rows["random"]["fuzzing_balanced_accuracy"])  # no fuzzing score
