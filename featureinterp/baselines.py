@@ -15,12 +15,16 @@ Both use ``experiments.evaluate``, so every number is on the scale of the stored
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from featureinterp.experiments import evaluate
 from featureinterp.explanations import Explanation, Rule
 from featureinterp.synthetic import SYNTHETIC_FEATURES, wrong_explanation
+
+if TYPE_CHECKING:
+    import polars as pl
 
 __all__ = ["baseline_scores", "free_text"]
 
@@ -34,13 +38,13 @@ def free_text(text: str) -> Explanation:
 
 
 def baseline_scores(
-    simulate: SimulateText, frame, max_act: float, synthetic_index: int | None = None
-) -> dict:
+    simulate: SimulateText, frame: pl.DataFrame, max_act: float, synthetic_index: int | None = None
+) -> dict[str, dict[str, Any]]:
     """``{"null": {score, per_source}, ...}`` for one partition's records; with
     ``synthetic_index`` also ``"true_rule"`` and ``"other_rule"``. The empty explanation is
     simulated as it is (an empty rule text), not skipped: its predictions are the prior."""
 
-    def with_text(text: str):
+    def with_text(text: str) -> Callable[[Explanation, list[list[str]]], list[np.ndarray]]:
         return lambda _explanation, records: simulate(text, records)
 
     kinds = {"null": ""}
@@ -49,7 +53,7 @@ def baseline_scores(
             "true_rule": SYNTHETIC_FEATURES[synthetic_index].explanation,
             "other_rule": wrong_explanation(synthetic_index),
         }
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for kind, text in kinds.items():
         ev = evaluate(with_text(text), free_text(text or "(empty)"), frame, max_act)
         out[kind] = {"text": text, "score": ev.score, "reason": ev.reason, "per_source": ev.per_source}

@@ -89,7 +89,7 @@ class ComplexityAnalyzer:
         examples: Sequence[ComplexityExample] = DEFAULT_EXAMPLES,
         system_prompt: str = SYSTEM_PROMPT,
         faithful: bool = False,
-    ):
+    ) -> None:
         """``faithful``: the paper's read-out, one token late (``PLACEHOLDER``); for measuring
         that fix only."""
         self.faithful = faithful

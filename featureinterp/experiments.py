@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -20,6 +20,11 @@ from featureinterp.explanations import Explanation
 from featureinterp.names import COMPLEMENTARY_SOURCES, DEFAULT_RULE_CAP, POSITIVE_SOURCE, PRIMARY_SOURCE
 from featureinterp.records import FeatureRecords, Record
 from featureinterp.scoring import score
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from featureinterp.config import ExplainSettings
 
 __all__ = [
     "CONDITIONS",
@@ -72,11 +77,11 @@ class Condition:
         for a free-text explanation."""
         return self.rule_cap if self.structured else None
 
-    def explainer_config(self, settings=None, **overrides) -> ExplainerConfig:
+    def explainer_config(self, settings: ExplainSettings | None = None, **overrides: Any) -> ExplainerConfig:
         """The explainer settings: the preset's (``settings``: its ``ExplainSettings``:
         temperatures, tree size; ``ExplainerConfig.from_settings``), then ``overrides``, then this
         condition's own tree size where it fixes one."""
-        tree = {}
+        tree: dict[str, Any] = {}
         if self.tree is not None:
             tree = {
                 "roots": self.tree.roots,
@@ -129,7 +134,9 @@ def get_condition(name: str) -> Condition:
         raise ValueError(f"unknown condition {name!r}; choose from {', '.join(CONDITIONS)}") from None
 
 
-def _records(frame, source: str, split: str, holistic: dict[int, np.ndarray] | None) -> list[Record]:
+def _records(
+    frame: pl.DataFrame, source: str, split: str, holistic: dict[int, np.ndarray] | None
+) -> list[Record]:
     import polars as pl
 
     part = frame.filter((pl.col("source") == source) & (pl.col("split") == split)).sort("rank")
@@ -144,7 +151,7 @@ def _records(frame, source: str, split: str, holistic: dict[int, np.ndarray] | N
 
 
 def feature_records(
-    frame,
+    frame: pl.DataFrame,
     max_act: float,
     condition: Condition,
     holistic: dict[int, np.ndarray] | None = None,
@@ -176,7 +183,7 @@ class Evaluation:
 def evaluate(
     simulate: Callable[[Explanation, list[list[str]]], list[np.ndarray]],
     explanation: Explanation,
-    frame,
+    frame: pl.DataFrame,
     max_act: float,
     fp_true_fraction: float = 0.1,
     fp_pred: float = 1.0,
@@ -190,7 +197,7 @@ def evaluate(
     pos_pred, at = preds[: len(pos)], len(pos)
     per_source: dict[str, dict[str, float]] = {}
     predictions: dict[str, list[list[float]]] = {POSITIVE_SOURCE: [p.tolist() for p in pos_pred]}
-    primary = (float("nan"), "no test records")
+    primary: tuple[float, str | None] = (float("nan"), "no test records")
     for source, recs in comp.items():
         sp, at = preds[at : at + len(recs)], at + len(recs)
         predictions[source] = [p.tolist() for p in sp]

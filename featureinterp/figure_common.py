@@ -17,12 +17,13 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, cast
 
 import matplotlib
 import polars as pl
@@ -212,7 +213,7 @@ def _select_cap(frame: pl.DataFrame, name: str, rule_cap: int | None) -> pl.Data
     """Keep one rule cap (None: the highest present), so fig5's cap sweep never leaks into fig3/fig4;
     uncapped results (null ``rule_cap``: free-text explanations) belong to every cap."""
     if rule_cap is None:
-        top = frame["rule_cap"].max()
+        top = cast("int | None", frame["rule_cap"].max())  # an Int64 column (``prepare``)
         if top is None:  # only uncapped results
             return frame
         rule_cap = int(top)
@@ -232,7 +233,7 @@ def t_quantile(q: float, df: int) -> float:
 
 def _cap_label(frame: pl.DataFrame) -> str:
     """ "rule cap 5" for the cap a figure shows, "uncapped" when only free-text results remain."""
-    top = frame["rule_cap"].max()
+    top = cast("int | None", frame["rule_cap"].max())  # an Int64 column (``prepare``)
     return "uncapped" if top is None else f"rule cap {int(top)}"
 
 
@@ -284,7 +285,7 @@ def _coverage(summary: pl.DataFrame, expected: int | None, cell: str) -> tuple[s
             f"complete: {present} results, at least {expected} features in each of {cells} cells ({cell})",
             False,
         )
-    fewest = int(short["n"].min())
+    fewest = cast(int, short["n"].min())  # an Int64 column; ``short`` is not empty
     return (
         f"INCOMPLETE: {fewest} of {expected} features in the sparsest cell ({cell}); {short.height} of "
         f"{cells} cells short, {present} of {expected * cells} results",
@@ -319,14 +320,14 @@ def _layer_positions(layers: Sequence[str]) -> list:
 # ---------------------------------------------------------------- drawing and writing
 
 
-def _seaborn():
+def _seaborn() -> ModuleType:
     import seaborn as sns  # imports pyplot, so only after the backend choice above
 
     return sns
 
 
 @contextmanager
-def _style(sns):
+def _style(sns: ModuleType) -> Iterator[None]:
     """Seaborn's whitegrid look and no LaTeX, for this figure only (global rcParams untouched)."""
     with (
         matplotlib.rc_context({"text.usetex": False, "font.family": "sans-serif"}),

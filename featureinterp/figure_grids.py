@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from featureinterp.config import Preset, feature_key, layer_key
 from featureinterp.experiments import FIG3_EXPLAINER, TreeSize
 from featureinterp.names import SYNTHETIC_KEY
+
+if TYPE_CHECKING:
+    import polars as pl
 
 __all__ = [
     "FigureGrid",
@@ -160,8 +164,8 @@ def condition_scope(preset: Preset) -> dict[str, frozenset[str]]:
 
 
 def select_grid(
-    table, grid: FigureGrid | None, present_conditions: Iterable[str], figure: str
-) -> tuple[object, str]:
+    table: pl.DataFrame, grid: FigureGrid | None, present_conditions: Iterable[str], figure: str
+) -> tuple[pl.DataFrame, str]:
     """The rows of a figure table (``layer_results`` rows) inside ``grid`` and the caption note
     that names the grid; ``present_conditions``: the conditions the preset materializes. Without
     a grid the preset's layers and features are kept, with the conditions of ``figure``

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import cast
 
 import matplotlib
 import numpy as np
 import polars as pl
+from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
@@ -36,7 +39,16 @@ SHARE = 0.9
 _METHOD_PAIR = {"one_shot": "#120789", "tree": "#FA9E3B"}
 
 
-def cap_heatmap(sns, ax, summary: pl.DataFrame, column: str, caps, layers, vmax: float, xlabel: str) -> None:
+def cap_heatmap(
+    sns: ModuleType,
+    ax: Axes,
+    summary: pl.DataFrame,
+    column: str,
+    caps: Sequence[int],
+    layers: Sequence[str],
+    vmax: float,
+    xlabel: str,
+) -> None:
     """One layer x rule-cap heatmap of ``column`` in the paper's style (plasma without its
     bright end, 0..vmax, values written in the cells)."""
     cmap = ListedColormap(matplotlib.colormaps["plasma"](np.linspace(0, 0.95, 256)))
@@ -83,7 +95,7 @@ def rules_for_share(features: pl.DataFrame, share: float = SHARE) -> pl.DataFram
 def fig5_layer_table(frame: pl.DataFrame, features: pl.DataFrame, layers: Sequence[str]) -> pl.DataFrame:
     """Per layer: mean complexity of the highest-cap explanations and the mean rule count for
     ``SHARE`` of the best score, each with its 80% CI half-width and count."""
-    top = int(frame["rule_cap"].max())
+    top = cast(int, frame["rule_cap"].max())  # an Int64 column (``prepare``), not empty
     needed = rules_for_share(features)
     rows = []
     for layer in layers:
@@ -124,7 +136,9 @@ def fig5_panels(
     numeric = not isinstance(xs[0], str)
     with F._style(sns):
         fig = Figure(figsize=(4.0 * 4, 2.2 + 0.45 * len(layers) + 3.2), layout="constrained")
-        top, bottom = fig.subfigures(2, 1, height_ratios=(1.6 + 0.45 * len(layers), 3.2))
+        subfigures = fig.subfigures(2, 1, height_ratios=(1.6 + 0.45 * len(layers), 3.2))
+        assert isinstance(subfigures, np.ndarray)  # 2 x 1 subfigures, squeezed to a 1-D array
+        top, bottom = subfigures
         for ax, (column, title) in zip(top.subplots(1, 4), heatmaps, strict=True):
             cap_heatmap(sns, ax, summary, column, caps, layers, 1.0, "Rule count")
             ax.set_title(title)

@@ -25,9 +25,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import polars as pl
+from matplotlib.artist import Artist
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -191,7 +193,7 @@ def fig4(
             for r in per_feature.group_by("layer").agg(pl.col("null_score").mean()).iter_rows(named=True)
         }
         if len(per_feature):
-            null[ALL_LAYERS] = float(per_feature["null_score"].mean())
+            null[ALL_LAYERS] = cast(float, per_feature["null_score"].mean())  # Float64, not empty
 
     frame = frame.with_columns(pl.when(pl.col("score").is_nan()).then(0.0).otherwise("score").alias("score0"))
     aggs = [
@@ -281,7 +283,7 @@ def fig4(
         method_handles = [
             Patch(color=_METHOD_COLORS.get(m, "#777777"), label=_METHOD_LABELS.get(m, m)) for m in methods
         ]
-        condition_handles = [
+        condition_handles: list[Artist] = [
             Patch(
                 facecolor="white",
                 edgecolor="black",
@@ -332,10 +334,11 @@ def fig5(
     filters = {"method": method, "condition": condition, "source": source}
     frame = prepare(df, name, required, (), filters, expected)
     _check_unique(frame, ("layer", "feature", "rule_cap"), name)
-    if frame["rule_cap"].min() < 1:
-        raise ValueError(f"{name}: rule caps start at 1, found {frame['rule_cap'].min()}")
+    low, high = cast(int, frame["rule_cap"].min()), cast(int, frame["rule_cap"].max())  # Int64, not empty
+    if low < 1:
+        raise ValueError(f"{name}: rule caps start at 1, found {low}")
 
-    caps = list(range(1, int(frame["rule_cap"].max()) + 1))
+    caps = list(range(1, high + 1))
     layers = _layers(frame["layer"])
     features = _monotone(frame, caps, layers)
     stats = frame.group_by(("layer", "rule_cap")).agg(

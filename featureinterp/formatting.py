@@ -32,7 +32,9 @@ def quantize(values: Sequence[float] | np.ndarray, max_value: float) -> np.ndarr
     return np.clip(np.floor(MAX_VALUE * values / max_value), 0, MAX_VALUE).astype(np.int64)
 
 
-def record_block(tokens: Sequence[str], values: Sequence[int] | None, reveal: int | None = None) -> str:
+def record_block(
+    tokens: Sequence[str], values: Sequence[int] | np.ndarray | None, reveal: int | None = None
+) -> str:
     """``<start>`` block of ``token<TAB>value`` lines; ``values=None`` (or positions >= ``reveal``)
     show the ``unknown`` placeholder the simulator fills in."""
     lines = []
@@ -42,7 +44,7 @@ def record_block(tokens: Sequence[str], values: Sequence[int] | None, reveal: in
     return "\n<start>\n" + "\n".join(lines) + "\n<end>\n"
 
 
-def nonzero_fraction(values: Sequence[Sequence[int]]) -> float:
+def nonzero_fraction(values: Sequence[Sequence[int] | np.ndarray]) -> float:
     """Share of non-zero formatted values over all tokens of all records (the < 0.2 repeat rule)."""
     flat = np.concatenate([np.asarray(v).ravel() for v in values]) if len(values) else np.zeros(0)
     return float((flat != 0).mean()) if flat.size else 0.0

@@ -227,11 +227,10 @@ def plan_preset(
     }
     simulator = preset.explain.simulator or preset.model
     names = {"subject": f"subject ({preset.model.name})", "simulator": f"simulator ({simulator.name})"}
-    local_explainer = preset.explain.explainer is not None and not isinstance(
-        preset.explain.explainer, ApiSpec
-    )
-    if local_explainer:
-        names["explainer"] = f"explainer ({preset.explain.explainer.name})"
+    model_spec = preset.explain.explainer
+    local_explainer = model_spec is not None and not isinstance(model_spec, ApiSpec)
+    if model_spec is not None and not isinstance(model_spec, ApiSpec):  # local_explainer, narrowed
+        names["explainer"] = f"explainer ({model_spec.name})"
 
     def per_run(n: int, records_runs: int) -> dict[str, int]:
         """Loads when the explain stage takes ``n`` runs (the activation pass is one more
@@ -299,7 +298,7 @@ def plan_preset(
                 gpu_hours[f"{way}: 8x {gpu.name}"] = sum(parts.values()) / 8 / 3600
             if way == "featureinterp run":
                 gpu_hours |= {f"of which {k}": v / 3600 for k, v in parts.items()}
-                dominant = max(parts, key=parts.get)
+                dominant = max(parts, key=parts.__getitem__)
     return PresetPlan(
         preset=preset.name,
         layers=n_layers,

@@ -125,7 +125,7 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (Union, types.UnionType):
         options = [a for a in args if a is not type(None)]
-        classes = [a for a in options if dataclasses.is_dataclass(a)]
+        classes = [a for a in options if isinstance(a, type) and dataclasses.is_dataclass(a)]
         if len(classes) > 1:
             if not isinstance(value, dict) or value.get("kind") not in {_KINDS[c] for c in classes}:
                 kinds = " or ".join(repr(_KINDS[c]) for c in classes)
@@ -152,7 +152,7 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         return tuple(
             _convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
         )
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a class, never an instance
         if not isinstance(value, dict):
             raise _Bad(where, f"must be {_describe(hint)}, not {value!r}")
         return _from_dict(hint, value, where)
@@ -187,7 +187,7 @@ def _from_dict(cls: type, data: dict, where: str) -> Any:
         for f in dataclasses.fields(cls)
         if f.name not in kwargs
         and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        and f.default_factory is dataclasses.MISSING
     ]
     if missing:
         raise _Bad(where or cls.__name__, f"needs {', '.join(missing)}")

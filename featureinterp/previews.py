@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from featureinterp.names import POSITIVE_SOURCE, PRIMARY_SOURCE
 
+if TYPE_CHECKING:
+    import polars as pl
+
 __all__ = ["StripRecord", "activation_strip"]
 
-StripRecord = tuple[str, Sequence[str], Sequence[float], Sequence[float]]
+StripRecord = tuple[str, Sequence[str], Sequence[float] | np.ndarray, Sequence[float] | np.ndarray]
 """(label, tokens, true 0..5, simulated 0..5) of one record."""
 
 
@@ -57,7 +61,7 @@ def activation_strip(records: Sequence[StripRecord], title: str = "", dpi: int =
 
 
 def score_strip(
-    frame,
+    frame: pl.DataFrame,
     predictions: dict[str, list[list[float]]],
     max_act: float,
     title: str,

@@ -17,7 +17,9 @@ selection that produces them.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +33,9 @@ from featureinterp.retrieval import (
     projected_scores,
     train_projection,
 )
+
+if TYPE_CHECKING:
+    import polars as pl
 
 __all__ = [
     "Record",
@@ -145,7 +150,13 @@ def _first(ranked: np.ndarray, exclude: np.ndarray, n: int, keep: np.ndarray | N
     return ranked[mask][:n]
 
 
-def _similar_pair(rank_fn, n_rows: int, exclude: np.ndarray, negative: np.ndarray, p: RecordParams):
+def _similar_pair(
+    rank_fn: Callable[[int], np.ndarray],
+    n_rows: int,
+    exclude: np.ndarray,
+    negative: np.ndarray,
+    p: RecordParams,
+) -> tuple[np.ndarray, np.ndarray]:
     """(similar, similar_negative) from a ranking function ``rank_fn(depth) -> rows best first``,
     deepening as the paper does until both lists are full or the corpus is exhausted."""
     c = p.complementary_n
@@ -229,21 +240,27 @@ def assign_splits(sel: Selection, params: RecordParams) -> list[tuple[int, str, 
     Interleaving gives each split a comparable similarity-rank profile. Rows past 3 * per_split get
     split None. Faithful mode gives 'valid' the train slice, as the paper's code does.
     """
-    out = []
+    out: list[tuple[int, str, int, str | None]] = []
     lists = {POSITIVE_SOURCE: sel.positives, **sel.sources}
     for source, rows in lists.items():
-        split_of = {}
+        split_of: dict[int, list[str]] = {}
         for k, split in enumerate(SPLITS):
             kk = 0 if (params.faithful and split == "valid") else k
             for rank in range(kk, min(len(rows), 3 * params.per_split), 3):
                 split_of.setdefault(rank, []).append(split)
         for rank, row in enumerate(rows.tolist()):
-            for split in split_of.get(rank, [None]):
-                out.append((row, source, rank, split))
+            for assigned in split_of.get(rank, [None]):
+                out.append((row, source, rank, assigned))
     return out
 
 
-def records_frame(assignments, tokens: np.ndarray, acts: np.ndarray, tokenizer, skip_first: bool):
+def records_frame(
+    assignments: Sequence[tuple[int, str, int, str | None]],
+    tokens: np.ndarray,
+    acts: np.ndarray,
+    tokenizer: Any,
+    skip_first: bool,
+) -> pl.DataFrame:
     """The records table: one line per (row, source, split) with per-token strings and activations.
 
     ``tokens`` [N, T] and ``acts`` [N, T] (this feature) include the BOS column, which is dropped
@@ -279,7 +296,7 @@ class CheckOutcome:
     detail: str
 
 
-def check_records(frame, row_max: np.ndarray, params: RecordParams) -> list[CheckOutcome]:
+def check_records(frame: pl.DataFrame, row_max: np.ndarray, params: RecordParams) -> list[CheckOutcome]:
     """Invariants of a records table, judged against the feature's true per-row maxima ``row_max``."""
     import polars as pl
 

@@ -124,6 +124,7 @@ def json_candidates(text: str) -> Iterator[Candidate]:
     import json_repair
 
     decoder = json.JSONDecoder(strict=False)
+    end: int | None
     for match in re.finditer(r"[\[{]", text):
         start = match.start()
         try:

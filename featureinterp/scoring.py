@@ -33,9 +33,11 @@ class Score:
     """Why the scores are NaN (None when they are defined)."""
 
 
-def score(
-    true: Sequence[Sequence[float]] | np.ndarray, pred: Sequence[Sequence[float]] | np.ndarray
-) -> Score:
+_Values = Sequence[Sequence[float] | np.ndarray] | np.ndarray
+"""Per-record values: a sequence of per-token sequences or arrays, or a 2-D array."""
+
+
+def score(true: _Values, pred: _Values) -> Score:
     """Score records: ``true[i]`` and ``pred[i]`` are one record's per-token values."""
     t = np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in true]) if len(true) else np.zeros(0)
     p = np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in pred]) if len(pred) else np.zeros(0)

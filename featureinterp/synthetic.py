@@ -155,9 +155,11 @@ def discrimination(
     from featureinterp.scoring import score
 
     features = list(range(len(SYNTHETIC_FEATURES))) if features is None else list(features)
-    acts = synthetic_activations(token_strings, features, skip_first).acts.astype(np.float32)
+    built = synthetic_activations(token_strings, features, skip_first).acts
+    assert isinstance(built, np.ndarray)  # synthetic activations are built in memory, never staged
+    acts = built.astype(np.float32)
     start = int(skip_first)
-    out = []
+    out: list[dict[str, float | str]] = []
     for fi, f in enumerate(features):
         strength = acts[fi, :, start:].sum(axis=1)
         top = np.argsort(-strength, kind="stable")[:n_top]
@@ -168,9 +170,15 @@ def discrimination(
         true = [acts[fi, r, start:] for r in rows]
         right = score(true, simulate(SYNTHETIC_FEATURES[f].explanation, records)).correlation
         wrong = score(true, simulate(wrong_explanation(f), records)).correlation
-        row = {"feature": SYNTHETIC_FEATURES[f].name, "correct": right, "wrong": wrong, "diff": right - wrong}
+        row: dict[str, float | str] = {
+            "feature": SYNTHETIC_FEATURES[f].name,
+            "correct": right,
+            "wrong": wrong,
+            "diff": right - wrong,
+        }
         if empty:
-            row["empty"] = score(true, simulate("", records)).correlation
-            row["diff_empty"] = right - row["empty"]
+            empty_score = score(true, simulate("", records)).correlation
+            row["empty"] = empty_score
+            row["diff_empty"] = right - empty_score
         out.append(row)
     return out

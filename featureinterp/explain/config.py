@@ -144,7 +144,7 @@ class ExplainerConfig:
 class ExplanationFailed(RuntimeError):
     """No explanation could be obtained: every sample was unparseable, or the backend gave up."""
 
-    def __init__(self, reason: str, completions: list[dict[str, Any]]):
+    def __init__(self, reason: str, completions: list[dict[str, Any]]) -> None:
         super().__init__(reason)
         self.reason = reason
         self.completions = completions

@@ -25,7 +25,9 @@ from featureinterp.scoring import score
 __all__ = ["child_schema", "contrast_block", "feedback_message", "leave_one_out"]
 
 
-def contrast_block(tokens: Sequence[str], predicted: Sequence[float], actual: Sequence[int]) -> str:
+def contrast_block(
+    tokens: Sequence[str], predicted: Sequence[float] | np.ndarray, actual: Sequence[int] | np.ndarray
+) -> str:
     """``token<TAB>(predicted: P) (actual: A) (error: E)`` lines in a ``<start>``/``<end>`` block;
     ``P`` is the prediction rounded half-to-even, ``E`` is ``none``, ``N too high`` or ``N too low``."""
     lines = []

@@ -148,7 +148,7 @@ def format_records(
     records: Sequence[Record], max_act: float, max_holistic: float, holistic: bool
 ) -> list[_Formatted]:
     """Records as shown: tokens, 0..5 activations and (``holistic``) 0..5 holistic values."""
-    out = []
+    out: list[_Formatted] = []
     for r in records:
         hol = None
         if holistic:
@@ -173,7 +173,7 @@ def _block(tokens: Sequence[str], acts: np.ndarray, hol: np.ndarray | None) -> s
 
 def _nonzero_block(tokens: Sequence[str], values: np.ndarray) -> str:
     keep = np.flatnonzero(values)
-    return record_block([tokens[i] for i in keep], values[keep])
+    return record_block([tokens[int(i)] for i in keep], values[keep])
 
 
 def _without_zeros(tokens: Sequence[str], acts: np.ndarray, hol: np.ndarray | None) -> str | None:

@@ -70,7 +70,7 @@ __all__ = ["explain"]
 class _RuleCache:
     """Simulated values of each distinct rule on train + valid records, computed once per call."""
 
-    def __init__(self, simulate: Simulate, records: FeatureRecords):
+    def __init__(self, simulate: Simulate, records: FeatureRecords) -> None:
         self.simulate = simulate
         self.tokens = [list(r.tokens) for r in (*records.train, *records.valid)]
         self.n_train = len(records.train)
@@ -148,7 +148,7 @@ def _completion(c: Completion | None, stage: str, error: str | None) -> dict[str
 def _by_score(nodes: Sequence[_Node], valid: bool) -> list[_Node]:
     """Best first by valid (or train) score; NaN last; ties by the other score, then by id."""
 
-    def key(n: _Node):
+    def key(n: _Node) -> tuple[bool, float, bool, float, int]:
         a, b = (n.valid_score, n.train_score) if valid else (n.train_score, n.valid_score)
         return (
             math.isnan(a),
@@ -159,6 +159,10 @@ def _by_score(nodes: Sequence[_Node], valid: bool) -> list[_Node]:
         )
 
     return sorted(nodes, key=key)
+
+
+_ChildReply = tuple[Completion | None, str | None, Explanation | None, str | None]
+"""(completion, error, explanation, improvement) of one child request."""
 
 
 @dataclass
@@ -229,7 +233,15 @@ class _Run:
         return found
 
     # -- nodes ---------------------------------------------------------------------------------
-    def node(self, explanation, parent, depth, improvement, conversation, node_id) -> _Node:
+    def node(
+        self,
+        explanation: Explanation,
+        parent: int | None,
+        depth: int,
+        improvement: str | None,
+        conversation: list[Message],
+        node_id: int,
+    ) -> _Node:
         train_preds, valid_preds = self.cache.predict(explanation)
         tr, va = score(self.truth[0], train_preds), score(self.truth[1], valid_preds)
         explanation = replace(explanation, meta={**explanation.meta, "node": node_id})
@@ -238,7 +250,7 @@ class _Run:
             tr.correlation, va.correlation, tr.reason, va.reason,
         )  # fmt: skip
 
-    def request_child(self, parent: _Node, messages: list[Message], j: int):
+    def request_child(self, parent: _Node, messages: list[Message], j: int) -> _ChildReply:
         cfg = self.config
         params = GenerationParams(
             n=1,
@@ -274,21 +286,22 @@ class _Run:
             asks += [(parent, messages, j) for j in range(self.config.branching)]
         # each request runs in a copy of this context, so the feature's usage tally counts it
         futures = {
-            pool.submit(contextvars.copy_context().run, self.request_child, *ask): k
-            for k, ask in enumerate(asks)
+            pool.submit(contextvars.copy_context().run, self.request_child, parent, messages, j): k
+            for k, (parent, messages, j) in enumerate(asks)
         }
-        results: dict[int, tuple] = {}
+        results: dict[int, _ChildReply] = {}
         for fut in as_completed(futures):
             k = futures[fut]
-            results[k] = fut.result()
-            if results[k][2] is not None:
-                self.cache.ensure(results[k][2])  # overlap simulation with the requests still in flight
+            reply = results[k] = fut.result()
+            if reply[2] is not None:
+                self.cache.ensure(reply[2])  # overlap simulation with the requests still in flight
         children = []
         for k, (parent, messages, _) in enumerate(asks):
             c, error, explanation, improvement = results[k]
             self.completions.append(_completion(c, f"child:{depth}:{parent.id}", error))
             if explanation is None:
                 continue
+            assert c is not None  # a parsed explanation comes from a completion
             conversation = [*messages, assistant(c.text)]
             children.append(
                 self.node(explanation, parent.id, depth, improvement, conversation, len(self.nodes))
