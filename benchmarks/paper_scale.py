@@ -203,11 +203,11 @@ def main() -> None:
             _cli(_env(root, models), *slice_args, "--no-explain")
 
         # per-partition way: a process per (layer, feature) run, as a UI backfill launches them
-        from featureinterp_assets import cli
+        from featureinterp_assets.standin_server import start_standin
 
         env = _env(old, models)
         os.environ.update({k: env[k] for k in ("FEATUREINTERP_HOME", "FEATUREINTERP_MODELS")})
-        _, server = cli.start_standin("gemma-2-9b")
+        _, server = start_standin("gemma-2-9b")
         env |= {k: os.environ[k] for k in ("FEATUREINTERP_STANDIN_API", "FEATUREINTERP_STANDIN_KEY")}
         env["FEATUREINTERP_PRESET"] = "gemma-2-9b-standin"
         start = time.perf_counter()

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 import sys
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import product
@@ -30,6 +28,7 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from featureinterp.names import COMPLEMENTARY_SOURCES
+from featureinterp.storage import atomic_write
 
 # Headless workers have no display. Only pick the backend while pyplot is not loaded: switching it
 # under a running pyplot session (a notebook) would close that session's figures.
@@ -373,26 +372,13 @@ def _write(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"png": out_dir / f"{name}.png", "summary": out_dir / f"{name}.parquet"}
-    _atomic_write(files["png"], lambda p: fig.savefig(p, format="png", dpi=DPI, bbox_inches="tight"))
-    _atomic_write(files["summary"], summary.write_parquet)
+    atomic_write(files["png"], lambda p: fig.savefig(p, format="png", dpi=DPI, bbox_inches="tight"))
+    atomic_write(files["summary"], summary.write_parquet)
     for role, table in tables.items():
         files[role] = out_dir / f"{name}_{role}.parquet"
-        _atomic_write(files[role], table.write_parquet)
+        atomic_write(files[role], table.write_parquet)
     return FigureResult(name, summary, caption, incomplete, files["png"], files, dict(tables))
 
 
 def _with_panels(result: FigureResult, panels: Path) -> FigureResult:
     return dataclasses.replace(result, files={**result.files, "panels": panels})
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temp sibling and rename, so readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

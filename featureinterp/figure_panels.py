@@ -29,6 +29,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from featureinterp import figure_common as F
+from featureinterp.storage import atomic_write
 
 __all__ = ["cap_heatmap", "fig3_panels", "fig5_layer_table", "fig5_panels", "rules_for_share"]
 
@@ -179,7 +180,7 @@ def fig5_panels(
             ax.set_title(f"{title}, {CI_LEVEL:.0%} CI")
         F._title(fig, "Polysemanticity sweep: all panels", caption, incomplete)
     path = Path(out_dir) / "fig5_panels.png"
-    F._atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=F.DPI, bbox_inches="tight"))
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=F.DPI, bbox_inches="tight"))
     return path
 
 
@@ -221,5 +222,5 @@ def fig3_panels(summary: pl.DataFrame, out_dir: Path, caption: str, incomplete: 
         fig.axes[0].legend(fontsize=8)
         F._title(fig, "One-shot vs tree", caption, incomplete)
     path = Path(out_dir) / "fig3_panels.png"
-    F._atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=F.DPI, bbox_inches="tight"))
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=F.DPI, bbox_inches="tight"))
     return path

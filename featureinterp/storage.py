@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +120,20 @@ def load_table(path: Path | str) -> TableBundle:
     if not (path / "table.parquet").exists():
         raise CorruptFileError(f"no stored table at {path}: rematerialize the asset")
     return TableBundle(pl.read_parquet(path / "table.parquet"), json.loads((path / "meta.json").read_text()))
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` to a temp sibling of ``path``, then rename it over ``path``: readers never
+    see a half-written file, and a failed write leaves the old file (or none) in place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @contextmanager

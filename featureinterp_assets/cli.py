@@ -24,8 +24,10 @@ from featureinterp.config import PRESET_ENV, feature_key, get_preset, models_dir
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
 from featureinterp.models import load_tokenizer
 from featureinterp.names import SYNTHETIC_KEY
+from featureinterp.scorers import secondary_conditions
 from featureinterp_assets.eta import RunEta, block_seconds, estimate, stage_kind
 from featureinterp_assets.partitions import asset_scope, missing_blocks, range_tags
+from featureinterp_assets.standin_server import start_standin
 
 PRESET_MARKER = "featureinterp_preset"
 """File in $DAGSTER_HOME naming the preset whose runs the instance holds."""
@@ -136,46 +138,6 @@ def _per_feature_stage(
     return ran, failed
 
 
-def start_standin(preset_name: str | None, serve=None):
-    """Build (once) the stand-in files of a paper preset and serve its explainer on 127.0.0.1;
-    returns the stand-in preset and the running server. ``serve`` wraps the explainer backend
-    before it is served (the backfill test makes one feature's replies fail)."""
-    import secrets
-
-    from featureinterp import standin
-    from featureinterp.config import ModelSpec
-    from featureinterp.local_llm import LocalChatBackend
-    from featureinterp.models import load_subject_model
-    from featureinterp.openai_server import start
-
-    base = get_preset(preset_name)
-    base_name = standin.base_name(base.name) or base.name
-    print(f"featureinterp: {standin.MEANINGLESS}", flush=True)
-    started = time.perf_counter()
-    dirs = standin.build_standin(base_name)
-    plan = standin.STANDINS[base_name]
-    tokenizer = "Gemma (gemma3-270m GGUF)" if plan.subject_tokenizer == "gemma" else "the embedded SmolLM2"
-    print(
-        f"stand-in {base_name}: {plan.subject} x {plan.subject_layers} layers (tokenizer: {tokenizer}), "
-        f"{plan.sae_family} SAEs, simulator {plan.simulator} x {plan.simulator_layers} layers, "
-        f"explainer over an OpenAI-compatible server; files under {dirs['subject'].parent} "
-        f"({time.perf_counter() - started:.1f} s)",
-        flush=True,
-    )
-    model, tok = load_subject_model(ModelSpec(name=str(dirs["explainer"])), models_dir(), "cpu")
-    key = secrets.token_hex(16)
-    api = base.explain.explainer
-    backend = LocalChatBackend(model, tok, name="standin-explainer")
-    server = start(
-        serve(backend) if serve else backend,
-        model_name=getattr(api, "model", None),
-        api_key=key,
-    )
-    os.environ[standin.STANDIN_URL_ENV] = server.base_url
-    os.environ[standin.STANDIN_KEY_ENV] = key
-    return get_preset(base_name + standin.SUFFIX), server
-
-
 def run(
     preset_name: str | None,
     force: bool,
@@ -274,6 +236,9 @@ def _run_lineage(
         ["holistic_activations"] if any(get_condition(c).holistic for c in preset.explain.conditions) else []
     )
     assets = [f"{kind}/{c}" for c in preset.explain.conditions for kind in ("explanations", "scores")]
+    scorers = [f"embedding/{c}" for c in preset.explain.conditions] + [
+        f"{s}/{c}" for c in secondary_conditions(preset) for s in ("detection", "fuzzing")
+    ]
     # the whole run's work, estimated up front, so every stage line carries an ETA
     sae_seconds = estimate("sae", preset.n_rows * len([k for k in todo if k != SYNTHETIC_KEY]))
     _PROGRESS.plan("corpus_tokens", estimate("corpus_tokens", preset.n_rows) if need_tokens else 0)
@@ -281,7 +246,11 @@ def _run_lineage(
     _PROGRESS.plan(
         "corpus_embeddings", estimate("corpus_embeddings", preset.n_rows) if need_embeddings else 0
     )
-    for kind, selection in (("records", stage), ("explain", assets + ["baselines"] if explain else [])):
+    for kind, selection in (
+        ("records", stage),
+        ("explain", assets + ["baselines"] if explain else []),
+        ("scorers", scorers if explain else []),
+    ):
         for layer in layer_keys if selection else []:
             for features, block in missing_blocks(instance, layer, feature_keys, selection, force, scope):
                 _PROGRESS.plan(kind, block_seconds(len(features), block))
@@ -289,6 +258,7 @@ def _run_lineage(
     if explain and "explain" in _PROGRESS.planned:
         _PROGRESS.plan("layer_results", estimate("layer_results", len(layer_keys)))
         _PROGRESS.plan("figures", estimate("figures", len(figures)))
+        _PROGRESS.plan("export", estimate("export", len(layer_keys) + 1))
 
     if need_tokens:
         _run(defs, instance, ["corpus_tokens"], units=estimate("corpus_tokens", preset.n_rows))
@@ -306,6 +276,10 @@ def _run_lineage(
         ran, failed = _per_feature_stage(
             defs, instance, assets + ["baselines"], layer_keys, feature_keys, force, scope
         )
+        # secondary scores of the explanations that exist (a failed explanation fails them too)
+        scored, failed_scores = _per_feature_stage(defs, instance, scorers, layer_keys, feature_keys, force, scope)
+        ran += scored
+        failed += [k for k in failed_scores if k not in failed]
         # Figures show what exists, with an "n of m features" caption when partitions failed.
         if ran or force or instance.get_latest_materialization_event(dg.AssetKey("fig5")) is None:
             for layer in layer_keys:  # the slice this run explained (other layers' tables stand)
@@ -313,6 +287,9 @@ def _run_lineage(
                     defs, instance, ["layer_results"], partition_key=layer, units=estimate("layer_results", 1)
                 )
             _run(defs, instance, figures, units=estimate("figures", len(figures)))
+            for layer in layer_keys:
+                _run(defs, instance, ["export"], partition_key=layer, units=estimate("export", 1))
+            _run(defs, instance, ["export_all"], units=estimate("export", 1))
         if failed:
             raise SystemExit(
                 f"featureinterp: explanation partitions failed: {', '.join(failed)} (rerun to retry)"
@@ -331,6 +308,12 @@ def _where_to_look(preset, figures: list[str]) -> None:
         print(f"figures ({len(pngs)} PNG files) in {folder}:")
         for png in pngs:
             print(f"    {png.name}")
+    exports = data_home() / "exports" / preset.name
+    if (exports / f"{preset.name}.parquet").is_file():
+        print(
+            f"explanations and scores as data: {exports / (preset.name + '.parquet')} (load it with "
+            f"datasets.load_dataset(\"parquet\", data_files=...)) and {preset.name}.neuronpedia.json"
+        )
     home = os.environ["DAGSTER_HOME"]
     print(
         "browse every asset, its metadata and the figures in the Dagster UI:\n"

@@ -21,6 +21,7 @@ from featureinterp_assets.assets.activations import build_activation_assets
 from featureinterp_assets.assets.baselines import build_baseline_asset
 from featureinterp_assets.assets.corpus import corpus_tokens
 from featureinterp_assets.assets.explanations import build_explanation_assets
+from featureinterp_assets.assets.export import build_export_assets
 from featureinterp_assets.assets.figures import build_figure_assets
 from featureinterp_assets.assets.records import build_records_assets, corpus_embeddings
 from featureinterp_assets.assets.scorers import build_scorer_assets
@@ -65,6 +66,13 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
             list(secondary_conditions(preset)),
         ),
     ]
+    versions = {
+        key.to_user_string(): str(version)
+        for a in assets
+        if isinstance(a, dg.AssetsDefinition)
+        for key, version in a.code_versions_by_key.items()
+    }
+    assets += build_export_assets(layers, list(preset.explain.conditions), versions)
     layer_job = dg.define_asset_job(
         "layer_job",
         selection=dg.AssetSelection.assets("sae", "sae_activations"),

@@ -24,7 +24,11 @@ SECONDS_PER_UNIT = {
     "holistic_activations": 3.0,  # per partition
     "explain": 6.0,  # per (partition, condition) of weight 1 (condition_weight)
     "baselines": 12.0,  # per partition (the null explanation; true and wrong rules on SYN)
+    "detection": 4.0,  # per (partition, condition): batched yes/no labels from the local LLM
+    "fuzzing": 4.0,  # per (partition, condition)
+    "embedding": 0.1,  # per (partition, condition): no LLM
     "layer_results": 0.5,  # per layer
+    "export": 0.5,  # per layer, and once for the whole preset
     "figures": 1.0,  # per figure
 }
 """Seconds of one unit of each stage's work on 2 CPU cores (embedded default, measured)."""
@@ -91,6 +95,8 @@ def stage_kind(selection: list[str]) -> str:
     first = selection[0]
     if first.startswith(("explanations/", "scores/")):
         return "explain"
+    if first.startswith(("detection/", "fuzzing/", "embedding/")):
+        return "scorers"
     if first.startswith("fig"):
         return "figures"
     return first
@@ -106,6 +112,8 @@ def block_seconds(n_partitions: int, assets: list[str]) -> float:
         if asset.startswith("explanations/"):
             c = get_condition(asset.split("/", 1)[1])
             per_partition += estimate("explain", condition_weight(c.method, c.structured))
+        elif asset.split("/", 1)[0] in ("detection", "fuzzing", "embedding"):
+            per_partition += estimate(asset.split("/", 1)[0], 1.0)
         elif asset in ("records", "holistic_activations", "baselines"):
             per_partition += estimate(asset, 1.0)
     return n_partitions * per_partition

@@ -25,7 +25,7 @@ from featureinterp.scorers.detection import detection_score
 from featureinterp.scorers.embedding import embedding_score
 from featureinterp.scorers.fuzzing import fuzzing_score
 from featureinterp.scorers.judge import JudgeConfig, ScorerFailed
-from featureinterp.scorers.metrics import Item, auroc, binary_metrics, split_items
+from featureinterp.scorers.metrics import Item, auroc, binary_metrics, spearman, split_items
 
 __all__ = [
     "SCORERS",
@@ -40,6 +40,7 @@ __all__ = [
     "fuzzing_score",
     "scorer_seed",
     "secondary_conditions",
+    "spearman",
     "split_items",
 ]
 

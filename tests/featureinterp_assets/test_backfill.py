@@ -27,6 +27,7 @@ from featureinterp.storage import load_table
 from featureinterp_assets import cli
 from featureinterp_assets.definitions import build_definitions
 from featureinterp_assets.resources import LOAD_LINE
+from featureinterp_assets.standin_server import start_standin
 from tests.conftest import CACHE
 from tests.helpers import BACKFILL_ID_TAG, BulkActionStatus, launch_backfill, start_daemon, stop_daemon
 
@@ -126,7 +127,7 @@ def test_ui_backfill_of_a_layer_loads_once_and_fails_one_feature_alone(tmp_path,
         faulty = _Faulty(backend)
         return faulty
 
-    _, server = cli.start_standin("gemma-2-9b", serve=serve)  # sets the stand-in URL and key
+    _, server = start_standin("gemma-2-9b", serve=serve)  # sets the stand-in URL and key
     faulty.marker = _marker(storage)
     daemon = start_daemon(tmp_path / "daemon.log")
     try:
@@ -172,7 +173,7 @@ def test_ui_backfill_of_a_layer_loads_once_and_fails_one_feature_alone(tmp_path,
         stop_daemon(daemon)
         server.stop()
 
-    _, server = cli.start_standin("gemma-2-9b")
+    _, server = start_standin("gemma-2-9b")
     try:
         # --partition-range through the Dagster CLI: one run, one process, re-scores the features
         select = ",".join(k.to_user_string() for k in ASSETS if k.path[0] == "scores")

@@ -73,6 +73,8 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
         assert (storage / "scores" / "one_shot" / key / "value.json").exists()
     assert (storage / "figures" / "fig5.png").exists()
     assert "figures (" in run.stdout and "dagster dev" in run.stdout  # where to look, at the end
+    assert {"embedding/one_shot, detection/one_shot, fuzzing/one_shot", "export", "export_all"} <= set(stages)
+    _check_export(tmp_path / "home", storage)
     assert "ETA " in run.stdout.splitlines()[1]  # every stage line carries elapsed time and ETA
     import dagster as dg
 
@@ -122,6 +124,38 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
 
 
 SCREENSHOTS = REPO / ".cache" / "tests" / "screenshots"
+
+
+def _check_export(home, storage) -> None:
+    """The preset's export loads with HF datasets and holds exactly the stored values: one row per
+    (layer, feature) explanation, its scores and the records' test rows."""
+    import math
+
+    from datasets import load_dataset
+
+    parquet = home / "exports" / "embedded-tiny" / "embedded-tiny.parquet"
+    ds = load_dataset("parquet", data_files=str(parquet), cache_dir=str(home / "hf"))["train"]
+    stored = sorted((storage / "explanations" / "one_shot").glob("*/*/value.json"))
+    alive = [p for p in stored if "skipped" not in json.loads(p.read_text())]
+    assert len(ds) == len(alive) > 0
+    for row in ds:
+        key = f"F{row['feature']:04d}/{row['layer']}"
+        expl = json.loads((storage / "explanations" / "one_shot" / key / "value.json").read_text())
+        score = json.loads((storage / "scores" / "one_shot" / key / "value.json").read_text())
+        assert json.loads(row["rules"]) == expl["explanation"]["rules"]
+        assert row["simulation_score"] == score["score"] or (
+            math.isnan(row["simulation_score"]) and math.isnan(score["score"])
+        )
+        for scorer in ("detection", "fuzzing", "embedding"):
+            value = json.loads((storage / scorer / "one_shot" / key / "value.json").read_text())
+            assert row[f"{scorer}_score"] == value["score"] or math.isnan(value["score"]), scorer
+            judged = sorted(i["row"] for i in value["items"])
+            tested = sorted(r for s in json.loads(row["record_rows"]).values() for r in s.get("test", []))
+            assert judged == tested  # the scorers judged exactly the records' test rows
+        assert row["preset"] == "embedded-tiny" and len(row["preset_hash"]) == 16
+        assert json.loads(row["code_versions"])["scores/one_shot"] == "1"
+    neuronpedia = json.loads(parquet.with_name("embedded-tiny.neuronpedia.json").read_text())
+    assert len(neuronpedia) == len(ds) and {"modelId", "layer", "index", "description"} <= set(neuronpedia[0])
 
 
 def _check_ui(env) -> None:
@@ -193,6 +227,10 @@ def _check_ui(env) -> None:
                 ("scores/one_shot", "Test-split evaluation"),
                 ("fig3", "Figure 3:"),
                 ("fig4", "Figure 4:"),
+                ("detection/one_shot", "Detection:"),
+                ("fuzzing/one_shot", "Fuzzing:"),
+                ("embedding/one_shot", "Embedding:"),
+                ("export_all", "Every layer's export"),
             ):
                 body = visit(f"/assets/{key}", key.replace("/", "_"), [text])
                 assert "No description" not in body, key

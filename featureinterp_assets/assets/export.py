@@ -1,0 +1,135 @@
+"""Export assets: every explanation and score as a parquet table and a Neuronpedia JSON
+(featureinterp/export.py), per layer (``export``) and for the whole preset (``export_all``).
+
+The files go to ``$FEATUREINTERP_HOME/exports/<preset>/`` — outside the storage folder, meant to
+be shared, uploaded or loaded with ``datasets``. Each per-layer export reads the stored values of
+its layer's partitions (what exists: a feature still being explained is left out and counted).
+"""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from featureinterp.export import export_frame, export_row, preset_hash, write_export
+from featureinterp.records import SPLITS
+from featureinterp.scorers import SCORERS
+from featureinterp_assets.automation import SUMMARY
+from featureinterp_assets.constants import GROUP_FIGURES, STORAGE_IO
+from featureinterp_assets.io_managers import StorageIOManager
+from featureinterp_assets.resources import PresetResource
+
+__all__ = ["build_export_assets", "export_dir"]
+
+
+def export_dir(preset: PresetResource) -> Path:
+    return Path(preset.home) / "exports" / preset.name
+
+
+def _record_rows(records) -> dict[str, dict[str, list[int]]]:
+    """source -> split -> corpus row ids of one feature's records table."""
+    out: dict[str, dict[str, list[int]]] = {}
+    frame = records.frame.select("source", "split", "rank", "row").sort("source", "split", "rank")
+    for (source, split), part in frame.group_by("source", "split", maintain_order=True):
+        out.setdefault(str(source), {})[str(split)] = [int(r) for r in part["row"]]
+    return {s: {k: v[k] for k in SPLITS if k in v} for s, v in out.items()}
+
+
+def build_export_assets(
+    layers: dg.DynamicPartitionsDefinition, conditions: list[str], code_versions: dict[str, str]
+) -> list[dg.AssetsDefinition]:
+    """``export`` (per layer) and ``export_all``; ``code_versions``: asset key -> code version of
+    the assets whose values are exported (stamped into every row)."""
+    by_layer = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="layer")
+    kinds = ("explanations", "scores", *SCORERS)
+    deps = [dg.AssetDep(dg.AssetKey([k, c]), partition_mapping=by_layer) for c in conditions for k in kinds]
+    deps.append(dg.AssetDep("records", partition_mapping=by_layer))
+
+    @dg.asset(
+        partitions_def=layers,
+        deps=deps,
+        group_name=GROUP_FIGURES,
+        io_manager_key=STORAGE_IO,
+        code_version="1",
+        kinds={"parquet"},
+        automation_condition=SUMMARY,
+    )
+    def export(
+        context: dg.AssetExecutionContext, preset: PresetResource, storage: dg.ResourceParam[StorageIOManager]
+    ) -> dict:
+        """One layer's explanations with every score and the records' row ids, as
+        ``exports/<preset>/<preset>-<layer>.parquet`` and ``.neuronpedia.json``."""
+        layer, spec = context.partition_key, preset.spec()
+        rows, skipped = [], 0
+        for feature in spec.feature_keys:
+            key = f"{feature}|{layer}"
+            records = storage.stored(dg.AssetKey("records"), key)
+            for cond in conditions:
+                expl = storage.stored(dg.AssetKey(["explanations", cond]), key)
+                if expl is None or expl.get("skipped") or records is None:
+                    skipped += expl is not None or records is None
+                    continue
+                secondary = {s: storage.stored(dg.AssetKey([s, cond]), key) for s in SCORERS}
+                rows.append(
+                    export_row(
+                        spec,
+                        layer,
+                        expl,
+                        storage.stored(dg.AssetKey(["scores", cond]), key),
+                        {s: v for s, v in secondary.items() if v is not None and not v.get("skipped")},
+                        _record_rows(records),
+                        code_versions,
+                    )
+                )
+        frame = export_frame(rows)
+        files = write_export(frame, export_dir(preset), f"{spec.name}-{layer}")
+        context.add_output_metadata(
+            {
+                "explanations": len(frame),
+                "skipped": skipped,
+                "parquet": dg.MetadataValue.path(str(files["parquet"])),
+                "neuronpedia": dg.MetadataValue.path(str(files["neuronpedia"])),
+                "preset_hash": preset_hash(spec),
+                "load": dg.MetadataValue.md(
+                    f"```python\nfrom datasets import load_dataset\n"
+                    f"ds = load_dataset(\"parquet\", data_files=\"{files['parquet']}\")[\"train\"]\n```"
+                ),
+            }
+        )
+        return {k: str(v) for k, v in files.items()} | {"rows": len(frame)}
+
+    @dg.asset(
+        ins={"export": dg.AssetIn(metadata={"allow_missing": True})},
+        group_name=GROUP_FIGURES,
+        io_manager_key=STORAGE_IO,
+        code_version="1",
+        kinds={"parquet"},
+        automation_condition=SUMMARY,
+    )
+    def export_all(context: dg.AssetExecutionContext, preset: PresetResource, export: dict) -> dict:
+        """Every layer's export in one table: ``exports/<preset>/<preset>.parquet`` and
+        ``.neuronpedia.json`` (the file to share or upload)."""
+        parts = [pl.read_parquet(v["parquet"]) for _, v in sorted(export.items()) if v.get("rows")]
+        frame = export_frame(pl.concat(parts).to_dicts() if parts else [])
+        name = preset.spec().name
+        files = write_export(frame, export_dir(preset), name)
+        context.add_output_metadata(
+            {
+                "explanations": len(frame),
+                "layers": dg.MetadataValue.json(sorted(export)),
+                "parquet": dg.MetadataValue.path(str(files["parquet"])),
+                "neuronpedia": dg.MetadataValue.path(str(files["neuronpedia"])),
+                "mean_scores": dg.MetadataValue.json(
+                    json.loads(
+                        frame.select(pl.col(f"{k}_score").drop_nans().mean() for k in ("simulation", *SCORERS))
+                        .write_json()
+                    )
+                    if len(frame)
+                    else []
+                ),
+            }
+        )
+        return {k: str(v) for k, v in files.items()} | {"rows": len(frame)}
+
+    return [export, export_all]
