@@ -40,10 +40,12 @@ def build_export_assets(
     layers: dg.DynamicPartitionsDefinition, conditions: list[str], code_versions: dict[str, str]
 ) -> list[dg.AssetsDefinition]:
     """``export`` (per layer) and ``export_all``; ``code_versions``: asset key -> code version of
-    the assets whose values are exported (stamped into every row)."""
+    the assets whose values are exported (stamped into every row; the keys present are the
+    assets that exist: detection and fuzzing only for the conditions that run them)."""
     by_layer = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="layer")
     kinds = ("explanations", "scores", *SCORERS)
-    deps = [dg.AssetDep(dg.AssetKey([k, c]), partition_mapping=by_layer) for c in conditions for k in kinds]
+    keys = [f"{k}/{c}" for c in conditions for k in kinds if f"{k}/{c}" in code_versions]
+    deps = [dg.AssetDep(dg.AssetKey(key.split("/")), partition_mapping=by_layer) for key in keys]
     deps.append(dg.AssetDep("records", partition_mapping=by_layer))
 
     @dg.asset(

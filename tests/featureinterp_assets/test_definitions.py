@@ -105,3 +105,26 @@ def test_a_figure_on_a_fresh_install_names_the_command_that_builds_it(tmp_path):
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "FEATUREINTERP_PRESET=embedded-tiny featureinterp run" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "judged"), [("embedded", {"one_shot", "tree"}), ("gpt2-small", {"fig3_one_shot", "fig3_tree"})]
+)
+def test_secondary_scores_per_condition_and_the_exports(name, judged, tmp_path):
+    """Every condition gets an embedding score; the conditions Figure 3 compares also get detection
+    and fuzzing, which ask an LLM (the GPU pool, one run per block); the exports read them all."""
+    preset = get_preset(name)
+    defs = build_definitions(preset, home=tmp_path, models=tmp_path)
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {f"embedding/{c}" for c in preset.explain.conditions} <= keys
+    for scorer in ("detection", "fuzzing"):
+        assert {k.split("/", 1)[1] for k in keys if k.startswith(f"{scorer}/")} == judged
+    judge = defs.resolve_assets_def(f"detection/{sorted(judged)[0]}")
+    assert judge.op.pool == "gpu" and judge.backfill_policy == dg.BackfillPolicy.single_run()
+    assert dg.AssetKey(["explanations", sorted(judged)[0]]) in graph.get(judge.key).parent_keys
+    export = graph.get(dg.AssetKey("export"))
+    assert dg.AssetKey(["fuzzing", sorted(judged)[0]]) in export.parent_keys
+    assert dg.AssetKey("export") in graph.get(dg.AssetKey("export_all")).parent_keys
+    layer_results = graph.get(dg.AssetKey("layer_results"))
+    assert dg.AssetKey(["detection", sorted(judged)[0]]) in layer_results.parent_keys
