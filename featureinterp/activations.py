@@ -62,10 +62,14 @@ def sae_activations(
     n, t = tokens.shape
     f = len(features)
     start = int(skip_first)
+    dense: dict[int, np.ndarray] = {}
+    streams: dict[int, NpyStream] = {}
     if stage_dir is None:
-        out = {layer: np.zeros((f, n, t), dtype=np.float16) for layer in layers}
+        dense = {layer: np.zeros((f, n, t), dtype=np.float16) for layer in layers}
     else:
-        out = {layer: NpyStream(Path(stage_dir) / f"{layer}.npy", (f, n, t), np.float16) for layer in layers}
+        streams = {
+            layer: NpyStream(Path(stage_dir) / f"{layer}.npy", (f, n, t), np.float16) for layer in layers
+        }
     max_ = {layer: np.zeros(f, dtype=np.float32) for layer in layers}
     fired = {layer: np.zeros(f, dtype=np.int64) for layer in layers}
     rows = {layer: np.zeros(f, dtype=np.int64) for layer in layers}
@@ -80,13 +84,13 @@ def sae_activations(
             rows[layer] += (body > 0).any(dim=1).sum(dim=0).cpu().numpy()
             block = acts.permute(2, 0, 1).cpu().numpy().astype(np.float16)  # [F, B, T]
             if stage_dir is None:
-                out[layer][:, lo : lo + len(ids)] = block
+                dense[layer][:, lo : lo + len(ids)] = block
             else:
-                out[layer].write_rows(lo, block)
+                streams[layer].write_rows(lo, block)
     n_tok = n * (t - start)
     return {
         layer: FeatureActivations(
-            acts=out[layer] if stage_dir is None else out[layer].finish(),
+            acts=dense[layer] if stage_dir is None else streams[layer].finish(),
             features=list(features),
             max=max_[layer],
             token_freq=fired[layer] / n_tok,

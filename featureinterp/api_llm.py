@@ -51,7 +51,7 @@ _TOP_LOGPROBS = 20
 class _Rejected(BackendError):
     """A 4xx answer (not retried as is); ``generate`` may resend without the parameter it names."""
 
-    def __init__(self, message: str, status: int, reason: str):
+    def __init__(self, message: str, status: int, reason: str) -> None:
         super().__init__(message)
         self.status, self.reason = status, reason
 
@@ -355,7 +355,9 @@ class OpenAIChatBackend(ChatBackend):
         return min(self.backoff_max_s, base * self._rng.uniform(0.8, 1.2))
 
     def _usage_of(self, body: dict) -> dict[str, float]:
-        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        usage = body.get("usage")
+        if not isinstance(usage, dict):
+            usage = {}
         prompt = replies.int_or_zero(usage.get("prompt_tokens"))
         completion = replies.int_or_zero(usage.get("completion_tokens"))
         cost = (prompt * self.price_in_per_mtok + completion * self.price_out_per_mtok) / 1e6

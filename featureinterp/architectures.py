@@ -19,9 +19,12 @@ generator seeded by the caller (the global RNG is never touched).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["ARCHITECTURES", "Architecture", "TinySpec", "tiny_config", "tiny_model"]
 
@@ -51,7 +54,7 @@ def tiny_config(spec: TinySpec) -> Any:
     """A transformers config of ``spec.arch`` with tiny widths and the architecture's quirks."""
     from transformers import Gemma2Config, Gemma3TextConfig, GPT2Config, LlamaConfig, Qwen2Config
 
-    ids = {
+    ids: dict[str, Any] = {
         k: v
         for k, v in {
             "bos_token_id": spec.bos_token_id,
@@ -108,7 +111,7 @@ def tiny_config(spec: TinySpec) -> Any:
             attn_logit_softcapping=50.0,
             final_logit_softcapping=30.0,
             sliding_window=spec.sliding_window,
-            attn_implementation="eager",
+            attn_implementation="eager",  # type: ignore[call-arg]  # accepted; the stub omits it
         )
     if spec.arch == "gemma3":
         pattern = ["sliding_attention"] * 5 + ["full_attention"]
@@ -118,13 +121,13 @@ def tiny_config(spec: TinySpec) -> Any:
             query_pre_attn_scalar=head_dim,
             sliding_window=spec.sliding_window,
             layer_types=[pattern[i % 6] for i in range(spec.n_layers)],
-            attn_implementation="eager",
+            attn_implementation="eager",  # type: ignore[call-arg]  # accepted; the stub omits it
         )
     raise ValueError(f"unknown architecture {spec.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 
 @torch.no_grad()
-def tiny_model(spec: TinySpec, seed: int = 0, std: float = 0.1) -> torch.nn.Module:
+def tiny_model(spec: TinySpec, seed: int = 0, std: float = 0.1) -> PreTrainedModel:
     """A random-weight causal LM of ``spec`` in eval mode (float32).
 
     Matrices are drawn from ``N(0, std)`` with a private generator; vectors (norm weights, biases)

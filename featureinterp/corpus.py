@@ -12,12 +12,13 @@ import glob
 import html
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from featureinterp.config import CorpusSpec
+from featureinterp.config import CorpusSpec, Preset
 from featureinterp.errors import ConfigError, UnavailableError
 
 __all__ = [
@@ -131,7 +132,7 @@ def load_documents(spec: CorpusSpec, seed: int = 0) -> list[str]:
 
 def token_rows(
     documents: list[str],
-    tokenizer,
+    tokenizer: Any,
     seq_len: int,
     n_rows: int,
     bos_id: int | None,
@@ -166,13 +167,13 @@ def token_rows(
     return rows.astype(np.int32)
 
 
-def decode_rows(tokenizer, rows: np.ndarray, skip_first: bool) -> list[str]:
+def decode_rows(tokenizer: Any, rows: np.ndarray, skip_first: bool) -> list[str]:
     """Row texts (without the BOS column when ``skip_first``)."""
     rows = np.asarray(rows)[:, 1:] if skip_first else np.asarray(rows)
     return tokenizer.batch_decode(rows.tolist())
 
 
-def decode_tokens(tokenizer, rows: np.ndarray) -> list[list[str]]:
+def decode_tokens(tokenizer: Any, rows: np.ndarray) -> list[list[str]]:
     """Each token of each row decoded on its own (the strings records and prompts show).
 
     Distinct ids are decoded once: 20k rows x 33 tokens hold only a few thousand distinct ids.
@@ -183,7 +184,7 @@ def decode_tokens(tokenizer, rows: np.ndarray) -> list[list[str]]:
     return pieces[inverse.reshape(rows.shape)].tolist()
 
 
-def bos_token_id(tokenizer, bos_token: str | None) -> int:
+def bos_token_id(tokenizer: Any, bos_token: str | None) -> int:
     """Id of the row-start token: ``bos_token`` if given, else the tokenizer's BOS."""
     if bos_token is not None:
         tid = tokenizer.convert_tokens_to_ids(bos_token)
@@ -197,7 +198,7 @@ def bos_token_id(tokenizer, bos_token: str | None) -> int:
     return int(tokenizer.bos_token_id)
 
 
-def build_tokens(preset, tokenizer) -> np.ndarray:
+def build_tokens(preset: Preset, tokenizer: Any) -> np.ndarray:
     """The preset's token rows ``[n_rows, row_len]`` (int32): load, filter, cut, sample."""
     docs = load_documents(preset.corpus, seed=preset.seed)
     bos = bos_token_id(tokenizer, preset.model.bos_token) if preset.prepend_bos else None
@@ -205,7 +206,7 @@ def build_tokens(preset, tokenizer) -> np.ndarray:
 
 
 def check_token_rows(
-    rows: np.ndarray, n_rows: int, row_len: int, bos_id: int | None, special_ids
+    rows: np.ndarray, n_rows: int, row_len: int, bos_id: int | None, special_ids: Iterable[int]
 ) -> list[str]:
     """Problems with a token table (empty list when it is well formed)."""
     problems = []
@@ -221,7 +222,7 @@ def check_token_rows(
     return problems
 
 
-def tokens_hash(rows: np.ndarray, model_name: str, tokenizer) -> str:
+def tokens_hash(rows: np.ndarray, model_name: str, tokenizer: Any) -> str:
     """Content hash of a token table and the tokenizer that made it (the corpus's data version)."""
     from featureinterp.storage import array_hash
 

@@ -18,7 +18,7 @@ naive method. Only the rows asked for are computed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ def holistic_activations(
                 variant = acts[:, s : t - 1]
             else:
                 suffix = ids[:, d + 1 :]
-                kwargs = {"position_ids": torch.arange(d, t - 1, device=device).expand(b, -1)}
+                kwargs: dict[str, Any] = {"position_ids": torch.arange(d, t - 1, device=device).expand(b, -1)}
                 if d > 0:
                     kwargs |= {"cache": kv_cache.prefix(full_cache, d), "use_cache": True}
                 res = residuals(model, suffix, [sae.layer], **kwargs)[sae.layer]

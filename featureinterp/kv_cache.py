@@ -30,17 +30,20 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from featureinterp.errors import ConfigError
 
+if TYPE_CHECKING:
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
 __all__ = ["PrefixStore", "fork", "new_cache", "prefix", "shared_prefix", "sharing_layer_types"]
 
 
-def _layer_classes() -> tuple[type, type]:
+def _layer_classes() -> tuple[type[DynamicLayer], type[DynamicSlidingWindowLayer]]:
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
     return DynamicLayer, DynamicSlidingWindowLayer
@@ -60,7 +63,7 @@ def new_cache(model: torch.nn.Module, keep_past: bool = False) -> Any:
     """
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config)  # type: ignore[arg-type]  # Module.__getattr__: Tensor | Module
     if keep_past:
         _, sliding = _layer_classes()
         for layer in cache.layers:
@@ -104,10 +107,12 @@ def _prefix_layer(layer: Any, length: int) -> Any:
     if not getattr(layer, "is_initialized", False):
         return copy.copy(layer)
     if type(layer) is full:
+        assert layer.keys is not None and layer.values is not None  # set once is_initialized
         out = copy.copy(layer)
         out.keys, out.values = layer.keys[:, :, :length], layer.values[:, :, :length]
         return out
     if type(layer) is sliding:
+        assert layer.keys is not None and layer.values is not None  # set once is_initialized
         seen, stored = layer.cumulative_length, layer.keys.shape[-2]
         first = seen - stored  # absolute position of the oldest stored key
         keep_from = max(0, length - layer.sliding_window + 1)  # what the layer holds after `length`
@@ -161,7 +166,7 @@ class PrefixStore:
     cannot be cut to a prefix (recurrent state) are prefilled in full: ``lookup`` returns 0.
     """
 
-    def __init__(self, max_tokens: int = 8_192, min_shared: int = 16):
+    def __init__(self, max_tokens: int = 8_192, min_shared: int = 16) -> None:
         self.max_tokens, self.min_shared = max_tokens, min_shared
         self._entries: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self.reused_tokens = 0

@@ -15,13 +15,17 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from featureinterp import kv_cache
 from featureinterp.llm import BackendError, ChatBackend, Completion, GenerationParams, Message, Usage
+
+if TYPE_CHECKING:
+    import xgrammar as xgr
+    from transformers import PreTrainedModel
 
 __all__ = ["LocalChatBackend"]
 
@@ -31,12 +35,12 @@ logger = logging.getLogger(__name__)
 class LocalChatBackend(ChatBackend):
     """A transformers causal LM behind the ``ChatBackend`` interface (thread-safe: one request at a time)."""
 
-    def __init__(self, model, tokenizer, name: str):
+    def __init__(self, model: PreTrainedModel, tokenizer: Any, name: str) -> None:
         self.model, self.tok, self.name = model.eval(), tokenizer, name
         self.device = next(model.parameters()).device
         self.usage = Usage()
         self._lock = threading.Lock()
-        self._compiler = None
+        self._compiler: xgr.GrammarCompiler | None = None
         self._grammars: dict[str, Any] = {}
         eos = {self.tok.eos_token_id} if self.tok.eos_token_id is not None else set()
         extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -56,7 +60,7 @@ class LocalChatBackend(ChatBackend):
 
         return chat.prompt_ids(self.tok, messages, reply_prefix)
 
-    def _grammar(self, schema: dict[str, Any]):
+    def _grammar(self, schema: dict[str, Any]) -> xgr.CompiledGrammar:
         import xgrammar as xgr
 
         key = json.dumps(schema, sort_keys=True)
@@ -80,7 +84,7 @@ class LocalChatBackend(ChatBackend):
         self.usage.add(prefill_tokens=len(ids) - reused)
         return logits, cache
 
-    def _forward(self, ids: torch.Tensor, cache, start: int) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, cache: Any, start: int) -> torch.Tensor:
         pos = torch.arange(start, start + ids.shape[1], device=self.device).expand(ids.shape[0], -1)
         out = self.model(input_ids=ids, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float()
@@ -110,7 +114,8 @@ class LocalChatBackend(ChatBackend):
             n = params.n
             cache = kv_cache.fork(cache, n) if n > 1 else cache
             logits = logits.expand(n, -1).clone()
-            matchers = bitmask = None
+            matchers: list[xgr.GrammarMatcher] | None = None
+            bitmask: torch.Tensor | None = None
             if params.json_schema is not None:
                 import xgrammar as xgr
 
@@ -124,6 +129,7 @@ class LocalChatBackend(ChatBackend):
                 if matchers is not None:
                     import xgrammar as xgr
 
+                    assert bitmask is not None  # allocated with the matchers
                     for i, m in enumerate(matchers):
                         if done[i]:
                             bitmask[i].fill_(-1)  # finished rows: allow anything (their tokens are ignored)

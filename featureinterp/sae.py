@@ -16,12 +16,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
 from featureinterp.models import decoder_layers, layer_from_hook_name
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
 
 __all__ = [
     "LoadedSae",
@@ -49,7 +52,7 @@ def uses_layernorm(model: torch.nn.Module) -> bool:
 class LoadedSae:
     """An sae-lens SAE bound to one layer of one subject model."""
 
-    sae: torch.nn.Module
+    sae: SAE
     layer: int
     center: bool
     """Subtract the per-token residual mean before encoding (TransformerLens centred writing weights)."""
@@ -66,7 +69,7 @@ class LoadedSae:
         return acts if features is None else acts[..., list(features)]
 
     @classmethod
-    def bind(cls, sae: torch.nn.Module, model: torch.nn.Module, layer: int) -> LoadedSae:
+    def bind(cls, sae: SAE, model: torch.nn.Module, layer: int) -> LoadedSae:
         meta = sae.cfg.metadata
         hook = meta.get("hook_name")
         if hook is not None and layer_from_hook_name(hook) != layer:
@@ -94,7 +97,7 @@ def check_features(features: Sequence[int], d_sae: int, layer: int) -> None:
         )
 
 
-def load_sae_from_disk(path: Path | str, device: str = "cpu"):
+def load_sae_from_disk(path: Path | str, device: str = "cpu") -> SAE:
     """An SAE saved with sae-lens's ``save_model`` (cfg.json + sae_weights.safetensors).
 
     A trainer checkpoint with unfolded dataset-norm scaling / whitening gets its statistics folded
@@ -113,7 +116,7 @@ def load_sae_from_disk(path: Path | str, device: str = "cpu"):
     return _fold_training_normalization(sae, path)
 
 
-def _fold_training_normalization(sae, path: Path):
+def _fold_training_normalization(sae: SAE, path: Path) -> SAE:
     """Fold a trainer checkpoint's input normalisation into its weights, as sae-lens's trainer does.
 
     sae-lens's ``encode`` never applies ``expected_average_only_in`` (dataset-norm scaling, Llama
@@ -156,7 +159,7 @@ def _fold_training_normalization(sae, path: Path):
     return sae
 
 
-def load_sae_pretrained(release: str, sae_id: str, device: str = "cpu"):
+def load_sae_pretrained(release: str, sae_id: str, device: str = "cpu") -> SAE:
     """A released SAE through sae-lens (needs the hub or a warm Hugging Face cache)."""
     from sae_lens import SAE
 
@@ -238,10 +241,10 @@ def load_layer_sae(
     ref = SaeRef.from_dict(ref)
     if ref.path is not None:
         sae = load_sae_from_disk(ref.path, device=device)
-    elif ref.release is not None:
+    elif ref.release is not None and ref.sae_id is not None:
         sae = load_sae_pretrained(ref.release, ref.sae_id, device=device)
     else:
         raise CorruptFileError(
-            f"SAE reference for layer {layer} names neither a path nor a release: {ref.to_dict()}"
+            f"SAE reference for layer {layer} names neither a path nor a release and sae_id: {ref.to_dict()}"
         )
     return LoadedSae.bind(sae, model, layer)

@@ -18,11 +18,14 @@ every latent fires on some inputs and none fires on all: sparse but alive.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from featureinterp.sae_training import save_sae
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
 
 __all__ = ["FAMILIES", "Family", "random_sae", "save_sae"]
 
@@ -41,7 +44,7 @@ def random_sae(
     input_scale: float = 1.0,
     metadata: dict[str, Any] | None = None,
     **cfg_overrides: Any,
-) -> torch.nn.Module:
+) -> SAE:
     """An sae-lens SAE of ``family`` with random weights, in eval mode.
 
     ``input_scale`` is the RMS of one coordinate of the inputs it will see (e.g.

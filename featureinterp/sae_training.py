@@ -13,14 +13,18 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from featureinterp.config import SaeTrainConfig
+from featureinterp.config import Preset, SaeTrainConfig
 from featureinterp.models import hook_name, residuals, row_batches
 from featureinterp.progress import Progress
 from featureinterp.storage import atomic_dir
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
 
 __all__ = [
     "SaeTrainResult",
@@ -36,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SaeTrainResult:
-    sae: torch.nn.Module
+    sae: SAE
     explained_variance: float
     """1 - SSE / total variance on held-out tokens."""
     l0: float
@@ -97,7 +101,7 @@ def train_topk_sae(
 
     w_dec = torch.randn(m, d, generator=gen)
     w_dec /= w_dec.norm(dim=-1, keepdim=True)
-    params = {
+    params: dict[str, torch.Tensor] = {  # nn.Parameters (typed as Tensors: the in-place "/=" below)
         "W_dec": torch.nn.Parameter(w_dec.clone()),
         "W_enc": torch.nn.Parameter(w_dec.T.clone()),
         "b_enc": torch.nn.Parameter(torch.zeros(m)),
@@ -186,7 +190,7 @@ def sae_metadata(model_name: str, layer: int, prepend_bos: bool, context_size: i
     }
 
 
-def save_sae(sae: torch.nn.Module, path: Path | str) -> Path:
+def save_sae(sae: SAE, path: Path | str) -> Path:
     """Write ``cfg.json`` + ``sae_weights.safetensors`` atomically (sae-lens's layout)."""
     path = Path(path)
     with atomic_dir(path) as tmp:
@@ -197,7 +201,7 @@ def save_sae(sae: torch.nn.Module, path: Path | str) -> Path:
 def train_layer_saes(
     model: torch.nn.Module,
     tokens: np.ndarray,
-    preset,
+    preset: Preset,
     layers: list[int],
     out_dir: Path,
     log: Callable[[str], None] | None = None,

@@ -21,7 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from featureinterp.formatting import MAX_VALUE, UNKNOWN, escape_token
 from featureinterp.llm import Message, assistant, system, user
 from featureinterp.models import _base_model
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig, PreTrainedModel
+
 __all__ = [
     "DEFAULT_PROMPT",
     "PAPER_PROMPT",
@@ -42,7 +45,6 @@ __all__ = [
     "expected_values",
     "prompt_for",
 ]
-
 
 _EXAMPLES = (
     (
@@ -201,7 +203,7 @@ def expected_values(digit_logits: torch.Tensor) -> torch.Tensor:
     return probs @ torch.arange(MAX_VALUE + 1, dtype=torch.float32, device=probs.device)
 
 
-def alignment_stats(tokenizer, records: Sequence[Sequence[str]]) -> dict[str, int]:
+def alignment_stats(tokenizer: Any, records: Sequence[Sequence[str]]) -> dict[str, int]:
     """How the subject tokens map onto the simulator's tokenizer.
 
     Readout positions are exact by construction (each subject token is tokenized on its own), so
@@ -230,12 +232,12 @@ class LocalSimulator:
 
     def __init__(
         self,
-        model,
-        tokenizer,
+        model: PreTrainedModel,
+        tokenizer: Any,
         prompt: SimulatorPrompt = DEFAULT_PROMPT,
         batch_size: int = 8,
         memo_size: int = 200_000,
-    ):
+    ) -> None:
         """``memo_size``: (rule, record) values kept, so a rule simulated on a record once is never
         simulated there again: the tree's nodes share rules, a feature's conditions and its tree
         roots often write the same rules, and every condition scores on the same test records."""
@@ -254,7 +256,7 @@ class LocalSimulator:
             self.header_ids = self._ids(before)
         else:
             self.header_ids = self._ids(self.prompt.header())
-        self._header_cache = None
+        self._header_cache: Any = None
         self.forward_tokens = 0
         """Token positions run through the model so far (prefills, padded record batches, uncached
         prompts): the simulator's compute, for cost accounting (``featureinterp plan``)."""
@@ -330,7 +332,7 @@ class LocalSimulator:
         return torch.tanh(logits / cap) * cap if cap else logits
 
     @torch.no_grad()
-    def _prefill(self, ids: list[int], cache=None, shared: bool = False):
+    def _prefill(self, ids: list[int], cache: Any = None, shared: bool = False) -> Any:
         cache = cache if cache is not None else kv_cache.new_cache(self.model)
         start = cache.get_seq_length()
         x = torch.tensor([ids], device=self.device)
@@ -339,7 +341,7 @@ class LocalSimulator:
         self._count(len(ids), shared)
         return cache
 
-    def _header(self):
+    def _header(self) -> Any:
         if self._header_cache is None:
             self._header_cache = self._prefill(self.header_ids, shared=True)
         return self._header_cache
@@ -423,7 +425,8 @@ class LocalSimulator:
 
 
 def batch_size_for_memory(
-    config, free_bytes: int, prefix_tokens: int, record_tokens: int, bytes_per_value: int = 2, cap: int = 64
+    config: PreTrainedConfig, free_bytes: int, prefix_tokens: int, record_tokens: int,
+    bytes_per_value: int = 2, cap: int = 64,
 ) -> int:
     """Records per forward pass that fit in ``free_bytes`` of accelerator memory (half of it, for
     fragmentation and the allocator's reserve).

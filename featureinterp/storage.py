@@ -16,10 +16,15 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from featureinterp.errors import CorruptFileError
+
+if TYPE_CHECKING:
+    import polars as pl
 
 __all__ = [
     "ArrayBundle",
@@ -66,7 +71,7 @@ class NpyStream:
     process's memory), so memory stays at one batch.
     """
 
-    def __init__(self, path: Path | str, shape: tuple[int, int, int], dtype) -> None:
+    def __init__(self, path: Path | str, shape: tuple[int, int, int], dtype: npt.DTypeLike) -> None:
         self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "wb+")  # noqa: SIM115 (closed by finish())
@@ -102,11 +107,11 @@ class NpyStream:
 class TableBundle:
     """A polars table plus a JSON-able metadata dict (records, explanations, scores)."""
 
-    frame: "pl.DataFrame"  # noqa: F821 (polars imported lazily)
+    frame: pl.DataFrame
     meta: dict = field(default_factory=dict)
 
 
-def save_table(path: Path | str, frame, meta: Mapping | None = None) -> None:
+def save_table(path: Path | str, frame: pl.DataFrame, meta: Mapping | None = None) -> None:
     """Store a polars frame as ``table.parquet`` plus ``meta.json``, atomically."""
     with atomic_dir(path) as tmp:
         frame.write_parquet(tmp / "table.parquet")
@@ -157,7 +162,9 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def save_arrays(path: Path | str, arrays: Mapping[str, np.ndarray], meta: Mapping | None = None) -> None:
+def save_arrays(
+    path: Path | str, arrays: Mapping[str, np.ndarray | StagedNpy], meta: Mapping | None = None
+) -> None:
     """Store named arrays as ``<name>.npy`` in one directory (atomically), plus ``meta.json``.
 
     .npy rather than one safetensors file so readers can memory-map a single array of a big
