@@ -120,9 +120,10 @@ def test_secondary_scores_per_condition_and_the_exports(name, judged, tmp_path):
     assert {f"embedding/{c}" for c in preset.explain.conditions} <= keys
     for scorer in ("detection", "fuzzing"):
         assert {k.split("/", 1)[1] for k in keys if k.startswith(f"{scorer}/")} == judged
-    judge = defs.resolve_assets_def(f"detection/{sorted(judged)[0]}")
+    judge = defs.resolve_assets_def(dg.AssetKey(["detection", sorted(judged)[0]]))
+    detection = dg.AssetKey(["detection", sorted(judged)[0]])
     assert judge.op.pool == "gpu" and judge.backfill_policy == dg.BackfillPolicy.single_run()
-    assert dg.AssetKey(["explanations", sorted(judged)[0]]) in graph.get(judge.key).parent_keys
+    assert dg.AssetKey(["explanations", sorted(judged)[0]]) in graph.get(detection).parent_keys
     export = graph.get(dg.AssetKey("export"))
     assert dg.AssetKey(["fuzzing", sorted(judged)[0]]) in export.parent_keys
     assert dg.AssetKey("export") in graph.get(dg.AssetKey("export_all")).parent_keys
