@@ -57,6 +57,7 @@ from featureinterp.llm import (
     GenerationParams,
     Message,
     assistant,
+    completion_record,
     tally_usage,
     user,
 )
@@ -131,20 +132,6 @@ class _Node:
         }
 
 
-def _completion(c: Completion | None, stage: str, error: str | None) -> dict[str, Any]:
-    return {
-        "text": c.text if c else "",
-        "finish_reason": c.finish_reason if c else None,
-        "request_id": c.request_id if c else None,
-        "cached": c.cached if c else False,
-        "reasoning": c.reasoning if c else "",
-        "mode": c.mode if c else None,
-        "parsed_ok": error is None,
-        "error": error,
-        "stage": stage,
-    }
-
-
 def _by_score(nodes: Sequence[_Node], valid: bool) -> list[_Node]:
     """Best first by valid (or train) score; NaN last; ties by the other score, then by id."""
 
@@ -210,7 +197,7 @@ class _Run:
             try:
                 replies = self.backend.generate(messages, params)
             except BackendError as err:
-                self.completions.append(_completion(None, stage, f"backend: {err}"))
+                self.completions.append(completion_record(None, stage, f"backend: {err}"))
                 last_error = f"the backend gave up: {err}"
                 break
             unusable = False
@@ -218,9 +205,9 @@ class _Run:
                 try:
                     explanation = parse_explanation(c.text, cfg.structured, cfg.rule_cap)
                     found += [explanation] if len(found) < n else []
-                    self.completions.append(_completion(c, stage, None))
+                    self.completions.append(completion_record(c, stage, None))
                 except ParseError as err:
-                    self.completions.append(_completion(c, stage, str(err)))
+                    self.completions.append(completion_record(c, stage, str(err)))
                     last_error = f"unparseable reply: {err}"
                     unusable = True
             if unusable:
@@ -298,7 +285,7 @@ class _Run:
         children = []
         for k, (parent, messages, _) in enumerate(asks):
             c, error, explanation, improvement = results[k]
-            self.completions.append(_completion(c, f"child:{depth}:{parent.id}", error))
+            self.completions.append(completion_record(c, f"child:{depth}:{parent.id}", error))
             if explanation is None:
                 continue
             assert c is not None  # a parsed explanation comes from a completion

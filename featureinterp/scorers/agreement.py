@@ -25,8 +25,8 @@ def agreement(explanations: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, 
     ``<scorer>`` headline each (missing or NaN: the pair is skipped)."""
     out: dict[str, dict[str, float | int]] = {}
     for scorer in SCORERS:
-        pairs = [(r.get("score"), r.get(scorer)) for r in explanations]
-        pairs = [(float(a), float(b)) for a, b in pairs if a is not None and b is not None]
+        raw = [(r.get("score"), r.get(scorer)) for r in explanations]
+        pairs = [(float(a), float(b)) for a, b in raw if a is not None and b is not None]
         rho, n = spearman([a for a, _ in pairs], [b for _, b in pairs])
         out[scorer] = {"spearman": rho, "pairs": n}
     return out

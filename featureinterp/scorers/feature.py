@@ -7,7 +7,8 @@ embedding scorer embeds only the rule texts (a strength means nothing to a sente
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from featureinterp.scorers.embedding import embedding_score
 from featureinterp.scorers.fuzzing import fuzzing_score
 from featureinterp.scorers.judge import JudgeConfig
 from featureinterp.scorers.metrics import split_items
+
+if TYPE_CHECKING:
+    import polars as pl
 
 __all__ = ["JUDGES", "embedding_text", "judge_feature", "embed_feature"]
 
@@ -31,7 +35,12 @@ def embedding_text(explanation: Explanation) -> str:
 
 
 def judge_feature(
-    scorer: str, backend: ChatBackend, explanation: dict[str, Any], frame, config: JudgeConfig, seed: int
+    scorer: str,
+    backend: ChatBackend,
+    explanation: dict[str, Any],
+    frame: pl.DataFrame,
+    config: JudgeConfig,
+    seed: int,
 ) -> dict[str, Any]:
     """``detection`` or ``fuzzing`` of one stored explanation on the feature's test records, with
     the token usage of its requests and the scorer model's name."""
@@ -44,7 +53,11 @@ def judge_feature(
 
 
 def embed_feature(
-    embed: Any, explanation: dict[str, Any], frame, row_vectors: Any, model: str
+    embed: Callable[[list[str]], np.ndarray],
+    explanation: dict[str, Any],
+    frame: pl.DataFrame,
+    row_vectors: Callable[[list[int]], np.ndarray],
+    model: str,
 ) -> dict[str, Any]:
     """The embedding score of one stored explanation: ``embed(texts) -> [n, d]`` embeds the
     explanation; ``row_vectors(rows) -> [n, d]`` gives the stored corpus-row embeddings."""

@@ -25,7 +25,7 @@ __all__ = ["JudgeConfig", "ScorerFailed", "ask_labels", "labels_schema", "parse_
 class ScorerFailed(RuntimeError):
     """A scorer got no usable reply for some batch; ``completions`` holds every attempt."""
 
-    def __init__(self, reason: str, completions: list[dict[str, Any]]):
+    def __init__(self, reason: str, completions: list[dict[str, Any]]) -> None:
         super().__init__(reason)
         self.reason = reason
         self.completions = completions

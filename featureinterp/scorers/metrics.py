@@ -15,11 +15,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from featureinterp.names import COMPLEMENTARY_SOURCES, POSITIVE_SOURCE, PRIMARY_SOURCE
+
+if TYPE_CHECKING:
+    import polars as pl
 
 __all__ = [
     "ALL_SOURCES",
@@ -57,7 +60,7 @@ class Item:
         return "".join(self.tokens)
 
 
-def split_items(frame, split: str = "test") -> list[Item]:
+def split_items(frame: pl.DataFrame, split: str = "test") -> list[Item]:
     """The records of one split of a feature's records table (featureinterp.records.records_frame):
     positives first, then each complementary source in the documented order, by rank."""
     import polars as pl
