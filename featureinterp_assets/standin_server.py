@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
-from featureinterp.config import get_preset, models_dir
+from featureinterp.config import Preset, get_preset, models_dir
+from featureinterp.llm import ChatBackend
+from featureinterp.openai_server import OpenAIServer
 
 __all__ = ["start_standin"]
 
 
-def start_standin(preset_name: str | None, serve=None):
+def start_standin(
+    preset_name: str | None, serve: Callable[[ChatBackend], ChatBackend] | None = None
+) -> tuple[Preset, OpenAIServer]:
     """Build (once) the stand-in files of a paper preset and serve its explainer on 127.0.0.1;
     returns the stand-in preset and the running server. ``serve`` wraps the explainer backend
     before it is served (the backfill test makes one feature's replies fail)."""

@@ -10,13 +10,14 @@ explanation fails its partition alone, with the reason and the completions in th
 """
 
 import base64
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
 from featureinterp.complexity import ComplexityAnalyzer, mean_complexity
-from featureinterp.config import ApiSpec
+from featureinterp.config import ApiSpec, Preset
 from featureinterp.experiments import Condition, evaluate, feature_records, get_condition
 from featureinterp.explain import ExplainResult, ExplanationFailed, explain, explain_seed
 from featureinterp.explanations import Explanation
@@ -153,17 +154,29 @@ def _condition_asset(cond: Condition, partitions, automate: bool = False) -> dg.
                 outputs["score"] = _score(llm, cond, expl, rec, faithful=spec.faithful)
             return PartitionResult(outputs)
 
-        api = isinstance(spec.explain.explainer, ApiSpec)
-        yield from each_partition(
-            context,
-            compute,
-            storage,
-            as_you_go=True,
-            retries=TRANSIENT_RETRY.max_retries,
-            concurrency=spec.explain.features_at_once if api else 1,
-        )
+        yield from llm_partitions(context, compute, storage, spec)
 
     return explain_and_score
+
+
+def llm_partitions(
+    context: dg.AssetExecutionContext,
+    compute: Callable[[str], PartitionResult],
+    storage: StorageIOManager,
+    spec: Preset,
+) -> Iterator[dg.Output | dg.AssetMaterialization | dg.AssetCheckResult]:
+    """``each_partition`` for the steps that ask an explainer backend: each partition recorded as
+    it finishes, transient faults retried, and with an API explainer ``features_at_once``
+    partitions in flight (their requests overlap while the local simulator scores the others)."""
+    api = isinstance(spec.explain.explainer, ApiSpec)
+    yield from each_partition(
+        context,
+        compute,
+        storage,
+        as_you_go=True,
+        retries=TRANSIENT_RETRY.max_retries,
+        concurrency=spec.explain.features_at_once if api else 1,
+    )
 
 
 def _explain(spec, llm: LLMResource, cond: Condition, layer: int, feature: int, rec, hol_value) -> Produced:

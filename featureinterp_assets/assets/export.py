@@ -15,6 +15,7 @@ import polars as pl
 from featureinterp.export import export_frame, export_row, preset_hash, write_export
 from featureinterp.records import SPLITS
 from featureinterp.scorers import SCORERS
+from featureinterp.storage import TableBundle
 from featureinterp_assets.automation import SUMMARY
 from featureinterp_assets.constants import GROUP_FIGURES, STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
@@ -27,7 +28,7 @@ def export_dir(preset: PresetResource) -> Path:
     return Path(preset.home) / "exports" / preset.name
 
 
-def _record_rows(records) -> dict[str, dict[str, list[int]]]:
+def _record_rows(records: TableBundle) -> dict[str, dict[str, list[int]]]:
     """source -> split -> corpus row ids of one feature's records table."""
     out: dict[str, dict[str, list[int]]] = {}
     frame = records.frame.select("source", "split", "rank", "row").sort("source", "split", "rank")

@@ -9,14 +9,15 @@ one scorer for every condition, so their numbers compare) and run for the condit
 A reply that never parses fails its partition alone, with the completions in the metadata.
 """
 
+from collections.abc import Iterator
+
 import dagster as dg
 
-from featureinterp.config import ApiSpec
 from featureinterp.experiments import Condition, get_condition
 from featureinterp.retrieval import CorpusIndex, embed_texts, load_embedder
 from featureinterp.scorers import JudgeConfig, ScorerFailed, scorer_seed
 from featureinterp.scorers.feature import JUDGES, embed_feature, judge_feature
-from featureinterp_assets.assets.explanations import TRANSIENT_RETRY, score_base
+from featureinterp_assets.assets.explanations import TRANSIENT_RETRY, llm_partitions, score_base
 from featureinterp_assets.assets.records import _layer_feature_of
 from featureinterp_assets.automation import PER_PARTITION
 from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition
@@ -72,7 +73,7 @@ def _skipped(cond: Condition, expl: dict) -> Produced:
     return Produced(value, {"skipped": expl["skipped"]})
 
 
-def _judge_asset(cond: Condition, partitions, automate: bool) -> dg.AssetsDefinition:
+def _judge_asset(cond: Condition, partitions: dg.MultiPartitionsDefinition, automate: bool) -> dg.AssetsDefinition:
     explanation_key = dg.AssetKey(["explanations", cond.name])
     tags = {"condition": cond.name, "method": cond.method}
 
@@ -107,7 +108,7 @@ def _judge_asset(cond: Condition, partitions, automate: bool) -> dg.AssetsDefini
         llm: LLMResource,
         storage: dg.ResourceParam[StorageIOManager],
         records: dict,
-    ):
+    ) -> Iterator[dg.Output | dg.AssetMaterialization | dg.AssetCheckResult]:
         spec = preset.spec()
         config = JudgeConfig(batch_size=spec.explain.scorer_batch)
 
@@ -133,20 +134,14 @@ def _judge_asset(cond: Condition, partitions, automate: bool) -> dg.AssetsDefini
                 outputs[scorer] = _produced(cond, expl, result)
             return PartitionResult(outputs)
 
-        api = isinstance(spec.explain.explainer, ApiSpec)
-        yield from each_partition(
-            context,
-            compute,
-            storage,
-            as_you_go=True,
-            retries=TRANSIENT_RETRY.max_retries,
-            concurrency=spec.explain.features_at_once if api else 1,
-        )
+        yield from llm_partitions(context, compute, storage, spec)
 
     return judge
 
 
-def _embedding_asset(cond: Condition, partitions, automate: bool) -> dg.AssetsDefinition:
+def _embedding_asset(
+    cond: Condition, partitions: dg.MultiPartitionsDefinition, automate: bool
+) -> dg.AssetsDefinition:
     explanation_key = dg.AssetKey(["explanations", cond.name])
 
     @dg.asset(
@@ -168,7 +163,7 @@ def _embedding_asset(cond: Condition, partitions, automate: bool) -> dg.AssetsDe
         storage: dg.ResourceParam[StorageIOManager],
         records: dict,
         corpus_embeddings: dict,
-    ):
+    ) -> Iterator[dg.Output | dg.AssetMaterialization | dg.AssetCheckResult]:
         spec = preset.spec()
         index = CorpusIndex.open(corpus_embeddings["uri"], corpus_embeddings["table"])
         embedder = load_embedder(spec.embedding_model, preset.torch_device)
