@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextvars
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,13 +41,16 @@ BATCH_POLICY = dg.BackfillPolicy.single_run()
 
 CODE_VERSION_TAG = "dagster/code_version"
 
+StepEvent = dg.Output | dg.AssetMaterialization | dg.AssetCheckResult
+"""What a batched step yields (``each_partition``)."""
+
 
 @dataclass
 class Produced:
     """What one partition's computation made for one output of the step."""
 
     value: Any
-    metadata: dict = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,7 +70,7 @@ def each_partition(
     retries: int = 0,
     retry_delay_s: float = 10.0,
     concurrency: int = 1,
-) -> Iterator[dg.Output | dg.AssetMaterialization | dg.AssetCheckResult]:
+) -> Iterator[StepEvent]:
     """Run ``compute(partition_key)`` for every partition of the step and yield Dagster's events.
 
     ``compute`` returns a :class:`PartitionResult` or raises; ``retries`` re-attempts a partition
@@ -90,12 +93,16 @@ def each_partition(
     failed: dict[str, str] = {}
     started = time.perf_counter()
     pool = ThreadPoolExecutor(max_workers=concurrency) if concurrency > 1 else None
-    futures = {
-        key: pool.submit(
-            contextvars.copy_context().run, _attempt, context, compute, key, retries, retry_delay_s
-        )
-        for key in (keys if pool else [])
-    }
+    futures: dict[str, Future[PartitionResult]] = (
+        {
+            key: pool.submit(
+                contextvars.copy_context().run, _attempt, context, compute, key, retries, retry_delay_s
+            )
+            for key in keys
+        }
+        if pool
+        else {}
+    )
     for i, key in enumerate(keys):
         try:
             if pool:
@@ -135,7 +142,13 @@ def each_partition(
             yield dg.Output({k: r.outputs[name].value for k, r in done.items()}, output_name=name)
 
 
-def _attempt(context, compute, key: str, retries: int, delay: float) -> PartitionResult:
+def _attempt(
+    context: dg.AssetExecutionContext,
+    compute: Callable[[str], PartitionResult],
+    key: str,
+    retries: int,
+    delay: float,
+) -> PartitionResult:
     for attempt in range(retries + 1):
         try:
             return compute(key)
@@ -157,7 +170,13 @@ def _selected_outputs(context: dg.AssetExecutionContext) -> dict[str, dg.AssetKe
     return {name: key for name, key in by_name.items() if name in selected}
 
 
-def _record(context, storage: StorageIOManager, outputs, key: str, result: PartitionResult):
+def _record(
+    context: dg.AssetExecutionContext,
+    storage: StorageIOManager,
+    outputs: Mapping[str, dg.AssetKey],
+    key: str,
+    result: PartitionResult,
+) -> Iterator[dg.AssetMaterialization]:
     version = context.assets_def.code_versions_by_key
     for name, asset_key in outputs.items():
         made = result.outputs[name]
@@ -169,7 +188,7 @@ def _record(context, storage: StorageIOManager, outputs, key: str, result: Parti
 def _checks(done: Mapping[str, PartitionResult]) -> Iterator[dg.AssetCheckResult]:
     """One result per check for the whole range: passed when every partition passed; the failing
     partitions and their details in the metadata."""
-    by_name: dict[tuple, list[tuple[str, dg.AssetCheckResult]]] = {}
+    by_name: dict[tuple[dg.AssetKey | None, str | None], list[tuple[str, dg.AssetCheckResult]]] = {}
     for key, result in done.items():
         for check in result.checks:
             by_name.setdefault((check.asset_key, check.check_name), []).append((key, check))
@@ -194,8 +213,8 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if not isinstance(err, dg.Failure) else text
 
 
-__all__ = ["BATCH_POLICY", "PartitionResult", "Produced", "each_partition"]
+__all__ = ["BATCH_POLICY", "PartitionResult", "Produced", "StepEvent", "each_partition"]
 
 
-def _text(value) -> str:
+def _text(value: object) -> str:
     return str(getattr(value, "value", value) or "")

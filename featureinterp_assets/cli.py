@@ -15,12 +15,14 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from featureinterp.config import PRESET_ENV, feature_key, get_preset, models_dir
+from featureinterp.config import PRESET_ENV, Preset, feature_key, get_preset, models_dir
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
 from featureinterp.models import load_tokenizer
 from featureinterp.names import SYNTHETIC_KEY
@@ -28,6 +30,9 @@ from featureinterp.scorers import secondary_conditions
 from featureinterp_assets.eta import RunEta, block_seconds, estimate, stage_kind
 from featureinterp_assets.partitions import asset_scope, missing_blocks, range_tags
 from featureinterp_assets.standin_server import start_standin
+
+if TYPE_CHECKING:
+    pass
 
 PRESET_MARKER = "featureinterp_preset"
 """File in $DAGSTER_HOME naming the preset whose runs the instance holds."""
@@ -59,13 +64,9 @@ _PROGRESS = RunEta()
 
 
 def _run(
-    defs: dg.Definitions,
-    instance,
-    selection: list[str],
-    tags: dict | None = None,
-    partition_key=None,
-    units: float = 0.0,
-):
+    defs: dg.Definitions, instance: dg.DagsterInstance, selection: list[str],
+    tags: dict[str, str] | None = None, partition_key: str | None = None, units: float = 0.0,
+) -> dg.ExecuteInProcessResult:
     """Materialize ``selection`` in one run; ``units``: its estimated seconds (for the ETA)."""
     print(
         f"{_PROGRESS.line()} --> materializing {', '.join(selection)}"
@@ -74,7 +75,7 @@ def _run(
     )
     start = time.perf_counter()
     result = dg.materialize(
-        list(defs.assets),
+        list(cast("Iterable[dg.AssetsDefinition]", defs.assets)),  # build_definitions: only these
         selection=selection,
         instance=instance,
         resources=defs.resources,
@@ -94,7 +95,7 @@ def _run(
     return result
 
 
-def _stored_features(instance, layer: str) -> set[int]:
+def _stored_features(instance: dg.DagsterInstance, layer: str) -> set[int]:
     """Features held by the latest `sae_activations` of a layer (its ``feature_indices`` metadata;
     a materialization written before that field counts as holding none, so it is rebuilt)."""
     records = instance.fetch_materializations(
@@ -102,13 +103,15 @@ def _stored_features(instance, layer: str) -> set[int]:
     ).records
     if not records:
         return set()
-    indices = records[0].asset_materialization.metadata.get("feature_indices")
-    return {int(f) for f in indices.value} if indices else set()
+    mat = records[0].asset_materialization
+    assert mat is not None  # the filter fetches materialization records only
+    indices = mat.metadata.get("feature_indices")  # written as dg.MetadataValue.json
+    return {int(f) for f in indices.value or ()} if isinstance(indices, dg.JsonMetadataValue) else set()
 
 
 def _per_feature_stage(
     defs: dg.Definitions,
-    instance,
+    instance: dg.DagsterInstance,
     assets: list[str],
     layer_keys: list[str],
     feature_keys: list[str],
@@ -169,13 +172,8 @@ def run(
 
 
 def _run_lineage(
-    preset,
-    force: bool,
-    explain: bool,
-    conditions: list[str] | None,
-    features: list[int] | None,
-    layers: list[str] | None,
-    whole_grid: bool = False,
+    preset: Preset, force: bool, explain: bool, conditions: list[str] | None, features: list[int] | None,
+    layers: list[str] | None, whole_grid: bool = False,
 ) -> None:
     from featureinterp.experiments import get_condition
     from featureinterp_assets.definitions import build_definitions
@@ -195,10 +193,10 @@ def _run_lineage(
         feature_keys = [feature_key(f) for f in sorted(set(features))]
     layer_keys = preset.layer_keys
     if layers:  # in the order given: e.g. `--layers SYN` explains the ground-truth features first
-        unknown = [k for k in layers if k not in layer_keys]
-        if unknown:
+        unknown_layers = [k for k in layers if k not in layer_keys]
+        if unknown_layers:
             raise ConfigError(
-                f"--layers {','.join(unknown)}: not studied by preset {preset.name!r} "
+                f"--layers {','.join(unknown_layers)}: not studied by preset {preset.name!r} "
                 f"(its layers: {','.join(layer_keys)})"
             )
         layer_keys = list(dict.fromkeys(layers))
@@ -252,8 +250,8 @@ def _run_lineage(
         ("scorers", scorers if explain else []),
     ):
         for layer in layer_keys if selection else []:
-            for features, block in missing_blocks(instance, layer, feature_keys, selection, force, scope):
-                _PROGRESS.plan(kind, block_seconds(len(features), block))
+            for fs, block in missing_blocks(instance, layer, feature_keys, selection, force, scope):
+                _PROGRESS.plan(kind, block_seconds(len(fs), block))
     figures = ["fig3", "fig4", "fig5"] + (["fig_calibration"] if SYNTHETIC_KEY in layer_keys else [])
     if explain and "explain" in _PROGRESS.planned:
         _PROGRESS.plan("layer_results", estimate("layer_results", len(layer_keys)))
@@ -297,7 +295,7 @@ def _run_lineage(
     _where_to_look(preset, figures if explain else [])
 
 
-def _where_to_look(preset, figures: list[str]) -> None:
+def _where_to_look(preset: Preset, figures: list[str]) -> None:
     """The run's last lines: where the figures are and how to open the UI."""
     from featureinterp.config import data_home
 

@@ -19,10 +19,11 @@ from featureinterp.errors import CorruptFileError
 from featureinterp.names import SYNTHETIC_KEY
 
 if TYPE_CHECKING:
+    from featureinterp.config import Preset
     from featureinterp_assets.io_managers import StorageIOManager
 
 
-def storage_of(preset) -> StorageIOManager:
+def storage_of(preset: Preset | str) -> StorageIOManager:
     """A preset's asset storage (a preset or its name), as the Definitions configure it (read
     outside a run)."""
     from featureinterp.config import data_home

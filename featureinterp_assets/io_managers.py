@@ -12,7 +12,9 @@ what is missing instead of failing).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import dagster as dg
 
@@ -28,6 +30,11 @@ from featureinterp.storage import (
 
 _UNPARTITIONED = "__all__"
 
+StoredValue = ArrayBundle | TableBundle | dict[str, Any]
+"""What one stored partition holds (which of them follows from the asset)."""
+
+_V = TypeVar("_V")
+
 
 class StorageIOManager(dg.ConfigurableIOManager):
     """Stores ArrayBundle values as memory-mappable .npy folders, TableBundle as parquet, dicts as JSON; atomically."""
@@ -38,7 +45,7 @@ class StorageIOManager(dg.ConfigurableIOManager):
         part = (partition_key or _UNPARTITIONED).replace("|", "/")
         return Path(self.base_dir).joinpath(*asset_key.path, part)
 
-    def handle_output(self, context: dg.OutputContext, obj) -> None:
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         if obj is None:
             return
         if context.has_asset_partitions:
@@ -56,17 +63,18 @@ class StorageIOManager(dg.ConfigurableIOManager):
         else:
             _write(self._path(context.asset_key, None), obj)
 
-    def store(self, asset_key: dg.AssetKey, partition_key: str | None, value) -> None:
+    def store(self, asset_key: dg.AssetKey, partition_key: str | None, value: object) -> None:
         """Write one partition's value (atomically) outside handle_output: a ranged run records its
         partitions one by one (featureinterp_assets/batch.py)."""
         _write(self._path(asset_key, partition_key), value)
 
-    def stored(self, asset_key: dg.AssetKey, partition_key: str | None = None):
+    def stored(self, asset_key: dg.AssetKey, partition_key: str | None = None) -> Any:
         """The stored value of one partition read outside a run (CLI, notebooks); None if absent."""
+        # Any, not StoredValue | None: the asset key decides the type (records: a TableBundle...)
         path = self._path(asset_key, partition_key)
         return _read(path) if _exists(path) else None
 
-    def load_input(self, context: dg.InputContext):
+    def load_input(self, context: dg.InputContext) -> StoredValue | dict[str, StoredValue]:
         key = context.asset_key
         if context.has_asset_partitions:
             keys = context.asset_partition_keys
@@ -77,14 +85,14 @@ class StorageIOManager(dg.ConfigurableIOManager):
         return _read(self._path(key, None))
 
 
-def single(values: dict):
+def single(values: Mapping[str, _V]) -> _V:
     """The one value of a ``{partition_key: value}`` input (for same-partition or one-layer inputs)."""
     if len(values) != 1:
         raise ValueError(f"expected one upstream partition, got {sorted(values)}")
     return next(iter(values.values()))
 
 
-def _write(path: Path, value) -> None:
+def _write(path: Path, value: object) -> None:
     if isinstance(value, ArrayBundle):
         save_arrays(path, value.arrays, value.meta)
     elif isinstance(value, TableBundle):
@@ -102,7 +110,7 @@ def _exists(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
-def _read(path: Path):
+def _read(path: Path) -> StoredValue:
     if (path / "value.json").exists():
         return json.loads((path / "value.json").read_text())
     if (path / "table.parquet").exists():

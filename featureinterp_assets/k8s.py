@@ -61,7 +61,7 @@ def pool_step_k8s_config(
         if not isinstance(a, dg.AssetsDefinition) or not a.is_executable:
             continue
         op = a.node_def
-        if isinstance(op, dg.OpDefinition) and op.pool in pool_config:
+        if isinstance(op, dg.OpDefinition) and op.pool is not None and op.pool in pool_config:
             out[op.name] = copy.deepcopy(dict(pool_config[op.pool]))
     return out
 

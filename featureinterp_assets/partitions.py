@@ -12,7 +12,12 @@ from featureinterp.config import Preset
 
 def layer_partitions(preset: Preset) -> dg.DynamicPartitionsDefinition:
     """One dynamic layer dimension per preset, so presets sharing an instance never mix keys."""
-    return dg.DynamicPartitionsDefinition(name=f"layers_{preset.name.replace('-', '_').replace('.', '_')}")
+    return dg.DynamicPartitionsDefinition(name=layer_partitions_name(preset))
+
+
+def layer_partitions_name(preset: Preset) -> str:
+    """The name of ``layer_partitions(preset)`` (its ``name`` attribute is typed optional)."""
+    return f"layers_{preset.name.replace('-', '_').replace('.', '_')}"
 
 
 def feature_partitions(preset: Preset) -> dg.StaticPartitionsDefinition:
@@ -21,11 +26,11 @@ def feature_partitions(preset: Preset) -> dg.StaticPartitionsDefinition:
 
 def register_layers(instance: dg.DagsterInstance, preset: Preset) -> list[str]:
     """Add the preset's layers that the instance does not know yet; returns the added keys."""
-    parts = layer_partitions(preset)
-    known = set(instance.get_dynamic_partitions(parts.name))
+    name = layer_partitions_name(preset)
+    known = set(instance.get_dynamic_partitions(name))
     new = [k for k in preset.layer_keys if k not in known]
     if new:
-        instance.add_dynamic_partitions(parts.name, new)
+        instance.add_dynamic_partitions(name, new)
     return new
 
 

@@ -8,27 +8,38 @@ import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import torch
 from pydantic import PrivateAttr
 
-from featureinterp.config import ModelSpec, Preset, get_preset
+from featureinterp.config import ExplainSettings, ModelSpec, Preset, get_preset
 from featureinterp.errors import ConfigError
 from featureinterp.models import load_subject_model, load_tokenizer, resolve_device
 from featureinterp.preset_files import preset_from_json, preset_to_json
 
-_LOADED: OrderedDict[tuple[str, ...], tuple] = OrderedDict()
+if TYPE_CHECKING:  # heavy imports, made where they are used
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from featureinterp.llm import ChatBackend
+    from featureinterp.local_llm import LocalChatBackend
+    from featureinterp.simulator import LocalSimulator
+
+    LoadedModel = tuple[PreTrainedModel, PreTrainedTokenizerBase]
+    """A model in eval mode and its tokenizer (``load_model``)."""
+
+_LOADED: OrderedDict[tuple[str, ...], LoadedModel] = OrderedDict()
 _LOADED_LOCK = threading.Lock()
 _LOAD_NOTE = "(shared by the later runs of this process)"
 LOAD_LINE = re.compile(rf"loading (\w+) model (\S+) {re.escape(_LOAD_NOTE)}")
 """Matches the event-log line of a model load; group 1: subject / simulator / explainer."""
-_TOKENIZERS: dict[tuple[str, ...], object] = {}
+_TOKENIZERS: dict[tuple[str, ...], PreTrainedTokenizerBase] = {}
 _KEEP = 3
 """Models kept per process (subject, simulator, a local explainer)."""
 
 
-def load_model(what: str, spec: ModelSpec, models_dir: Path, device: str):
+def load_model(what: str, spec: ModelSpec, models_dir: Path, device: str) -> LoadedModel:
     """``(model, tokenizer)`` of ``spec``, loaded once per *process* and shared by its runs.
 
     A run covers a range of (layer, feature) partitions (single-run backfills,
@@ -80,7 +91,7 @@ class PresetResource(dg.ConfigurableResource):
     """The resolved preset as data (featureinterp.preset_files), so a run computes with the preset
     it was launched with (a preset file, CLI overrides); empty: the built-in preset ``name``."""
 
-    _model = PrivateAttr(default=None)
+    _model: LoadedModel | None = PrivateAttr(default=None)
 
     def spec(self) -> Preset:
         preset = resolved_preset(self.name, self.preset_json)
@@ -93,7 +104,7 @@ class PresetResource(dg.ConfigurableResource):
     def storage_dir(self) -> Path:
         return Path(self.home) / "storage" / self.name
 
-    def model_and_tokenizer(self):
+    def model_and_tokenizer(self) -> LoadedModel:
         """(model, tokenizer), loaded on first use and kept for the rest of the run."""
         if self._model is None:
             if self.torch_threads:
@@ -101,7 +112,7 @@ class PresetResource(dg.ConfigurableResource):
             self._model = load_model("subject", self.spec().model, Path(self.models_dir), self.device)
         return self._model
 
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         """The subject tokenizer without the model (records decode rows with it); read once per
         process like the models: a Gemma tokenizer takes seconds to parse, once per records run."""
         if self._model is not None:
@@ -113,7 +124,7 @@ class PresetResource(dg.ConfigurableResource):
                 _TOKENIZERS[key] = load_tokenizer(spec, Path(self.models_dir))
             return _TOKENIZERS[key]
 
-    def teardown_after_execution(self, context) -> None:
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self._model = None
 
 
@@ -146,7 +157,7 @@ class LanceDBResource(dg.ConfigurableResource):
     uri: str
 
 
-def _batch_from_memory(simulator) -> int:
+def _batch_from_memory(simulator: LocalSimulator) -> int:
     """The simulator batch that the free CUDA memory holds for paper-sized prompts (header + rule
     + a 64-token record); the paper's 2 on other devices."""
     from featureinterp.simulator import batch_size_for_memory
@@ -178,14 +189,14 @@ class LLMResource(dg.ConfigurableResource):
     """The resolved preset as data (see ``PresetResource.preset_json``)."""
     """Explainer API key (set from the preset's ``api_key_env`` by definitions.py)."""
 
-    _local = PrivateAttr(default=None)
-    _explainer = PrivateAttr(default_factory=dict)
-    _simulator = PrivateAttr(default=None)
+    _local: LocalChatBackend | None = PrivateAttr(default=None)
+    _explainer: dict[str, ChatBackend] = PrivateAttr(default_factory=dict)
+    _simulator: LocalSimulator | None = PrivateAttr(default=None)
 
-    def settings(self):
+    def settings(self) -> ExplainSettings:
         return resolved_preset(self.preset, self.preset_json).explain
 
-    def local_backend(self):
+    def local_backend(self) -> LocalChatBackend:
         from featureinterp.local_llm import LocalChatBackend
 
         if self._local is None:
@@ -194,7 +205,7 @@ class LLMResource(dg.ConfigurableResource):
             self._local = LocalChatBackend(model, tok, name=spec.name)
         return self._local
 
-    def simulator(self):
+    def simulator(self) -> LocalSimulator:
         from featureinterp.simulator import LocalSimulator, prompt_for
 
         if self._simulator is None:
@@ -207,7 +218,7 @@ class LLMResource(dg.ConfigurableResource):
                 self._simulator.batch_size = _batch_from_memory(self._simulator)
         return self._simulator
 
-    def explainer(self, model: str | None = None):
+    def explainer(self, model: str | None = None) -> ChatBackend:
         """The explainer backend; ``model``: another model id on the preset's API route (a
         condition's ``explainer_model``), one backend per model id and run."""
         from featureinterp.api_llm import OpenAIChatBackend
@@ -253,6 +264,6 @@ class LLMResource(dg.ConfigurableResource):
                 self._explainer[key] = LocalChatBackend(model_, tok, name=spec.name)
         return self._explainer[key]
 
-    def teardown_after_execution(self, context) -> None:
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self._local = self._simulator = None
         self._explainer = {}

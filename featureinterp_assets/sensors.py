@@ -1,18 +1,25 @@
 """Automation: pick up layers added to the preset (its file, or a new SAE folder)."""
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from featureinterp.config import Preset, get_preset
 from featureinterp.errors import ConfigError
-from featureinterp_assets.partitions import layer_partitions
+from featureinterp_assets.partitions import layer_partitions, layer_partitions_name
+
+if TYPE_CHECKING:  # what dg.define_asset_job returns (dagster does not export the name)
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 
-def build_new_layers_sensor(preset: Preset, job, source: str | None = None) -> dg.SensorDefinition:
+def build_new_layers_sensor(
+    preset: Preset, job: "dg.JobDefinition | UnresolvedAssetJobDefinition", source: str | None = None
+) -> dg.SensorDefinition:
     """``source``: the preset file, read again at every tick, so a layer added to it (or an SAE
     folder dropped into a ``discover_layers`` SAE directory) is picked up without a restart;
     None: the built-in ``preset``. What follows the new layer's activations is declarative
     automation (featureinterp_assets/automation.py)."""
-    layers = layer_partitions(preset)
+    layers, layers_name = layer_partitions(preset), layer_partitions_name(preset)
 
     def current() -> Preset:
         if source is None:
@@ -26,13 +33,13 @@ def build_new_layers_sensor(preset: Preset, job, source: str | None = None) -> d
         return fresh
 
     @dg.sensor(job=job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
-    def new_layers_sensor(context: dg.SensorEvaluationContext):
+    def new_layers_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason | dg.SensorResult:
         """Adds the preset's layers missing from the instance and requests their SAE + activations."""
         try:
             spec = current()
         except ConfigError as err:  # a half-written file: say so and try again next tick
             return dg.SkipReason(str(err))
-        known = set(context.instance.get_dynamic_partitions(layers.name))
+        known = set(context.instance.get_dynamic_partitions(layers_name))
         new = [k for k in spec.layer_keys if k not in known]
         if not new:
             return dg.SkipReason(f"all {len(known)} layers of preset {spec.name!r} are registered")
@@ -44,10 +51,12 @@ def build_new_layers_sensor(preset: Preset, job, source: str | None = None) -> d
     return new_layers_sensor
 
 
-def stale_partitions(instance: dg.DagsterInstance, code_versions: dict[dg.AssetKey, str]) -> list[tuple]:
+def stale_partitions(
+    instance: dg.DagsterInstance, code_versions: dict[dg.AssetKey, str]
+) -> list[tuple[dg.AssetKey, str, str | None]]:
     """(asset key, partition key, stored version) of every materialized partition whose stored
     code version differs from the asset's current one (latest materialization per partition)."""
-    stale = []
+    stale: list[tuple[dg.AssetKey, str, str | None]] = []
     for key, current in code_versions.items():
         latest: dict[str, str | None] = {}
         cursor = None
@@ -88,14 +97,14 @@ def build_backfill_schedule(preset: Preset, assets: list[dg.AssetsDefinition]) -
     and block of features (the runs a UI backfill of those partitions would launch); the layer
     tables and figures follow through their automation conditions."""
     versions = per_feature_assets(preset, assets)
-    layers = layer_partitions(preset)
+    layers_name = layer_partitions_name(preset)
 
     @dg.schedule(
         cron_schedule="0 3 * * *",
         target=dg.AssetSelection.assets(*versions),
         default_status=dg.DefaultScheduleStatus.STOPPED,
     )
-    def layer_backfill_schedule(context: dg.ScheduleEvaluationContext):
+    def layer_backfill_schedule(context: dg.ScheduleEvaluationContext) -> dg.SkipReason | list[dg.RunRequest]:
         from featureinterp_assets.partitions import asset_scope, feature_blocks, range_tags
 
         instance = context.instance
@@ -106,8 +115,8 @@ def build_backfill_schedule(preset: Preset, assets: list[dg.AssetsDefinition]) -
         done = {k.to_user_string(): set(instance.get_materialized_partitions(k)) for k in versions}
         scope = asset_scope(preset)
         when = context.scheduled_execution_time.isoformat()  # one run per block and night
-        requests = []
-        for layer in instance.get_dynamic_partitions(layers.name):
+        requests: list[dg.RunRequest] = []
+        for layer in instance.get_dynamic_partitions(layers_name):
 
             def todo_of(feature: str, layer: str = layer) -> list[str]:
                 key, plain = (

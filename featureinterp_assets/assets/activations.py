@@ -5,13 +5,17 @@ Both are partitioned by layer and run as a single run over a range of layers (ba
 """
 
 import shutil
+from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 import numpy as np
 
+from featureinterp.activations import FeatureActivations
 from featureinterp.activations import sae_activations as compute_sae_activations
 from featureinterp.config import SYNTHETIC_LAYER, layer_key, parse_layer_key
 from featureinterp.corpus import decode_tokens
+from featureinterp.errors import ConfigError
 from featureinterp.models import check_layers
 from featureinterp.names import SYNTHETIC_KEY
 from featureinterp.sae import SaeRef, load_layer_sae, load_sae_from_disk, load_sae_pretrained
@@ -32,7 +36,9 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
         code_version="1",
         kinds={"pytorch"},
     )
-    def sae(context: dg.AssetExecutionContext, corpus_tokens, preset: PresetResource) -> dict:
+    def sae(
+        context: dg.AssetExecutionContext, corpus_tokens: ArrayBundle, preset: PresetResource
+    ) -> dict[str, dict[str, Any]]:
         """The layer's SAE in sae-lens format: trained here (embedded presets) or a released one.
 
         Trained SAEs report explained variance, L0 and the dead-latent fraction; their latents are
@@ -41,7 +47,7 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
         spec = preset.spec()
         all_ids = [parse_layer_key(k) for k in context.partition_keys]
         layer_ids = [layer for layer in all_ids if layer != SYNTHETIC_LAYER]
-        refs = {}
+        refs: dict[str, dict[str, Any]] = {}
         if SYNTHETIC_LAYER in all_ids:  # ground-truth features: no SAE to train or load
             refs[SYNTHETIC_KEY] = SaeRef(d_sae=len(SYNTHETIC_FEATURES), synthetic=True).to_dict()
         if layer_ids:
@@ -67,12 +73,14 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
                 ).to_dict()
         elif layer_ids and spec.sae.source == "disk":
             for layer in layer_ids:
-                path = spec.sae.path(layer)
-                loaded = load_sae_from_disk(path)
-                refs[layer_key(layer)] = SaeRef(d_sae=int(loaded.cfg.d_sae), path=path).to_dict()
+                folder = spec.sae.path(layer)
+                loaded = load_sae_from_disk(folder)
+                refs[layer_key(layer)] = SaeRef(d_sae=int(loaded.cfg.d_sae), path=folder).to_dict()
         elif layer_ids:
             for layer in layer_ids:
                 sae_id = spec.sae.sae_id(layer)
+                if spec.sae.release is None:
+                    raise ConfigError("release is not set for an sae_lens SAE source")
                 loaded = load_sae_pretrained(spec.sae.release, sae_id, device="cpu")
                 refs[layer_key(layer)] = SaeRef(
                     d_sae=int(loaded.cfg.d_sae), release=spec.sae.release, sae_id=sae_id
@@ -98,7 +106,12 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
             dg.AssetCheckSpec("studied_features_alive", asset="sae_activations"),
         ],
     )
-    def sae_activations(context: dg.AssetExecutionContext, corpus_tokens, sae: dict, preset: PresetResource):
+    def sae_activations(
+        context: dg.AssetExecutionContext,
+        corpus_tokens: ArrayBundle,
+        sae: dict[str, dict[str, Any]],
+        preset: PresetResource,
+    ) -> Iterator[dg.Output[dict[str, ArrayBundle]] | dg.AssetCheckResult]:
         """Studied features' activations on every row and position, feature-major [F, N, T] float16.
 
         One forward pass per batch for all layers of the run, stopped after the deepest layer.
@@ -106,7 +119,7 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
         (and the `studied_features_alive` check warns) instead of failing the run.
         """
         spec = preset.spec()
-        results = {}
+        results: dict[int, FeatureActivations] = {}
         refs = {k: SaeRef.from_dict(ref) for k, ref in sae.items()}
         real = {k: ref for k, ref in refs.items() if not ref.synthetic}
         if real:
@@ -135,11 +148,20 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
         if len(real) < len(sae):
             strings = decode_tokens(preset.tokenizer(), corpus_tokens["tokens"])
             results[SYNTHETIC_LAYER] = synthetic_activations(strings, spec.features, spec.prepend_bos)
-        out, dead, finite = {}, {}, True
+        out: dict[str, ArrayBundle] = {}
+        dead: dict[str, list[int]] = {}
+        finite = True
         for layer, r in results.items():
             key = layer_key(layer)
             out[key] = ArrayBundle(
-                {"acts": r.acts, "max": r.max, "token_freq": r.token_freq, "row_count": r.row_count},
+                {
+                    # a StagedNpy when streamed (save_arrays moves it into place); storage.py types
+                    # ArrayBundle.arrays as ndarrays only
+                    "acts": r.acts,  # type: ignore[dict-item]
+                    "max": r.max,
+                    "token_freq": r.token_freq,
+                    "row_count": r.row_count,
+                },
                 {"layer": layer, "features": r.features},
             )
             finite &= bool(np.isfinite(r.max).all())

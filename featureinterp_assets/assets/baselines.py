@@ -3,14 +3,17 @@ empty explanation's (the simulator's prior), and on layer SYN the true and a wro
 (featureinterp/baselines.py). One simulation per kind on the test records, the simulator loaded
 once per ranged run like the explain stage."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from featureinterp.baselines import baseline_scores
 from featureinterp.config import layer_key
 from featureinterp.names import SYNTHETIC_LAYER
+from featureinterp.storage import TableBundle
 from featureinterp_assets.assets.records import _layer_feature_of
 from featureinterp_assets.automation import PER_PARTITION
-from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition
+from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, StepEvent, each_partition
 from featureinterp_assets.constants import GROUP_EXPLANATIONS, POOL_GPU, STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
 from featureinterp_assets.resources import LLMResource
@@ -31,10 +34,10 @@ def build_baseline_asset(
     )
     def baselines(
         context: dg.AssetExecutionContext,
-        records: dict,
+        records: dict[str, TableBundle],
         llm: LLMResource,
         storage: dg.ResourceParam[StorageIOManager],
-    ):
+    ) -> Iterator[StepEvent]:
         """Null baseline (empty explanation) of every feature; true / other rule on SYN."""
 
         def compute(key: str) -> PartitionResult:

@@ -1,5 +1,7 @@
 """The tokenized corpus every later stage reads."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from featureinterp.corpus import bos_token_id, build_tokens, check_token_rows, decode_rows, tokens_hash
@@ -15,7 +17,9 @@ from featureinterp_assets.resources import PresetResource
     kinds={"numpy"},
     check_specs=[dg.AssetCheckSpec("rows_well_formed", asset="corpus_tokens", blocking=True)],
 )
-def corpus_tokens(context: dg.AssetExecutionContext, preset: PresetResource):
+def corpus_tokens(
+    context: dg.AssetExecutionContext, preset: PresetResource
+) -> Iterator[dg.Output[ArrayBundle] | dg.AssetCheckResult]:
     """Token rows of the preset's corpus: BOS + 32 tokens each, never spanning two documents.
 
     The content hash (tokens + tokenizer) is the data version, so a changed corpus or tokenizer

@@ -11,6 +11,7 @@ explanation fails its partition alone, with the reason and the completions in th
 
 import base64
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import numpy as np
@@ -18,36 +19,46 @@ import polars as pl
 
 from featureinterp.complexity import ComplexityAnalyzer, mean_complexity
 from featureinterp.config import ApiSpec, Preset
-from featureinterp.experiments import Condition, evaluate, feature_records, get_condition
+from featureinterp.experiments import Condition, Evaluation, evaluate, feature_records, get_condition
 from featureinterp.explain import ExplainResult, ExplanationFailed, explain, explain_seed
 from featureinterp.explanations import Explanation
 from featureinterp.formatting import quantize
 from featureinterp.llm import request_modes
 from featureinterp.names import POSITIVE_SOURCE
 from featureinterp.previews import score_strip
+from featureinterp.storage import ArrayBundle, TableBundle
 from featureinterp_assets.assets.records import _layer_feature_of
 from featureinterp_assets.automation import PER_PARTITION
-from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition
+from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, StepEvent, each_partition
 from featureinterp_assets.constants import GROUP_EXPLANATIONS, POOL_GPU, STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
 from featureinterp_assets.resources import LLMResource, PresetResource
+
+if TYPE_CHECKING:
+    from featureinterp.simulator import LocalSimulator
 
 TRANSIENT_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 """Step retries for transient faults (server gave up, CUDA OOM from a neighbour); parse failures
 are handled inside the explainer with bounded re-requests."""
 
 
-def _max_act(records_value) -> float:
+def _max_act(records_value: TableBundle) -> float:
     return float(records_value.meta.get("max_act", 0.0))
 
 
-def _holistic(holistic_value) -> tuple[dict[int, np.ndarray], float]:
+def _holistic(holistic_value: ArrayBundle) -> tuple[dict[int, np.ndarray], float]:
     rows = np.asarray(holistic_value["rows"])
     values = np.asarray(holistic_value["holistic"], dtype=np.float32)
     return {int(r): values[i, 1:] for i, r in enumerate(rows)}, float(holistic_value.meta["max_holistic"])
 
 
-def _preview(frame, explanation: Explanation, predictions, max_act: float, n: int = 3) -> str:
+def _preview(
+    frame: pl.DataFrame,
+    explanation: Explanation,
+    predictions: dict[str, list[list[float]]],
+    max_act: float,
+    n: int = 3,
+) -> str:
     """Markdown: true (0..5) vs simulated values on the first test positives."""
     pos = frame.filter((pl.col("source") == POSITIVE_SOURCE) & (pl.col("split") == "test")).sort("rank")
     lines = [f"**{explanation}**", "", "| record | token: true / simulated |", "|---|---|"]
@@ -76,7 +87,9 @@ def build_explanation_assets(
     return [_condition_asset(get_condition(name), layer_x_feature, automate) for name in conditions]
 
 
-def _condition_asset(cond: Condition, partitions, automate: bool = False) -> dg.AssetsDefinition:
+def _condition_asset(
+    cond: Condition, partitions: dg.MultiPartitionsDefinition, automate: bool = False
+) -> dg.AssetsDefinition:
     """``explanations/<condition>`` and ``scores/<condition>`` as one step: a ranged run (a layer's
     features, a UI backfill) explains and scores each feature before the next, with the simulator
     loaded once, and records each (layer, feature) on its own (featureinterp_assets/batch.py).
@@ -130,7 +143,7 @@ def _condition_asset(cond: Condition, partitions, automate: bool = False) -> dg.
         llm: LLMResource,
         storage: dg.ResourceParam[StorageIOManager],
         **inputs,
-    ):
+    ) -> Iterator[StepEvent]:
         spec = preset.spec()
         wanted = context.selected_output_names
 
@@ -138,7 +151,7 @@ def _condition_asset(cond: Condition, partitions, automate: bool = False) -> dg.
             layer, feature = _layer_feature_of(key)
             rec = inputs["records"][key]
             hol = inputs["holistic_activations"][key] if cond.holistic else None
-            outputs = {}
+            outputs: dict[str, Produced] = {}
             if "explanation" in wanted:
                 outputs["explanation"] = _explain(spec, llm, cond, layer, feature, rec, hol)
                 expl = outputs["explanation"].value
@@ -179,7 +192,15 @@ def llm_partitions(
     )
 
 
-def _explain(spec, llm: LLMResource, cond: Condition, layer: int, feature: int, rec, hol_value) -> Produced:
+def _explain(
+    spec: Preset,
+    llm: LLMResource,
+    cond: Condition,
+    layer: int,
+    feature: int,
+    rec: TableBundle,
+    hol_value: ArrayBundle | None,
+) -> Produced:
     """One feature's explanation (the stored value and its metadata); a failed search raises
     ``dg.Failure`` with the completions, never a dummy explanation."""
     max_act = _max_act(rec)
@@ -188,7 +209,7 @@ def _explain(spec, llm: LLMResource, cond: Condition, layer: int, feature: int, 
     base["rule_cap"] = config.rule_cap  # the cap this explanation ran with (None: uncapped)
     if not max_act > 0:
         return Produced(base | {"skipped": "dead feature"}, {"skipped": "dead feature (never fires)"})
-    hol, max_h = _holistic(hol_value) if cond.holistic else (None, 0.0)
+    hol, max_h = _holistic(hol_value) if hol_value is not None else (None, 0.0)  # given iff cond.holistic
     records = feature_records(rec.frame, max_act, cond, hol, max_h)
     backend, simulator = llm.explainer(cond.explainer_model), llm.simulator()
     seed = explain_seed(spec.seed, spec.name, cond.name, layer, feature)
@@ -239,7 +260,7 @@ def _explained(
     return Produced(value, metadata)
 
 
-def _strip(frame, explanation: Explanation, ev, max_act: float) -> str:
+def _strip(frame: pl.DataFrame, explanation: Explanation, ev: Evaluation, max_act: float) -> str:
     """Markdown image: true vs simulated activations on the first test records (previews.py)."""
     title = f"{explanation} | score {ev.score:.3f}"[:150]
     png = score_strip(frame, ev.predictions, max_act, title)
@@ -261,7 +282,9 @@ def score_base(cond: Condition, expl: dict) -> dict:
     }
 
 
-def _score(llm: LLMResource, cond: Condition, expl: dict, rec, faithful: bool = False) -> Produced:
+def _score(
+    llm: LLMResource, cond: Condition, expl: dict, rec: TableBundle, faithful: bool = False
+) -> Produced:
     """Test-split evaluation of one stored explanation, with each rule's complexity; ``faithful``
     (faithful presets): false positives by the paper's absolute rule instead of ours, and the
     paper's complexity read-out one token late."""
@@ -304,7 +327,13 @@ def _score(llm: LLMResource, cond: Condition, expl: dict, rec, faithful: bool = 
 
 
 def _score_metadata(
-    ev, explanation: Explanation, complexities: list, simulator, simulator_tokens: int, frame, max_act: float
+    ev: Evaluation,
+    explanation: Explanation,
+    complexities: list[float],
+    simulator: "LocalSimulator",
+    simulator_tokens: int,
+    frame: pl.DataFrame,
+    max_act: float,
 ) -> dict:
     """The Dagster metadata of one test evaluation: scores, complexity, simulator, previews."""
     return {

@@ -9,13 +9,14 @@ features" caption, by run config.
 
 import base64
 from pathlib import Path
+from typing import Any, TypedDict
 
 import dagster as dg
 import polars as pl
 
 from featureinterp import calibration, figures
-from featureinterp.config import feature_key, layer_key
-from featureinterp.figure_common import result_frame, result_rows
+from featureinterp.config import Preset, feature_key, layer_key
+from featureinterp.figure_common import FigureResult, result_frame, result_rows
 from featureinterp.figure_detection import fig3_detection
 from featureinterp.figure_grids import figure_conditions, figure_grids, select_grid
 from featureinterp.names import PRIMARY_SOURCE, SYNTHETIC_KEY
@@ -71,7 +72,10 @@ def build_figure_assets(
         automation_condition=SUMMARY,
     )
     def layer_results(
-        context: dg.AssetExecutionContext, preset: PresetResource, baselines: dict, **scores
+        context: dg.AssetExecutionContext,
+        preset: PresetResource,
+        baselines: dict[str, dict[str, Any]],
+        **scores,
     ) -> TableBundle:
         """Every condition's test scores for one layer: rows (feature, condition, source) -> score,
         false-positive rate, complexity, and the feature's baselines on that source (empty
@@ -79,7 +83,8 @@ def build_figure_assets(
         layer = context.partition_key
         spec = preset.spec()
         expected, scope = spec.feature_keys, asset_scope(spec)
-        rows, missing = [], {}
+        rows: list[dict] = []
+        missing: dict[str, list[str]] = {}
         refs = {int(v["feature"]): v for v in baselines.values()}
         extra = _secondary_by_partition({k: v for k, v in scores.items() if "__" in k})
         for name, values in scores.items():
@@ -141,7 +146,16 @@ class FigureConfig(dg.Config):
     missing (layer, feature, condition) partitions."""
 
 
-_FIGURE_ASSET = {
+class _FigureAssetArgs(TypedDict):
+    group_name: str
+    io_manager_key: str
+    code_version: str
+    ins: dict[str, dg.AssetIn]
+    kinds: set[str]
+    automation_condition: dg.AutomationCondition
+
+
+_FIGURE_ASSET: _FigureAssetArgs = {
     "group_name": GROUP_FIGURES,
     "io_manager_key": STORAGE_IO,
     "code_version": "1",
@@ -167,7 +181,9 @@ FIGURE_DESCRIPTIONS = {
 """What each paper figure shows (the asset's description in the UI)."""
 
 
-def _figure_table(name: str, config: FigureConfig, spec, layer_results: dict) -> tuple:
+def _figure_table(
+    name: str, config: FigureConfig, spec: Preset, layer_results: dict[str, TableBundle]
+) -> tuple[pl.DataFrame, str, dict[str, list[str]], int]:
     """The figure's grid and its rows: (table, grid note, missing partitions, features expected);
     fails over an incomplete grid when ``allow_incomplete`` is off, or when nothing is scored."""
     if config.grid not in ("paper", "preset"):
@@ -201,6 +217,7 @@ def _figure_table(name: str, config: FigureConfig, spec, layer_results: dict) ->
     if not frames:
         raise dg.Failure(description=f"{name}: no scores yet; {build_hint(spec.name)}")
     table, grid_note = select_grid(pl.concat(frames), grid, spec.explain.conditions, name)
+    assert isinstance(table, pl.DataFrame)  # select_grid is annotated to return an object
     if not len(table):
         raise dg.Failure(
             description=f"{name}: no scores inside the figure's {grid_note}; {build_hint(spec.name)}"
@@ -208,7 +225,7 @@ def _figure_table(name: str, config: FigureConfig, spec, layer_results: dict) ->
     return table, grid_note, missing, len(features)
 
 
-def _image_metadata(name: str, result) -> dict:
+def _image_metadata(name: str, result: FigureResult) -> dict[str, Any]:
     """The figure inline (base64 PNG), its caption, summary table and file path."""
     png = base64.b64encode(result.png.read_bytes()).decode()
     return {
@@ -222,8 +239,11 @@ def _image_metadata(name: str, result) -> dict:
 def _figure_asset(name: str) -> dg.AssetsDefinition:
     @dg.asset(name=name, description=FIGURE_DESCRIPTIONS[name], **_FIGURE_ASSET)
     def figure(
-        context: dg.AssetExecutionContext, config: FigureConfig, layer_results: dict, preset: PresetResource
-    ):
+        context: dg.AssetExecutionContext,
+        config: FigureConfig,
+        layer_results: dict[str, TableBundle],
+        preset: PresetResource,
+    ) -> dict[str, Any]:
         table, grid_note, missing, expected = _figure_table(name, config, preset.spec(), layer_results)
         out_dir = Path(preset.storage_dir()) / "figures"
         result = getattr(figures, name)(table, out_dir, expected=expected, grid=grid_note)
@@ -244,7 +264,9 @@ def _figure_asset(name: str) -> dg.AssetsDefinition:
 
 def _calibration_asset() -> dg.AssetsDefinition:
     @dg.asset(name="fig_calibration", **_FIGURE_ASSET)
-    def fig_calibration(context: dg.AssetExecutionContext, layer_results: dict, preset: PresetResource):
+    def fig_calibration(
+        context: dg.AssetExecutionContext, layer_results: dict[str, TableBundle], preset: PresetResource
+    ) -> dict[str, Any]:
         """The synthetic features (layer SYN) as a calibration, next to the paper's figures: the
         simulator's discrimination (true rule vs another feature's rule vs an empty explanation)
         and how much of the true rule each explainer condition recovers."""

@@ -1,24 +1,29 @@
 """Records stage: corpus embeddings in LanceDB, per-feature records and holistic activations."""
 
 import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import numpy as np
 
-from featureinterp.config import layer_key, parse_feature_key, parse_layer_key
+from featureinterp.config import Preset, layer_key, parse_feature_key, parse_layer_key
 from featureinterp.corpus import decode_rows
 from featureinterp.holistic import holistic_activations as compute_holistic
 from featureinterp.names import POSITIVE_SOURCE
 from featureinterp.record_building import build_feature_records
 from featureinterp.records import RecordParams
 from featureinterp.retrieval import CorpusIndex, embed_texts, load_embedder, table_name
-from featureinterp.sae import SaeRef, load_layer_sae
+from featureinterp.sae import LoadedSae, SaeRef, load_layer_sae
 from featureinterp.storage import ArrayBundle, TableBundle
 from featureinterp_assets.automation import PER_PARTITION
-from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition
+from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, StepEvent, each_partition
 from featureinterp_assets.constants import GROUP_RECORDS, POOL_GPU, STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
 from featureinterp_assets.resources import LanceDBResource, PresetResource
+
+if TYPE_CHECKING:
+    import polars as pl
 
 RECORD_CHECKS = [
     "source_counts",
@@ -55,8 +60,11 @@ class RecordsConfig(dg.Config):
 
 @dg.asset(group_name=GROUP_RECORDS, io_manager_key=STORAGE_IO, code_version="1", kinds={"lancedb"})
 def corpus_embeddings(
-    context: dg.AssetExecutionContext, corpus_tokens, preset: PresetResource, lancedb: LanceDBResource
-) -> dict:
+    context: dg.AssetExecutionContext,
+    corpus_tokens: ArrayBundle,
+    preset: PresetResource,
+    lancedb: LanceDBResource,
+) -> dict[str, Any]:
     """Every token row decoded (without BOS) and embedded with sentence-transformers, in a LanceDB table.
 
     The table name carries the token hash and the embedding model, so re-materializing the same
@@ -67,7 +75,7 @@ def corpus_embeddings(
     texts = decode_rows(preset.tokenizer(), corpus_tokens["tokens"], skip_first=spec.prepend_bos)
     embedder = None
 
-    def embed(chunk):
+    def embed(chunk: Sequence[str]) -> np.ndarray:
         nonlocal embedder
         embedder = embedder or load_embedder(spec.embedding_model, preset.torch_device)
         return embed_texts(embedder, chunk)
@@ -109,12 +117,12 @@ def build_records_assets(
     def records(
         context: dg.AssetExecutionContext,
         config: RecordsConfig,
-        corpus_tokens,
-        sae_activations: dict,
-        corpus_embeddings: dict,
+        corpus_tokens: ArrayBundle,
+        sae_activations: dict[str, ArrayBundle],
+        corpus_embeddings: dict[str, Any],
         preset: PresetResource,
         storage: dg.ResourceParam[StorageIOManager],
-    ):
+    ) -> Iterator[StepEvent]:
         """The feature's records: 30 positives (from the top 100 rows) and 30 rows from each of six
         complementary sources (random, random-negative, similar, similar-negative and their projected
         variants), with train/valid/test splits of 10 + 10 per source. Similar rows come from a
@@ -147,19 +155,19 @@ def build_records_assets(
     )
     def holistic_activations(
         context: dg.AssetExecutionContext,
-        records: dict,
-        sae: dict,
-        corpus_tokens,
+        records: dict[str, TableBundle],
+        sae: dict[str, dict[str, Any]],
+        corpus_tokens: ArrayBundle,
         preset: PresetResource,
         storage: dg.ResourceParam[StorageIOManager],
-    ):
+    ) -> Iterator[StepEvent]:
         """Exact drop-one-token (holistic) activations of the feature on every row its records show.
 
         H_d = mean_t a_t(x) - mean_t a_t(x without token d); the 0..5 display normaliser
         `max_holistic` is the maximum over the rows computed here.
         """
         spec = preset.spec()
-        loaded_saes: dict[int, object] = {}  # one SAE load per layer of the run
+        loaded_saes: dict[int, LoadedSae] = {}  # one SAE load per layer of the run
 
         def compute(key: str) -> PartitionResult:
             layer, feature = _layer_feature_of(key)
@@ -199,7 +207,14 @@ def build_records_assets(
 
 
 def _records_of(
-    spec, preset, params, index, corpus_tokens, acts_bundle, layer: int, feature: int
+    spec: Preset,
+    preset: PresetResource,
+    params: RecordParams,
+    index: CorpusIndex,
+    corpus_tokens: ArrayBundle,
+    acts_bundle: ArrayBundle,
+    layer: int,
+    feature: int,
 ) -> PartitionResult:
     """One feature's records table, its metadata and its check outcomes."""
     stored = [int(f) for f in acts_bundle.meta["features"]]
@@ -241,7 +256,7 @@ def _layer_feature_of(key: str) -> tuple[int, int]:
     return parse_layer_key(layer[0]), parse_feature_key(feature[0])
 
 
-def records_preview(frame, max_act: float, n: int = 4) -> str:
+def records_preview(frame: "pl.DataFrame", max_act: float, n: int = 4) -> str:
     """Markdown: the top positive rows with activating tokens in bold (activation / max in brackets)."""
     import polars as pl
 
