@@ -108,7 +108,7 @@ def test_a_figure_on_a_fresh_install_names_the_command_that_builds_it(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("name", "judged"), [("embedded", {"one_shot", "tree"}), ("gpt2-small", {"fig3_one_shot", "fig3_tree"})]
+    ("name", "judged"), [("embedded-tiny", {"one_shot", "tree"}), ("gpt2-small", {"fig3_one_shot", "fig3_tree"})]
 )
 def test_secondary_scores_per_condition_and_the_exports(name, judged, tmp_path):
     """Every condition gets an embedding score; the conditions Figure 3 compares also get detection
@@ -129,3 +129,12 @@ def test_secondary_scores_per_condition_and_the_exports(name, judged, tmp_path):
     assert dg.AssetKey("export") in graph.get(dg.AssetKey("export_all")).parent_keys
     layer_results = graph.get(dg.AssetKey("layer_results"))
     assert dg.AssetKey(["detection", sorted(judged)[0]]) in layer_results.parent_keys
+
+
+def test_the_newcomer_run_skips_the_llm_scorers_its_model_cannot_do():
+    """The embedded default's SmolLM2 labels every record 1 (benchmarks.scorers): its run keeps
+    the embedding score of every condition and no detection or fuzzing asset."""
+    preset = get_preset("embedded")
+    keys = {k.to_user_string() for k in build_definitions(preset).resolve_asset_graph().get_all_asset_keys()}
+    assert {f"embedding/{c}" for c in preset.explain.conditions} <= keys
+    assert not any(k.startswith(("detection/", "fuzzing/")) for k in keys)
