@@ -55,6 +55,7 @@ def test_backfill_schedule_requests_missing_and_stale_partitions_per_layer(tmp_p
         "explanations/tree",
         "scores/tree",
         "baselines",
+        *(f"{scorer}/{c}" for scorer in ("detection", "fuzzing", "embedding") for c in ("one_shot", "tree")),
     ]
     keys = {a: dg.AssetKey(a.split("/")) for a in per_feature}
     with dg.instance_for_test() as instance:
