@@ -204,4 +204,17 @@ def test_ui_backfill_of_a_layer_loads_once_and_fails_one_feature_alone(tmp_path,
         server.stop()
     for (key, f), value in first.items():
         if f == FEATURES[0] or key.path[0] == "scores":
-            assert _value(storage, key, f) == value, (key, f)
+            assert _close(_value(storage, key, f), value), (key, f)
+
+
+def _close(a: object, b: object, rel: float = 1e-5) -> bool:
+    """Equal values, floats to ``rel``: a ranged run reads the complexity header from the prefix
+    cache its previous partition stored, a one-partition run prefills it, and the two forward
+    passes round differently in the last digits (the explanations and scores themselves match)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (a != a and b != b) or abs(a - b) <= rel * max(abs(a), abs(b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], rel) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y, rel) for x, y in zip(a, b))
+    return a == b
