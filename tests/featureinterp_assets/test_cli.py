@@ -217,8 +217,9 @@ def _check_ui(env) -> None:
                 page.screenshot(path=str(SCREENSHOTS / f"{shot}.png"), full_page=True)
                 return page.inner_text("body")
 
-            body = visit("/assets", "assets", ["records", "fig5"])
-            assert "explanations / one_shot" in body and "scores / one_shot" in body
+            # the catalog lists its ~30 assets in a virtualized table (rows below the fold are not
+            # rendered); each asset's own page is visited below
+            visit("/assets", "assets", ["records", "fig5"])
             body = visit("/assets/records", "records", ["preview"])
             assert "counts" in body and "row " in body  # the partition's metadata preview
             # every asset says what it is (no "No description found"); a score shows its strip
