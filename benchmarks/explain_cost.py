@@ -7,7 +7,8 @@ records and rate their rules' complexity.
 
 - *old* (the code before prefix reuse): every prompt is prefilled from its first token; rule
   simulations are cached within one explain call only (``memo_size=0``).
-- *new*: the local backend reuses stored prompt prefixes (``kv_cache.PrefixStore``: the system
+- *new*: the local backend decodes a single sample speculatively (``speculative``: drafts from
+  the reply's grammar and from the prompt, verified in one pass) and reuses stored prompt prefixes (``kv_cache.PrefixStore``: the system
   message and few-shot examples across features, a tree node's conversation for its children,
   the complexity header across rules), and the simulator memoizes (rule, record) values across
   conditions, tree nodes and scoring.
@@ -78,6 +79,7 @@ def _run(model, tok, frames, settings, new: bool) -> tuple[float, dict, list]:
     backend = LocalChatBackend(model, tok, name="smollm2")
     if not new:
         backend.prefixes.usable = False
+        backend.max_draft = 0
     sim = LocalSimulator(
         model, tok, prompt_for(settings.simulator_prompt), batch_size=8, memo_size=200_000 if new else 0
     )
@@ -97,9 +99,19 @@ def _run(model, tok, frames, settings, new: bool) -> tuple[float, dict, list]:
     tokens = {
         "explainer_prefill": backend.usage.prefill_tokens,
         "explainer_generated": backend.usage.completion_tokens,
+        "explainer_drafted": backend.drafts.drafted,
+        "explainer_decode_passes": backend.drafts.passes,
+        "explainer_drafts_kept": backend.drafts.accepted,
         "simulator": sim.forward_tokens,
     }
     return wall, tokens, results
+
+
+def _forward_tokens(t: dict) -> int:
+    """Positions run through the model: prefills, simulator passes, and decoding (one position
+    per generated token, or per speculative pass plus its draft tokens)."""
+    decode = t["explainer_decode_passes"] + t["explainer_drafted"] or t["explainer_generated"]
+    return t["explainer_prefill"] + t["simulator"] + decode
 
 
 def _same(a: list, b: list, tol: float = 1e-4) -> bool:
@@ -137,7 +149,7 @@ def main() -> None:
     new_wall, new_tokens, new_results = _run(model, tok, frames, preset.explain, new=True)
     n = len(new_results)
     per = {
-        f"{way}_forward_tokens_per_explanation": round(sum(t.values()) / n)
+        f"{way}_forward_tokens_per_explanation": round(_forward_tokens(t) / n)
         for way, t in (("old", old_tokens), ("new", new_tokens))
     }
     report(

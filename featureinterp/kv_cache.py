@@ -40,7 +40,7 @@ from featureinterp.errors import ConfigError
 if TYPE_CHECKING:
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-__all__ = ["PrefixStore", "fork", "new_cache", "prefix", "shared_prefix", "sharing_layer_types"]
+__all__ = ["PrefixStore", "can_cut", "fork", "new_cache", "prefix", "shared_prefix", "sharing_layer_types"]
 
 
 def _layer_classes() -> tuple[type[DynamicLayer], type[DynamicSlidingWindowLayer]]:
@@ -139,6 +139,15 @@ def prefix(cache: Any, length: int) -> Any:
     out = copy.copy(cache)
     out.layers = [_prefix_layer(layer, length) for layer in cache.layers]
     return out
+
+
+def can_cut(cache: Any) -> bool:
+    """Whether ``prefix`` can cut ``cache`` back to any length it held: attention layers only
+    (recurrent state cannot be rolled back), sliding-window ones built with ``keep_past``."""
+    full, sliding = _layer_classes()
+    return all(
+        type(layer) is full or (type(layer) is sliding and layer.record_past) for layer in cache.layers
+    )
 
 
 def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:

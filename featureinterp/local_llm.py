@@ -5,7 +5,10 @@ Why our own sampling loop instead of ``model.generate``: (1) sampling draws from
 touching the global RNG; (2) the prompt is prefilled once and its key/value cache is shared by the
 ``n`` samples as expanded views (no per-sample prefill, no copies); (3) the JSON-schema grammar
 (xgrammar) masks the logits of each sample every step, so a structured reply is valid by
-construction even from a 135M model that ignores a "reply in JSON" instruction.
+construction even from a 135M model that ignores a "reply in JSON" instruction; (4) a single
+sample is decoded speculatively (``featureinterp.speculative``): drafts from the grammar and the
+prompt are verified several tokens per pass, which a memory-bound CPU decoder runs for about the
+price of one.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from featureinterp import kv_cache
+from featureinterp import kv_cache, speculative
 from featureinterp.llm import BackendError, ChatBackend, Completion, GenerationParams, Message, Usage
 
 if TYPE_CHECKING:
@@ -46,6 +49,9 @@ class LocalChatBackend(ChatBackend):
         extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos |= set(extra if isinstance(extra, list) else [extra])
         self._eos = {int(e) for e in eos if e is not None}
+        self.max_draft = 8
+        """Draft tokens verified per decode pass of a single sample (0: one token per pass)."""
+        self.drafts = speculative.DraftStats()
         self.prefixes = kv_cache.PrefixStore()
         """Prefilled prompts reused by later requests that start with the same tokens (the system
         message and few-shot examples of every feature, a tree node's conversation for its
@@ -84,22 +90,35 @@ class LocalChatBackend(ChatBackend):
         self.usage.add(prefill_tokens=len(ids) - reused)
         return logits, cache
 
+    def _forward_rows(self, ids: torch.Tensor, cache: Any, start: int) -> torch.Tensor:
+        """Logits [len, vocab] after every position of the batch-1 ``ids`` [1, len]."""
+        pos = torch.arange(start, start + ids.shape[1], device=self.device)[None]
+        out = self.model(
+            input_ids=ids, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=ids.shape[1]
+        )
+        return out.logits[0].float().cpu()
+
     def _forward(self, ids: torch.Tensor, cache: Any, start: int) -> torch.Tensor:
         pos = torch.arange(start, start + ids.shape[1], device=self.device).expand(ids.shape[0], -1)
         out = self.model(input_ids=ids, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float()
 
     @staticmethod
-    def _sample(logits: torch.Tensor, params: GenerationParams, gen: torch.Generator) -> torch.Tensor:
-        if params.temperature == 0:
-            return logits.argmax(-1)
+    def _probs(logits: torch.Tensor, params: GenerationParams) -> torch.Tensor:
+        """The sampling distribution [..., vocab] of (masked) ``logits``: tempered, top-p cut."""
         probs = torch.softmax(logits / params.temperature, dim=-1)
         if params.top_p < 1:
             sorted_p, order = probs.sort(dim=-1, descending=True)
             keep = sorted_p.cumsum(-1) - sorted_p < params.top_p
             sorted_p = sorted_p * keep
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+        return probs
+
+    @classmethod
+    def _sample(cls, logits: torch.Tensor, params: GenerationParams, gen: torch.Generator) -> torch.Tensor:
+        if params.temperature == 0:
+            return logits.argmax(-1)
+        return torch.multinomial(cls._probs(logits, params), 1, generator=gen).squeeze(-1)
 
     @torch.no_grad()
     def generate(self, messages: Sequence[Message], params: GenerationParams) -> list[Completion]:
@@ -109,57 +128,147 @@ class LocalChatBackend(ChatBackend):
             gen.manual_seed(params.seed)
         else:
             gen.seed()
+        grammar = self._grammar(params.json_schema) if params.json_schema is not None else None
         with self._lock:
             logits, cache = self._prefill(ids)
-            n = params.n
-            cache = kv_cache.fork(cache, n) if n > 1 else cache
-            logits = logits.expand(n, -1).clone()
-            matchers: list[xgr.GrammarMatcher] | None = None
-            bitmask: torch.Tensor | None = None
-            if params.json_schema is not None:
-                import xgrammar as xgr
-
-                grammar = self._grammar(params.json_schema)
-                matchers = [xgr.GrammarMatcher(grammar) for _ in range(n)]
-                bitmask = xgr.allocate_token_bitmask(n, logits.shape[-1])
-            out: list[list[int]] = [[] for _ in range(n)]
-            done = [False] * n
-            reasons: list[str | None] = ["length"] * n
-            for step in range(params.max_tokens):
-                if matchers is not None:
-                    import xgrammar as xgr
-
-                    assert bitmask is not None  # allocated with the matchers
-                    for i, m in enumerate(matchers):
-                        if done[i]:
-                            bitmask[i].fill_(-1)  # finished rows: allow anything (their tokens are ignored)
-                        else:
-                            m.fill_next_token_bitmask(bitmask, i)
-                    xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device))
-                tokens = self._sample(logits.cpu(), params, gen).tolist()
-                for i, t in enumerate(tokens):
-                    if done[i]:
-                        continue
-                    if matchers is not None:
-                        if not matchers[i].accept_token(t):
-                            raise BackendError(f"grammar rejected token {t} of sample {i} (xgrammar bug?)")
-                        if matchers[i].is_terminated():
-                            done[i], reasons[i] = True, "stop"
-                            continue
-                    if t in self._eos:
-                        done[i], reasons[i] = True, "stop"
-                        continue
-                    out[i].append(t)
-                if all(done) or step == params.max_tokens - 1:
-                    break
-                next_ids = torch.tensor(tokens, device=self.device)[:, None]
-                logits = self._forward(next_ids, cache, len(ids) + step)
+            if params.n == 1 and self.max_draft > 0 and kv_cache.can_cut(cache):
+                out, reasons = self._decode_drafted(ids, logits, cache, params, gen, grammar)
+            else:
+                out, reasons = self._decode(ids, logits, cache, params, gen, grammar)
         self.usage.add(requests=1, prompt_tokens=len(ids), completion_tokens=sum(len(o) for o in out))
         request_id = f"local-{uuid.uuid4().hex[:12]}"
         return [
             Completion(self.tok.decode(o, skip_special_tokens=True), reasons[i], request_id)
             for i, o in enumerate(out)
         ]
+
+    def _decode(
+        self,
+        ids: list[int],
+        logits: torch.Tensor,
+        cache: Any,
+        params: GenerationParams,
+        gen: torch.Generator,
+        grammar: xgr.CompiledGrammar | None,
+    ) -> tuple[list[list[int]], list[str]]:
+        """(tokens, finish reason) of ``params.n`` samples decoded together, one token per pass.
+
+        ``logits`` [1, vocab]: the prompt's last position; ``cache``: the prompt's (batch 1)."""
+        n = params.n
+        cache = kv_cache.fork(cache, n) if n > 1 else cache
+        logits = logits.expand(n, -1).clone()
+        matchers: list[xgr.GrammarMatcher] | None = None
+        bitmask: torch.Tensor | None = None
+        if grammar is not None:
+            import xgrammar as xgr
+
+            matchers = [xgr.GrammarMatcher(grammar) for _ in range(n)]
+            bitmask = xgr.allocate_token_bitmask(n, logits.shape[-1])
+        out: list[list[int]] = [[] for _ in range(n)]
+        done = [False] * n
+        reasons = ["length"] * n
+        for step in range(params.max_tokens):
+            if matchers is not None:
+                import xgrammar as xgr
+
+                assert bitmask is not None  # allocated with the matchers
+                for i, m in enumerate(matchers):
+                    if done[i]:
+                        bitmask[i].fill_(-1)  # finished rows: allow anything (their tokens are ignored)
+                    else:
+                        m.fill_next_token_bitmask(bitmask, i)
+                xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device))
+            tokens = self._sample(logits.cpu(), params, gen).tolist()
+            for i, t in enumerate(tokens):
+                if done[i]:
+                    continue
+                if matchers is not None:
+                    if not matchers[i].accept_token(t):
+                        raise BackendError(f"grammar rejected token {t} of sample {i} (xgrammar bug?)")
+                    if matchers[i].is_terminated():
+                        done[i], reasons[i] = True, "stop"
+                        continue
+                if t in self._eos:
+                    done[i], reasons[i] = True, "stop"
+                    continue
+                out[i].append(t)
+            if all(done) or step == params.max_tokens - 1:
+                break
+            next_ids = torch.tensor(tokens, device=self.device)[:, None]
+            logits = self._forward(next_ids, cache, len(ids) + step)
+        return out, reasons
+
+    def _decode_drafted(
+        self,
+        ids: list[int],
+        logits: torch.Tensor,
+        cache: Any,
+        params: GenerationParams,
+        gen: torch.Generator,
+        grammar: xgr.CompiledGrammar | None,
+    ) -> tuple[list[list[int]], list[str]]:
+        """One sample by speculative decoding (``featureinterp.speculative``): each pass runs the
+        pending token and a draft of up to ``max_draft`` tokens, and keeps the draft's longest
+        prefix the model agrees with. Same arguments and result as ``_decode``."""
+        import xgrammar as xgr
+
+        matcher = xgr.GrammarMatcher(grammar) if grammar is not None else None
+        bitmask = xgr.allocate_token_bitmask(1, logits.shape[-1]) if matcher is not None else None
+        lookup = speculative.PromptLookup(ids)
+        out: list[int] = []
+
+        def masked(row: torch.Tensor) -> torch.Tensor:
+            """``row`` [vocab] with the tokens the grammar forbids after ``out`` set to -inf."""
+            if matcher is not None:
+                assert bitmask is not None  # allocated with the matcher
+                matcher.fill_next_token_bitmask(bitmask, 0)
+                xgr.apply_token_bitmask_inplace(row[None], bitmask.to(row.device))
+            return row
+
+        def keep(t: int) -> str | None:
+            """Append token ``t`` to the reply; the finish reason once the reply has ended."""
+            if matcher is not None:
+                if not matcher.accept_token(t):
+                    raise BackendError(f"grammar rejected token {t} (xgrammar bug?)")
+                if matcher.is_terminated():
+                    return "stop"
+            if t in self._eos:
+                return "stop"
+            out.append(t)
+            lookup.extend([t])
+            return "length" if len(out) >= params.max_tokens else None
+
+        pending = int(self._sample(masked(logits[0].cpu()), params, gen))
+        length = len(ids)  # positions held by the cache
+        while (reason := keep(pending)) is None:
+            room = params.max_tokens - len(out) - 1  # draft tokens that still fit before max_tokens
+            draft = matcher.find_jump_forward_tokens() if matcher is not None else []
+            draft = (draft or lookup.draft(self.max_draft))[: min(self.max_draft, room)]
+            rows = self._forward_rows(torch.tensor([[pending, *draft]], device=self.device), cache, length)
+            length += 1
+            self.drafts.passes += 1
+            self.drafts.drafted += len(draft)
+            nxt: int | None = None
+            for j, d in enumerate(draft):
+                row = masked(rows[j])
+                t = speculative.verify(
+                    None if params.temperature == 0 else self._probs(row, params), row, d, gen
+                )
+                if t != d:
+                    nxt = t
+                    break
+                self.drafts.accepted += 1
+                length += 1
+                if (reason := keep(d)) is not None:
+                    break
+            if reason is not None:
+                break
+            if nxt is None:  # the whole draft was kept: the pass also gives the token after it
+                nxt = int(self._sample(masked(rows[len(draft)]), params, gen))
+            if cache.get_seq_length() > length:  # rejected draft tokens leave the cache
+                cache = kv_cache.prefix(cache, length)
+            pending = nxt
+        return [out], [reason]
 
     @torch.no_grad()
     def next_token_logprobs(

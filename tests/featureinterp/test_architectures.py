@@ -116,3 +116,24 @@ def test_local_chat_n_samples(case, tok):
     full = plain.next_token_logprobs(longer, "Answer:", digits)
     assert np.allclose(reused, full, atol=1e-4)
     assert backend.prefixes.reused_tokens > 0 or not backend.prefixes.usable
+
+
+def test_speculative_decoding_equals_plain_decoding(case, tok):
+    """Drafts rejected and accepted on every architecture: the cache is cut back after each
+    rejection (sliding windows both evicting and not), and greedy replies equal plain decoding.
+    Models whose cache cannot be cut (recurrent layers) decode one token per pass."""
+    from featureinterp import kv_cache
+    from featureinterp.explanations import explanation_schema
+
+    _, _, model = case
+    fast, plain = LocalChatBackend(model, tok, name="fast"), LocalChatBackend(model, tok, name="plain")
+    plain.max_draft = 0
+    msgs = [user("rules rules rules " * 6 + "Explain the feature.")]
+    for schema in (explanation_schema(2), None):
+        params = GenerationParams(n=1, temperature=0, max_tokens=30, json_schema=schema)
+        assert fast.generate(msgs, params)[0].text == plain.generate(msgs, params)[0].text
+    cuttable = kv_cache.can_cut(kv_cache.new_cache(model, keep_past=True))
+    if cuttable:
+        assert fast.drafts.drafted > fast.drafts.accepted >= 0 and fast.drafts.passes > 0
+    else:
+        assert fast.drafts.passes == 0
