@@ -122,9 +122,12 @@ def export_row(
     secondary: Mapping[str, Mapping[str, Any]],
     record_rows: Mapping[str, Mapping[str, list[int]]],
     code_versions: Mapping[str, str],
+    digest: str | None = None,
 ) -> dict[str, Any]:
     """One export row from the stored values of one (layer, feature, condition): the explanation,
-    its simulation score (None: not scored yet), ``{scorer: stored value}`` and the records' rows."""
+    its simulation score (None: not scored yet), ``{scorer: stored value}`` and the records' rows.
+    ``digest``: ``preset_hash(preset)``, passed by a caller writing many rows (it serializes the
+    whole preset); None computes it."""
     layer_index = parse_layer_key(layer)
     expl = Explanation.from_record(explanation["explanation"])
     score = score or {}
@@ -134,7 +137,7 @@ def export_row(
         "export_version": EXPORT_VERSION,
         "featureinterp_version": __version__,
         "preset": preset.name,
-        "preset_hash": preset_hash(preset),
+        "preset_hash": digest or preset_hash(preset),
         "code_versions": json.dumps(dict(code_versions), sort_keys=True),
         "model_id": preset.model.name,
         "sae_id": sae_id(preset, layer_index),

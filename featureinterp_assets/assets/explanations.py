@@ -156,13 +156,7 @@ def _condition_asset(
                 outputs["explanation"] = _explain(spec, llm, cond, layer, feature, rec, hol)
                 expl = outputs["explanation"].value
             else:
-                expl = storage.stored(explanation_key, key)
-                if expl is None:
-                    raise dg.Failure(
-                        description=f"no stored {explanation_key.to_user_string()} for {key}: "
-                        "materialize it first (or both together)",
-                        allow_retries=False,
-                    )
+                expl = stored_explanation(storage, cond.name, key)
             if "score" in wanted:
                 outputs["score"] = _score(llm, cond, expl, rec, faithful=spec.faithful)
             return PartitionResult(outputs)
@@ -269,6 +263,20 @@ def _strip(frame: pl.DataFrame, explanation: Explanation, ev: Evaluation, max_ac
 
 PAPER_FP_BELOW = 10.0
 """The paper's false-positive rule: a token is quiet when its raw activation is below 10."""
+
+
+def stored_explanation(storage: StorageIOManager, condition: str, key: str) -> dict:
+    """The stored ``explanations/<condition>`` value of partition ``key``, for the steps that score
+    it (the explain step run for its score only, the judge and embedding scorers); a clear failure
+    that names what to materialize when it is missing."""
+    expl = storage.stored(dg.AssetKey(["explanations", condition]), key)
+    if expl is None:
+        raise dg.Failure(
+            description=f"no stored explanations/{condition} for {key}: materialize it first "
+            "(or together with its scores)",
+            allow_retries=False,
+        )
+    return expl
 
 
 def score_base(cond: Condition, expl: dict) -> dict:

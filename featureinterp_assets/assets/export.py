@@ -64,14 +64,18 @@ def build_export_assets(
         """One layer's explanations with every score and the records' row ids, as
         ``exports/<preset>/<preset>-<layer>.parquet`` and ``.neuronpedia.json``."""
         layer, spec = context.partition_key, preset.spec()
-        rows, skipped = [], 0
+        rows, dead, missing = [], 0, 0
+        digest = preset_hash(spec)
         for feature in spec.feature_keys:
             key = f"{feature}|{layer}"
             records = storage.stored(dg.AssetKey("records"), key)
             for cond in conditions:
                 expl = storage.stored(dg.AssetKey(["explanations", cond]), key)
-                if expl is None or expl.get("skipped") or records is None:
-                    skipped += expl is not None or records is None
+                if expl is None or records is None:
+                    missing += 1  # not explained yet (or its records gone): a later run adds it
+                    continue
+                if expl.get("skipped"):
+                    dead += 1  # a feature that never fires has nothing to explain
                     continue
                 secondary = {s: storage.stored(dg.AssetKey([s, cond]), key) for s in SCORERS}
                 rows.append(
@@ -83,6 +87,7 @@ def build_export_assets(
                         {s: v for s, v in secondary.items() if v is not None and not v.get("skipped")},
                         _record_rows(records),
                         code_versions,
+                        digest,
                     )
                 )
         frame = export_frame(rows)
@@ -90,10 +95,11 @@ def build_export_assets(
         context.add_output_metadata(
             {
                 "explanations": len(frame),
-                "skipped": skipped,
+                "dead_features": dead,
+                "not_explained": missing,
                 "parquet": dg.MetadataValue.path(str(files["parquet"])),
                 "neuronpedia": dg.MetadataValue.path(str(files["neuronpedia"])),
-                "preset_hash": preset_hash(spec),
+                "preset_hash": digest,
                 "load": dg.MetadataValue.md(
                     f"```python\nfrom datasets import load_dataset\n"
                     f"ds = load_dataset(\"parquet\", data_files=\"{files['parquet']}\")[\"train\"]\n```"

@@ -17,7 +17,12 @@ from featureinterp.experiments import Condition, get_condition
 from featureinterp.retrieval import CorpusIndex, embed_texts, load_embedder
 from featureinterp.scorers import JudgeConfig, ScorerFailed, scorer_seed
 from featureinterp.scorers.feature import JUDGES, embed_feature, judge_feature
-from featureinterp_assets.assets.explanations import TRANSIENT_RETRY, llm_partitions, score_base
+from featureinterp_assets.assets.explanations import (
+    TRANSIENT_RETRY,
+    llm_partitions,
+    score_base,
+    stored_explanation,
+)
 from featureinterp_assets.assets.records import _layer_feature_of
 from featureinterp_assets.automation import PER_PARTITION
 from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition
@@ -46,16 +51,6 @@ def build_scorer_assets(
     """Per condition: the embedding score; for ``judged`` conditions also detection and fuzzing."""
     out = [_embedding_asset(get_condition(c), partitions, automate) for c in conditions]
     return out + [_judge_asset(get_condition(c), partitions, automate) for c in conditions if c in judged]
-
-
-def _stored_explanation(storage: StorageIOManager, cond: Condition, key: str) -> dict:
-    expl = storage.stored(dg.AssetKey(["explanations", cond.name]), key)
-    if expl is None:
-        raise dg.Failure(
-            description=f"no stored explanations/{cond.name} for {key}: materialize it first",
-            allow_retries=False,
-        )
-    return expl
 
 
 def _produced(cond: Condition, expl: dict, result: dict) -> Produced:
@@ -114,7 +109,7 @@ def _judge_asset(cond: Condition, partitions: dg.MultiPartitionsDefinition, auto
 
         def compute(key: str) -> PartitionResult:
             layer, feature = _layer_feature_of(key)
-            expl = _stored_explanation(storage, cond, key)
+            expl = stored_explanation(storage, cond.name, key)
             outputs = {}
             for scorer in context.selected_output_names:
                 if expl.get("skipped"):
@@ -169,7 +164,7 @@ def _embedding_asset(
         embedder = load_embedder(spec.embedding_model, preset.torch_device)
 
         def compute(key: str) -> PartitionResult:
-            expl = _stored_explanation(storage, cond, key)
+            expl = stored_explanation(storage, cond.name, key)
             if expl.get("skipped"):
                 return PartitionResult({"result": _skipped(cond, expl)})
             result = embed_feature(
