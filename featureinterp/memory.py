@@ -17,7 +17,7 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["ARENAS", "arena_environment", "limit_malloc_arenas"]
+__all__ = ["ARENAS", "arena_environment", "limit_malloc_arenas", "release_free_memory"]
 
 ARENAS = 2
 """Arenas for the whole process: one per core of the 2-core machine the embedded default targets."""
@@ -33,14 +33,35 @@ def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
         raise ValueError(f"arenas must be at least 1, got {arenas}")
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     return bool(mallopt(_M_ARENA_MAX, arenas))
 
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def release_free_memory() -> bool:
+    """Collect garbage, then hand the heap's free pages back to the OS (glibc ``malloc_trim``);
+    True when glibc did.
+
+    Why: ``featureinterp run`` executes its runs one after another in one process, and each run's
+    tensors (a local explainer's stored prompt caches, simulator batches) are freed into the malloc
+    heap when it ends. glibc keeps most of that as free-but-resident memory, scattered between
+    live blocks, so the next run's allocations land elsewhere and the resident size ratchets up
+    run by run; trimming at each run boundary lets the peak follow what is live instead."""
+    import gc
+
+    gc.collect()
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    return bool(trim(0)) if trim is not None else False
 
 
 def arena_environment(environ: dict[str, str], platform: str) -> dict[str, str] | None:

@@ -24,6 +24,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from featureinterp.config import PRESET_ENV, Preset, feature_key, get_preset, models_dir
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
+from featureinterp.memory import release_free_memory
 from featureinterp.models import load_tokenizer
 from featureinterp.names import SYNTHETIC_KEY
 from featureinterp.scorers import secondary_conditions
@@ -89,6 +90,7 @@ def _run(
         reason = (err.cause or err).message.strip() if err else "see the log above"
         raise SystemExit(f"featureinterp: run {result.run_id} failed: {reason}")
     seconds = time.perf_counter() - start
+    release_free_memory()  # the run's freed tensors back to the OS before the next run (memory.py)
     kind = stage_kind(selection)
     _PROGRESS.done(kind, units, seconds)
     print(f"    done in {seconds:.1f} s", flush=True)

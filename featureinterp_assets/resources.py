@@ -20,6 +20,7 @@ from featureinterp.models import load_subject_model, load_tokenizer, resolve_dev
 from featureinterp.preset_files import preset_from_json, preset_to_json
 
 if TYPE_CHECKING:  # heavy imports, made where they are used
+    from sentence_transformers import SentenceTransformer
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from featureinterp.llm import ChatBackend
@@ -67,6 +68,16 @@ def load_model(what: str, spec: ModelSpec, models_dir: Path, device: str) -> Loa
         while len(_LOADED) > _KEEP:
             _LOADED.popitem(last=False)
         return loaded
+
+
+@functools.lru_cache(maxsize=1)
+def shared_embedder(name: str, device: str) -> SentenceTransformer:
+    """The sentence-embedding model ``name``, loaded once per process like the LLMs: the corpus
+    index and every condition's embedding score use it, and a copy per asset (14 on the embedded
+    default) would each be read from disk and left to the allocator."""
+    from featureinterp.retrieval import load_embedder
+
+    return load_embedder(name, resolve_device(device))
 
 
 class PresetResource(dg.ConfigurableResource):

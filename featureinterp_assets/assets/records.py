@@ -13,14 +13,14 @@ from featureinterp.holistic import holistic_activations as compute_holistic
 from featureinterp.names import POSITIVE_SOURCE
 from featureinterp.record_building import build_feature_records
 from featureinterp.records import RecordParams
-from featureinterp.retrieval import CorpusIndex, embed_texts, load_embedder, table_name
+from featureinterp.retrieval import CorpusIndex, embed_texts, table_name
 from featureinterp.sae import LoadedSae, SaeRef, load_layer_sae
 from featureinterp.storage import ArrayBundle, TableBundle
 from featureinterp_assets.automation import PER_PARTITION
 from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, StepEvent, each_partition
 from featureinterp_assets.constants import GROUP_RECORDS, POOL_GPU, STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
-from featureinterp_assets.resources import LanceDBResource, PresetResource
+from featureinterp_assets.resources import LanceDBResource, PresetResource, shared_embedder
 
 if TYPE_CHECKING:
     import polars as pl
@@ -77,7 +77,7 @@ def corpus_embeddings(
 
     def embed(chunk: Sequence[str]) -> np.ndarray:
         nonlocal embedder
-        embedder = embedder or load_embedder(spec.embedding_model, preset.torch_device)
+        embedder = embedder or shared_embedder(spec.embedding_model, preset.torch_device)
         return embed_texts(embedder, chunk)
 
     index, built = CorpusIndex.build(lancedb.uri, name, texts, embed, log=context.log.info)
