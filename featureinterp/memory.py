@@ -47,18 +47,22 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def release_free_memory() -> bool:
-    """Collect garbage, then hand the heap's free pages back to the OS (glibc ``malloc_trim``);
-    True when glibc did.
+def release_free_memory(collect: bool = True) -> bool:
+    """Collect garbage (``collect``), then hand the heap's free pages back to the OS (glibc
+    ``malloc_trim``); True when glibc did.
 
     Why: ``featureinterp run`` executes its runs one after another in one process, and each run's
     tensors (a local explainer's stored prompt caches, simulator batches) are freed into the malloc
     heap when it ends. glibc keeps most of that as free-but-resident memory, scattered between
     live blocks, so the next run's allocations land elsewhere and the resident size ratchets up
-    run by run; trimming at each run boundary lets the peak follow what is live instead."""
+    run by run; trimming at each run boundary lets the peak follow what is live instead. The
+    same holds between the partitions of one run (each explanation's prompt caches are freed when
+    it is stored), where reference counting has already freed them: ``collect=False`` skips the
+    garbage collector's pass there."""
     import gc
 
-    gc.collect()
+    if collect:
+        gc.collect()
     libc = _libc()
     trim = getattr(libc, "malloc_trim", None) if libc is not None else None
     return bool(trim(0)) if trim is not None else False

@@ -34,6 +34,7 @@ from typing import Any
 
 import dagster as dg
 
+from featureinterp.memory import release_free_memory
 from featureinterp_assets.io_managers import StorageIOManager
 
 BATCH_POLICY = dg.BackfillPolicy.single_run()
@@ -116,6 +117,7 @@ def each_partition(
         done[key] = result
         if as_you_go:
             yield from _record(context, storage, outputs, key, result)
+        release_free_memory(collect=False)  # this partition's freed tensors back to the OS (memory.py)
         context.log.info(
             f"partition {key} done ({i + 1} of {len(keys)}, {len(failed)} failed, "
             f"{time.perf_counter() - started:.0f} s)"
