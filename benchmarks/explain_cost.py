@@ -5,13 +5,14 @@ complexity rater) on the same records, at temperature 0, and explain each featur
 embedded default's one-shot and tree conditions, then score both explanations on the test
 records and rate their rules' complexity.
 
-- *old* (the code before prefix reuse): every prompt is prefilled from its first token; rule
-  simulations are cached within one explain call only (``memo_size=0``).
-- *new*: the local backend decodes a single sample speculatively (``speculative``: drafts from
-  the reply's grammar and from the prompt, verified in one pass) and reuses stored prompt prefixes (``kv_cache.PrefixStore``: the system
-  message and few-shot examples across features, a tree node's conversation for its children,
-  the complexity header across rules), and the simulator memoizes (rule, record) values across
-  conditions, tree nodes and scoring.
+- *old* (the code before prefix reuse and speculative decoding): every prompt is prefilled from
+  its first token, one token is decoded per pass, and rule simulations are cached within one
+  explain call only (``memo_size=0``).
+- *new*: the local backend decodes a single sample speculatively (``featureinterp.speculative``:
+  drafts from the reply's grammar and from the prompt, verified in one pass), reuses stored
+  prompt prefixes (``kv_cache.PrefixStore``: the system message and few-shot examples across
+  features, a tree node's conversation for its children, the complexity header across rules),
+  and the simulator memoizes (rule, record) values across conditions, tree nodes and scoring.
 
 Records: real corpus rows with synthetic features (featureinterp.synthetic) as activations, split
 as the records asset splits them (positives by strength; complementary rows drawn at random).

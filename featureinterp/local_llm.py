@@ -90,18 +90,20 @@ class LocalChatBackend(ChatBackend):
         self.usage.add(prefill_tokens=len(ids) - reused)
         return logits, cache
 
-    def _forward_rows(self, ids: torch.Tensor, cache: Any, start: int) -> torch.Tensor:
-        """Logits [len, vocab] after every position of the batch-1 ``ids`` [1, len]."""
-        pos = torch.arange(start, start + ids.shape[1], device=self.device)[None]
-        out = self.model(
-            input_ids=ids, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=ids.shape[1]
-        )
-        return out.logits[0].float().cpu()
+    def _logits(self, ids: torch.Tensor, cache: Any, start: int, keep: int) -> torch.Tensor:
+        """Float logits [batch, keep, vocab] after the last ``keep`` positions of ``ids`` [batch, len],
+        which continue ``cache`` at position ``start``."""
+        pos = torch.arange(start, start + ids.shape[1], device=self.device).expand(ids.shape[0], -1)
+        out = self.model(input_ids=ids, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=keep)
+        return out.logits.float()
 
     def _forward(self, ids: torch.Tensor, cache: Any, start: int) -> torch.Tensor:
-        pos = torch.arange(start, start + ids.shape[1], device=self.device).expand(ids.shape[0], -1)
-        out = self.model(input_ids=ids, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1].float()
+        """Logits [batch, vocab] after the last position of ``ids``."""
+        return self._logits(ids, cache, start, keep=1)[:, -1]
+
+    def _forward_rows(self, ids: torch.Tensor, cache: Any, start: int) -> torch.Tensor:
+        """Logits [len, vocab] (on the CPU) after every position of the batch-1 ``ids`` [1, len]."""
+        return self._logits(ids, cache, start, keep=ids.shape[1])[0].cpu()
 
     @staticmethod
     def _probs(logits: torch.Tensor, params: GenerationParams) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 __all__ = ["ARENAS", "arena_environment", "limit_malloc_arenas", "release_free_memory"]
@@ -40,7 +41,9 @@ def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
 
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """The C library, opened once (``release_free_memory`` runs after every partition)."""
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
@@ -63,8 +66,7 @@ def release_free_memory(collect: bool = True) -> bool:
 
     if collect:
         gc.collect()
-    libc = _libc()
-    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    trim = getattr(_libc(), "malloc_trim", None)  # absent outside glibc (musl, macOS)
     return bool(trim(0)) if trim is not None else False
 
 

@@ -33,7 +33,7 @@ __all__ = ["DraftStats", "PromptLookup", "verify"]
 
 @dataclass
 class DraftStats:
-    """Counts for cost accounting (benchmarks, ``describe``): passes run and draft tokens kept."""
+    """Counts for cost accounting (``benchmarks.explain_cost``): passes run, draft tokens kept."""
 
     passes: int = 0
     """Forward passes of the decode loop (one per step, drafted or not)."""
