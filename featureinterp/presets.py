@@ -7,6 +7,8 @@ list. ``featureinterp.config.get_preset`` resolves names against :data:`PRESETS`
 
 from __future__ import annotations
 
+import dataclasses
+
 from featureinterp.config import (
     ApiSpec,
     CorpusSpec,
@@ -69,6 +71,9 @@ _EMBEDDED = _EMBEDDED_LARGE.replace(
     # and tree), on 16-token rows (a simulated record costs ~4 forward tokens per row token),
     # 3 records per split, a tree of one root and its revision on the root's counterexamples
     # (decoding dominates a CPU tree: ~50 ms per token).
+    # bfloat16 where the CPU computes it natively (AVX512-BF16/AMX): prompts run ~2.8x faster
+    # than in float32, same explanations, simulator discrimination kept (benchmarks.precision)
+    model=dataclasses.replace(_EMBEDDED_LARGE.model, dtype="auto"),
     n_rows=4_000,
     seq_len=16,
     features=(0, 1),

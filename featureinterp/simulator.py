@@ -285,6 +285,7 @@ class LocalSimulator:
         bos = getattr(self.tok, "bos_token_id", None)
         return {
             "layout": self.prompt.layout,
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "placeholder": self.prompt.placeholder,
             "bos": bos is not None and self.header_ids[:1] == [bos],
             "header_tokens": len(self.header_ids),

@@ -27,11 +27,16 @@ def model_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def embedded_model(model_cache):
-    """SmolLM2-135M-Instruct (the embedded preset's subject model) and its tokenizer."""
+    """SmolLM2-135M-Instruct (the embedded preset's subject model) and its tokenizer, in float32
+    whatever the preset's ``auto`` dtype resolves to here: exactness tests compare code paths to
+    float rounding."""
+    import dataclasses
+
     from featureinterp.config import get_preset
     from featureinterp.models import load_subject_model
 
-    return load_subject_model(get_preset("embedded").model, model_cache, device="cpu")
+    spec = dataclasses.replace(get_preset("embedded").model, dtype="float32")
+    return load_subject_model(spec, model_cache, device="cpu")
 
 
 @pytest.fixture(scope="session")

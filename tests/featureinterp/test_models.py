@@ -5,7 +5,14 @@ import torch
 
 from featureinterp.config import ModelSpec
 from featureinterp.errors import ConfigError, UnavailableError
-from featureinterp.models import decoder_layers, layer_from_hook_name, load_subject_model, residuals
+from featureinterp.models import (
+    decoder_layers,
+    layer_from_hook_name,
+    load_subject_model,
+    native_bf16,
+    residuals,
+    resolve_dtype,
+)
 from tests.helpers import tiny_gpt2, tiny_llama
 
 
@@ -74,3 +81,21 @@ def test_embedded_model_reloads_from_its_converted_safetensors_copy(model_cache)
     converted = model_cache / "SmolLM2-135M-Instruct"
     assert (converted / "model.safetensors").exists() and Path(model.name_or_path) == converted
     assert len(decoder_layers(model)) == 30 and model.config.hidden_size == 576
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it_natively():
+    assert resolve_dtype("float32") == torch.float32 and resolve_dtype("bfloat16") == torch.bfloat16
+    assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if native_bf16("cpu") else torch.float32)
+    with pytest.raises(ConfigError, match="'bf16'.*float32, bfloat16, float16 or auto"):
+        resolve_dtype("bf16")
+
+
+def test_the_embedded_default_loads_in_its_resolved_dtype(model_cache):
+    """README command (1) runs SmolLM2 in ``auto``: the loaded weights are in the resolved dtype
+    (bfloat16 on this CI's CPUs when oneDNN reports native support)."""
+    from featureinterp.config import get_preset
+
+    spec = get_preset("embedded").model
+    assert spec.dtype == "auto"
+    model, _ = load_subject_model(spec, model_cache, device="cpu")
+    assert {p.dtype for p in model.parameters()} == {resolve_dtype("auto", "cpu")}

@@ -207,3 +207,23 @@ def test_a_rule_is_never_simulated_twice_on_the_same_record(tiny_sim):
     assert sim.forward_tokens == before  # everything known: no forward pass
     with pytest.raises(ValueError):
         again[0][0] = 1.0  # shared values are read-only
+
+
+def test_bfloat16_simulator_stays_close_to_float32(embedded_model):
+    """The embedded default's ``auto`` dtype runs the simulator in bfloat16 where the CPU has it
+    natively: its predictions must stay those of the float32 model up to bfloat16 rounding (and
+    keep the right dtype end to end: the digit readout mixes the head's weights and the hidden
+    states, which must agree)."""
+    import copy
+
+    model, tok = embedded_model
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    rule = "words about the sea and sailing"
+    full = LocalSimulator(model, tok).simulate(rule, RECORDS)
+    sim = LocalSimulator(half, tok)
+    approx = sim.simulate(rule, RECORDS)
+    assert sim.describe()["dtype"] == "bfloat16" and all(a.dtype == np.float32 for a in approx)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(full, approx, strict=True))
+    assert 0 < diff < 0.25, diff  # rounding, not garbage (and not silently float32)
+    pooled = np.corrcoef(np.concatenate(full), np.concatenate(approx))[0, 1]
+    assert pooled > 0.95, pooled
