@@ -28,7 +28,7 @@ from featureinterp.memory import release_free_memory
 from featureinterp.models import load_tokenizer
 from featureinterp.names import SYNTHETIC_KEY
 from featureinterp.scorers import secondary_conditions
-from featureinterp_assets.eta import RunEta, block_seconds, estimate, stage_kind
+from featureinterp_assets.eta import RunEta, block_seconds, estimate, stage_kind, stage_speedup
 from featureinterp_assets.partitions import asset_scope, missing_blocks, range_tags
 from featureinterp_assets.standin_server import start_standin
 
@@ -216,7 +216,7 @@ def _run_lineage(
     )
 
     global _PROGRESS
-    _PROGRESS = RunEta()
+    _PROGRESS = RunEta(speedup=stage_speedup(preset, os.environ.get("FEATUREINTERP_DEVICE", "auto")))
     need_tokens = force or instance.get_latest_materialization_event(dg.AssetKey("corpus_tokens")) is None
     have = [set(instance.get_materialized_partitions(dg.AssetKey(a))) for a in ("sae", "sae_activations")]
     todo = [

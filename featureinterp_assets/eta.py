@@ -13,8 +13,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-__all__ = ["SECONDS_PER_UNIT", "RunEta", "block_seconds", "condition_weight", "estimate", "stage_kind"]
+if TYPE_CHECKING:
+    from featureinterp.config import Preset
+
+__all__ = [
+    "BFLOAT16_SPEEDUP",
+    "SECONDS_PER_UNIT",
+    "RunEta",
+    "block_seconds",
+    "condition_weight",
+    "estimate",
+    "stage_kind",
+    "stage_speedup",
+]
 
 SECONDS_PER_UNIT = {
     "corpus_tokens": 3e-4,  # per row
@@ -31,7 +44,13 @@ SECONDS_PER_UNIT = {
     "export": 0.5,  # per layer, and once for the whole preset
     "figures": 1.0,  # per figure
 }
-"""Seconds of one unit of each stage's work on 2 CPU cores (embedded default, measured)."""
+"""Seconds of one unit of each stage's work on 2 CPU cores (embedded default in float32, measured)."""
+
+BFLOAT16_SPEEDUP = {"sae": 3.0, "records": 2.0, "explain": 2.3}
+"""How much faster the model-bound stage kinds ran with the model in bfloat16 on a CPU that has it
+natively (the embedded default's ``auto`` dtype; ``benchmarks.end_to_end`` on 2 cores, 2026-12-04:
+SAE training and the activation pass 70 -> 23.5 s, records with holistic values 13 -> 6.5 s, the
+explain blocks 547 -> 238 s). Without it the first ETA of a bfloat16 run is twice the real time."""
 
 
 def condition_weight(method: str, structured: bool) -> float:
@@ -53,11 +72,15 @@ class RunEta:
 
     planned: dict[str, float] = field(default_factory=dict)
     """Stage kind -> estimated seconds of its runs still to come."""
+    speedup: dict[str, float] = field(default_factory=dict)
+    """Stage kind -> how much faster than SECONDS_PER_UNIT it runs here (``BFLOAT16_SPEEDUP`` for
+    a bfloat16 model on the CPU); estimates passed to ``plan`` and ``done`` are divided by it."""
     start: float = field(default_factory=time.perf_counter)
     _spent: float = 0.0
     _estimated: float = 0.0
 
     def plan(self, kind: str, estimated: float) -> None:
+        estimated /= self.speedup.get(kind, 1.0)
         if estimated > 0:
             self.planned[kind] = self.planned.get(kind, 0.0) + estimated
 
@@ -76,6 +99,7 @@ class RunEta:
 
     def done(self, kind: str, estimated: float, seconds: float) -> None:
         """A run of ``kind`` estimated at ``estimated`` seconds took ``seconds``."""
+        estimated /= self.speedup.get(kind, 1.0)
         left = self.planned.get(kind, 0.0) - estimated
         if left > 1e-6:
             self.planned[kind] = left
@@ -83,6 +107,25 @@ class RunEta:
             self.planned.pop(kind, None)
         self._spent += seconds
         self._estimated += estimated
+
+
+def stage_speedup(preset: Preset, device: str = "auto") -> dict[str, float]:
+    """``RunEta.speedup`` of a run of ``preset``: ``BFLOAT16_SPEEDUP`` for the stages whose model
+    computes in bfloat16 on the CPU (the subject model's for SAE and records, the simulator's for
+    explain), none on a GPU (the ETA adapts after the first stage there)."""
+    import torch
+
+    from featureinterp.models import resolve_device, resolve_dtype
+
+    if resolve_device(device) != "cpu":
+        return {}
+    simulator = preset.explain.simulator or preset.model
+    spec = {"sae": preset.model, "records": preset.model, "explain": simulator}
+    return {
+        kind: BFLOAT16_SPEEDUP[kind]
+        for kind, model in spec.items()
+        if resolve_dtype(model.dtype, "cpu") == torch.bfloat16
+    }
 
 
 def estimate(kind: str, units: float) -> float:

@@ -1,4 +1,4 @@
-from featureinterp_assets.eta import RunEta, condition_weight, estimate
+from featureinterp_assets.eta import BFLOAT16_SPEEDUP, RunEta, condition_weight, estimate, stage_speedup
 
 
 def test_eta_counts_the_planned_work_and_adapts_to_the_measured_speed():
@@ -21,3 +21,20 @@ def test_trees_and_structured_explanations_cost_more():
         > condition_weight("one_shot", False)
     )
     assert estimate("records", 4) == 4 * estimate("records", 1)
+
+
+def test_a_bfloat16_model_on_the_cpu_shortens_its_stages_estimates():
+    """The embedded default's ``auto`` dtype: on a CPU with native bfloat16 its model-bound
+    stages are planned faster (plan and done agree, so the speed factor stays 1 when the
+    stages run as measured); float32 presets keep the float32 estimates."""
+    from featureinterp.config import get_preset
+    from featureinterp.models import native_bf16
+
+    assert stage_speedup(get_preset("embedded-tiny"), "cpu") == {}  # float32
+    fast = stage_speedup(get_preset("embedded"), "cpu")
+    assert fast == (BFLOAT16_SPEEDUP if native_bf16("cpu") else {})
+    p = RunEta(speedup={"explain": 2.0})
+    p.plan("explain", 100.0)
+    assert p.eta() == 50.0
+    p.done("explain", 50.0, seconds=25.0)  # ran exactly as fast as planned here
+    assert p.eta() == 25.0
