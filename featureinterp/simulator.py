@@ -63,18 +63,8 @@ _EXAMPLES = (
     ),
     (
         "the word 'cat'",
-        (
-            (" The", 0),
-            (" cat", 5),
-            (" sat", 0),
-            (" on", 0),
-            (" the", 0),
-            (" mat", 0),
-            (".", 0),
-            (" A", 0),
-            (" cat", 5),
-            (" again", 0),
-        ),
+        ((" The", 0), (" cat", 5), (" sat", 0), (" on", 0), (" the", 0), (" mat", 0), (".", 0))
+        + ((" A", 0), (" cat", 5), (" again", 0)),
     ),
     (
         "words about water and the sea",
