@@ -36,17 +36,17 @@ def main() -> None:
     parser.add_argument("--random", type=int, default=4, help="random records per feature")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    spec = get_preset("embedded").model
-    fp32, tok = load_subject_model(dataclasses.replace(spec, dtype="float32"), models_dir(), "cpu")
-    bf16, _ = load_subject_model(dataclasses.replace(spec, dtype="bfloat16"), models_dir(), "cpu")
-    strings = decode_tokens(tok, build_tokens(get_preset("embedded").replace(n_rows=args.rows), tok))
+    preset = get_preset("embedded")
+    fp32, tok = load_subject_model(dataclasses.replace(preset.model, dtype="float32"), models_dir(), "cpu")
+    bf16, _ = load_subject_model(dataclasses.replace(preset.model, dtype="bfloat16"), models_dir(), "cpu")
+    strings = decode_tokens(tok, build_tokens(preset.replace(n_rows=args.rows), tok))
     a = simulator_choice._measure(fp32, tok, strings, args)
     b = simulator_choice._measure(bf16, tok, strings, args)
 
     def mean(m: dict) -> float:
         return (m["diff_wrong"] + m["diff_empty"]) / 2
 
-    per_cpu = b["discrimination_per_cpu_s"] / a["discrimination_per_cpu_s"] if a["discrimination_per_cpu_s"] > 0 else float("inf")
+    per_cpu = simulator_choice.per_cpu_ratio(b, a)
     report(
         "precision",
         {"bf16_discrimination_per_cpu_s": round(per_cpu, 2)},

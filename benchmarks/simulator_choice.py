@@ -79,6 +79,12 @@ def _measure(model, tok, strings, args) -> dict:
     }
 
 
+def per_cpu_ratio(a: dict, b: dict) -> float:
+    """``a``'s discrimination per CPU second over ``b``'s (``_measure`` results; inf when b's is 0)."""
+    den = b["discrimination_per_cpu_s"]
+    return a["discrimination_per_cpu_s"] / den if den > 0 else float("inf")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1500)
@@ -94,11 +100,7 @@ def main() -> None:
     del model
     gemma_model, gemma_tok = _gemma3(models_dir())
     gemma = _measure(gemma_model, gemma_tok, strings, args)
-    ratio = (
-        smol["discrimination_per_cpu_s"] / gemma["discrimination_per_cpu_s"]
-        if gemma["discrimination_per_cpu_s"] > 0
-        else float("inf")
-    )
+    ratio = per_cpu_ratio(smol, gemma)
     report(
         "simulator_choice",
         ratios={"smollm2_per_cpu_s": round(ratio, 2)},
