@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from featureinterp.config import ScoreSettings
 from featureinterp.experiments import evaluate
 from featureinterp.explanations import Explanation, Rule
 from featureinterp.synthetic import SYNTHETIC_FEATURES, wrong_explanation
@@ -38,11 +39,16 @@ def free_text(text: str) -> Explanation:
 
 
 def baseline_scores(
-    simulate: SimulateText, frame: pl.DataFrame, max_act: float, synthetic_index: int | None = None
+    simulate: SimulateText,
+    frame: pl.DataFrame,
+    max_act: float,
+    synthetic_index: int | None = None,
+    settings: ScoreSettings | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``{"null": {score, per_source}, ...}`` for one partition's records; with
     ``synthetic_index`` also ``"true_rule"`` and ``"other_rule"``. The empty explanation is
-    simulated as it is (an empty rule text), not skipped: its predictions are the prior."""
+    simulated as it is (an empty rule text), not skipped: its predictions are the prior.
+    ``settings``: the preset's score definitions (None: the paper's), as the explanations use."""
 
     def with_text(text: str) -> Callable[[Explanation, list[list[str]]], list[np.ndarray]]:
         return lambda _explanation, records: simulate(text, records)
@@ -55,6 +61,6 @@ def baseline_scores(
         }
     out: dict[str, dict[str, Any]] = {}
     for kind, text in kinds.items():
-        ev = evaluate(with_text(text), free_text(text or "(empty)"), frame, max_act)
+        ev = evaluate(with_text(text), free_text(text or "(empty)"), frame, max_act, settings)
         out[kind] = {"text": text, "score": ev.score, "reason": ev.reason, "per_source": ev.per_source}
     return out

@@ -13,7 +13,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from featureinterp.errors import ConfigError
 from featureinterp.names import SYNTHETIC_KEY, SYNTHETIC_LAYER
@@ -27,6 +27,7 @@ __all__ = [
     "Preset",
     "SaeSpec",
     "SaeTrainConfig",
+    "ScoreSettings",
     "data_home",
     "feature_key",
     "get_preset",
@@ -138,6 +139,20 @@ class ExplainSettings:
     tree_branching: int = 2
     tree_depth: int = 3
     tree_width: int = 3
+    tree_stop_on_roots: bool = False
+    """Also test the tree's stop score on its roots (``ExplainerConfig.stop_on_roots``). False:
+    the paper's rule, tested only after a level of children, so every tree revises at least once."""
+    holistic_scale: Literal["corpus", "records"] = "corpus"
+    """The maximum that scales holistic values to 0..5 in the explainer's prompt. ``corpus`` (the
+    paper): the maximum over every row of the corpus (one extra drop-one-token sweep per layer,
+    shared by its features); ``records``: over the rows the feature's records show, which costs
+    nothing extra (paper-method.md §12.10)."""
+    lenient_rules: bool = False
+    """Accept the paper parser's leniency: any integer strength (7; ``true`` as 1), an empty
+    ``activates_on``, an empty rule list (an explanation of zeros). False: such replies are
+    re-requested (bounded), since they leave the 0..5 scale or say nothing."""
+    free_text_first_line: bool = False
+    """Keep only the first line of a free-text explanation (the paper keeps the whole reply)."""
     synthetic: bool = True
     """Add the synthetic ground-truth features as layer ``SYN`` (featureinterp.synthetic)."""
     synthetic_conditions: tuple[str, ...] | None = None
@@ -154,6 +169,59 @@ class ExplainSettings:
     """Features of a run explained concurrently when the explainer is an API (their requests
     overlap while the local simulator, one pass at a time, scores the others); 1 with a local
     explainer, which shares the device with the simulator."""
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How test scores and false positives are defined. The defaults are the paper code's
+    definitions (paper-method.md sections 6 and 9.1, §12 items 2 and 8); the alternatives are
+    ours, kept as named options (README "Differences from the paper code")."""
+
+    metrics: Literal["paper", "rescaled"] = "paper"
+    """``paper``: the paper's correlation NaN rule and its raw R-squared / absolute deviation
+    explained; ``rescaled``: ours (featureinterp.scoring)."""
+    fp_quiet: Literal["absolute", "relative"] = "absolute"
+    """Which complementary tokens count as quiet (a prediction above ``fp_predicted_above`` on
+    them is a false positive). ``absolute``: raw activation below ``fp_quiet_below`` (the paper:
+    10, in the SAE's own units); ``relative``: below ``fp_quiet_fraction`` x the feature's
+    maximum, which does not depend on the SAE's scale."""
+    fp_quiet_below: float = 10.0
+    fp_quiet_fraction: float = 0.1
+    fp_predicted_above: float = 1.0
+    fp_denominator: Literal["all", "quiet"] = "all"
+    """``all`` (the paper): false positives / every complementary token of the test split, so
+    x 32 is false positives per 32-token sentence (Figure 3); ``quiet``: / the quiet tokens only,
+    the share of quiet tokens the simulation wrongly lights up."""
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("metrics", ("paper", "rescaled")),
+            ("fp_quiet", ("absolute", "relative")),
+            ("fp_denominator", ("all", "quiet")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"scores.{name} = {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+
+    def fp_definition(self) -> str:
+        """One line naming the false-positive definition (figure captions, stored scores)."""
+        quiet = (
+            f"raw activation < {self.fp_quiet_below:g}"
+            if self.fp_quiet == "absolute"
+            else f"activation < {self.fp_quiet_fraction:g} x max"
+        )
+        per = "all complementary tokens" if self.fp_denominator == "all" else "quiet tokens"
+        paper = self == ScoreSettings(metrics=self.metrics)
+        return f"FP: {quiet} and predicted > {self.fp_predicted_above:g}, per {per}" + (" (paper)" if paper else "")
+
+
+PAPER_EXPLAIN_OPTIONS: dict[str, Any] = {
+    "tree_stop_on_roots": False,
+    "holistic_scale": "corpus",
+    "lenient_rules": True,
+    "free_text_first_line": False,
+}
+"""The ``ExplainSettings`` a faithful preset forces: the paper code's tree stop rule, holistic
+scale and parser (its leniency included, which the default refuses)."""
 
 
 @dataclass(frozen=True)
@@ -272,11 +340,12 @@ class Preset:
     needs_hub: bool = True
     """True where model/SAE/corpus come from the Hugging Face hub."""
     explain: ExplainSettings = field(default_factory=ExplainSettings)
+    scores: ScoreSettings = field(default_factory=ScoreSettings)
     faithful: bool = False
-    """Reproduce the paper code where we fixed it, to measure each fix (README "Differences from
-    the paper code"): prefix-scan retrieval, validation = the train slice, and the paper's
-    false-positive rule (raw activation below 10, predicted above 1). Select it by name:
-    ``<preset>-faithful``."""
+    """Reproduce the paper code where we fixed a bug (paper-method.md §11), to measure each fix
+    (README "Differences from the paper code"): prefix-scan retrieval, validation = the train
+    slice, the paper's random rows and retrieval depth, the complexity read-out one token late,
+    and every definition option at the paper's value. Select it by name: ``<preset>-faithful``."""
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -287,6 +356,9 @@ class Preset:
             raise ConfigError(f"preset {self.name!r}: n_rows and seq_len must be positive")
         if any(f < 0 for f in self.features):
             raise ConfigError(f"preset {self.name!r}: negative feature index in {self.features}")
+        if self.faithful:  # the paper code in full: every definition option at the paper's value
+            object.__setattr__(self, "scores", ScoreSettings())
+            object.__setattr__(self, "explain", dataclasses.replace(self.explain, **PAPER_EXPLAIN_OPTIONS))
 
     def replace(self, **changes) -> Preset:
         return dataclasses.replace(self, **changes)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from featureinterp.config import ScoreSettings
 from featureinterp.explain.config import ExplainerConfig
 from featureinterp.explanations import Explanation
 from featureinterp.names import COMPLEMENTARY_SOURCES, DEFAULT_RULE_CAP, POSITIVE_SOURCE, PRIMARY_SOURCE
@@ -33,6 +34,7 @@ __all__ = [
     "PRIMARY_SOURCE",
     "TreeSize",
     "evaluate",
+    "false_positives",
     "feature_records",
     "get_condition",
 ]
@@ -173,11 +175,27 @@ class Evaluation:
     """Pooled correlation on the primary test set (NaN when undefined; ``reason`` says why)."""
     reason: str | None
     per_source: dict[str, dict[str, float]]
-    """source -> {score, fp_rate}; fp_rate = share of the complementary tokens with true activation
-    below ``fp_true_fraction`` x max (or below ``fp_true_below`` in raw units, the paper's rule)
-    where the simulation predicts > ``fp_pred``."""
+    """source -> {score, fp_rate, n_records, n_fp, n_quiet, n_tokens}: ``fp_rate`` is defined by
+    the ``ScoreSettings`` (``fp_definition()`` names it; the paper's: complementary tokens with raw
+    activation below 10 that the simulation predicts above 1, over every complementary token)."""
     predictions: dict[str, list[list[float]]]
     """source -> per-record simulated values of the complementary records, and ``positive``."""
+
+
+def false_positives(
+    true: np.ndarray, guess: np.ndarray, max_act: float, settings: ScoreSettings
+) -> tuple[float, int, int]:
+    """(rate, false positives, quiet tokens) of one source's complementary tokens (flat arrays).
+
+    A false positive is a quiet token (``settings.fp_quiet``) predicted above
+    ``fp_predicted_above``; the rate divides by every token (``fp_denominator = "all"``, the
+    paper: times 32 it is false positives per sentence) or by the quiet ones (``"quiet"``). NaN
+    when the denominator is empty."""
+    below = settings.fp_quiet_below if settings.fp_quiet == "absolute" else settings.fp_quiet_fraction * max_act
+    quiet = true < below
+    n_fp = int((quiet & (guess > settings.fp_predicted_above)).sum())
+    denominator = len(true) if settings.fp_denominator == "all" else int(quiet.sum())
+    return (n_fp / denominator if denominator else float("nan")), n_fp, int(quiet.sum())
 
 
 def evaluate(
@@ -185,11 +203,11 @@ def evaluate(
     explanation: Explanation,
     frame: pl.DataFrame,
     max_act: float,
-    fp_true_fraction: float = 0.1,
-    fp_pred: float = 1.0,
-    fp_true_below: float | None = None,
+    settings: ScoreSettings | None = None,
 ) -> Evaluation:
-    """Score ``explanation`` on the test split, per complementary source, with one simulation."""
+    """Score ``explanation`` on the test split, per complementary source, with one simulation;
+    ``settings``: the score and false-positive definitions (None: the paper's)."""
+    settings = settings or ScoreSettings()
     pos = _records(frame, POSITIVE_SOURCE, "test", None)
     comp = {s: _records(frame, s, "test", None) for s in COMPLEMENTARY_SOURCES}
     everything = pos + [r for recs in comp.values() for r in recs]
@@ -201,14 +219,20 @@ def evaluate(
     for source, recs in comp.items():
         sp, at = preds[at : at + len(recs)], at + len(recs)
         predictions[source] = [p.tolist() for p in sp]
-        s = score([r.acts for r in pos + recs], [*pos_pred, *sp])
+        s = score([r.acts for r in pos + recs], [*pos_pred, *sp], settings.metrics)
         true = np.concatenate([r.acts for r in recs]) if recs else np.zeros(0)
         guess = np.concatenate(sp) if recs else np.zeros(0)
-        # quiet tokens: below a fraction of the feature's max (ours), or below an absolute raw
-        # activation (``fp_true_below``: the paper's rule, 10, which depends on the SAE's scale)
-        quiet = true < (fp_true_fraction * max_act if fp_true_below is None else fp_true_below)
-        fp = float((guess[quiet] > fp_pred).mean()) if quiet.any() else float("nan")
-        per_source[source] = {"score": s.correlation, "fp_rate": fp, "n_records": len(pos) + len(recs)}
+        fp, n_fp, n_quiet = false_positives(true, guess, max_act, settings)
+        per_source[source] = {
+            "score": s.correlation,
+            "fp_rate": fp,
+            "n_records": len(pos) + len(recs),
+            "n_fp": n_fp,
+            "n_quiet": n_quiet,
+            "n_tokens": len(true),
+        }
         if source == PRIMARY_SOURCE:
             primary = (s.correlation, s.reason)
     return Evaluation(primary[0], primary[1], per_source, predictions)
+
+

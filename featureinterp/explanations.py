@@ -117,10 +117,16 @@ RULE_PLACEHOLDER = "..."
 """What the prompts' reply format shows in place of a rule; small models copy it verbatim."""
 
 
-def _rule(item: Any, index: int) -> Rule:
+def _rule(item: Any, index: int, lenient: bool = False) -> Rule:
     if not isinstance(item, dict):
         raise ParseError(f"rule {index} is {type(item).__name__}, not an object")
     on, strength = item.get("activates_on"), item.get("strength")
+    if lenient:  # the paper's typed conversion: any string, any int (a bool is an int there too)
+        if not isinstance(on, str):
+            raise ParseError(f"rule {index}: activates_on must be a string, got {on!r}")
+        if not isinstance(strength, int):
+            raise ParseError(f"rule {index}: strength must be an integer, got {strength!r}")
+        return Rule(on.strip(), int(strength))
     if not isinstance(on, str) or not on.strip():
         raise ParseError(f"rule {index}: activates_on must be a non-empty string, got {on!r}")
     if on.strip() in (RULE_PLACEHOLDER, "\u2026"):
@@ -132,43 +138,62 @@ def _rule(item: Any, index: int) -> Rule:
     return Rule(on.strip(), strength)
 
 
-def _rules(data: list[Any]) -> tuple[Rule, ...]:
-    if not data:
+def _rules(data: list[Any], lenient: bool = False) -> tuple[Rule, ...]:
+    if not data and not lenient:
         raise ParseError("the reply has no rules")
-    return tuple(_rule(item, i) for i, item in enumerate(data))
+    return tuple(_rule(item, i, lenient) for i, item in enumerate(data))
 
 
-def _find(reply: str, extra: tuple[str, ...] = ()) -> tuple[tuple[Rule, ...], dict[str, Any]]:
+def _find(
+    reply: str, extra: tuple[str, ...] = (), lenient: bool = False
+) -> tuple[tuple[Rule, ...], dict[str, Any]]:
     """``replies.find_rules`` with every failure as a ``ParseError``."""
     try:
-        return find_rules(reply, _rules, wrapper_extra=extra)
+        return find_rules(reply, lambda data: _rules(data, lenient), wrapper_extra=extra)
     except ParseError:
         raise
     except ReplyError as err:
         raise ParseError(str(err)) from None
 
 
-def parse_structured(reply: str, rule_cap: int | None = None) -> Explanation:
+def parse_structured(reply: str, rule_cap: int | None = None, lenient: bool = False) -> Explanation:
     """Parse a structured reply (constrained or not); raise ``ParseError`` saying why it failed.
 
     The reply may carry reasoning, prose, fences and drafts around the rule list
-    (``featureinterp.replies.find_rules``: the last valid rule list wins)."""
-    rules, _ = _find(reply)
+    (``featureinterp.replies.find_rules``: the last valid rule list wins). ``lenient``: the paper
+    code's acceptance (paper-method.md §12.9): any integer strength (7, ``true`` as 1), an empty
+    ``activates_on`` and an empty list (an explanation that predicts zeros); by default these
+    are refused and re-requested, because they are outside the 0..5 scale or say nothing."""
+    rules, _ = _find(reply, lenient=lenient)
     return Explanation(rules).capped(rule_cap)
 
 
-def parse_structured_child(reply: str, rule_cap: int | None = None) -> tuple[Explanation, str]:
+def parse_structured_child(
+    reply: str, rule_cap: int | None = None, lenient: bool = False
+) -> tuple[Explanation, str]:
     """(explanation, improvement note) of a structured tree-child reply ``{"improvement": str,
     "rules": [...]}``; a bare rule list is accepted with an empty note."""
-    rules, holder = _find(reply, ("improvement",))
+    rules, holder = _find(reply, ("improvement",), lenient)
     return Explanation(rules).capped(rule_cap), str(holder.get("improvement", "") or "").strip()
 
 
-def parse_explanation(reply: str, structured: bool, rule_cap: int | None = None) -> Explanation:
+def parse_explanation(
+    reply: str,
+    structured: bool,
+    rule_cap: int | None = None,
+    *,
+    lenient: bool = False,
+    first_line: bool = False,
+) -> Explanation:
+    """A structured (``parse_structured``) or free-text explanation. A free-text explanation is
+    the whole reply, every line of it, stripped (the paper's); ``first_line`` keeps only its first
+    line (an option for small local explainers that ramble on after the phrase)."""
     if structured:
-        return parse_structured(reply, rule_cap)
+        return parse_structured(reply, rule_cap, lenient)
     reply, _ = split_reasoning(reply)
-    phrase = reply.strip().splitlines()[0].strip() if reply.strip() else ""
+    phrase = reply.strip()
+    if first_line and phrase:
+        phrase = phrase.splitlines()[0].strip()
     if not phrase:
         raise ParseError("empty explanation")
     return Explanation.text(phrase)

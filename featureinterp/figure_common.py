@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 from types import ModuleType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import matplotlib
 import polars as pl
@@ -30,6 +30,9 @@ from matplotlib.figure import Figure
 from featureinterp.names import COMPLEMENTARY_SOURCES
 from featureinterp.storage import atomic_write
 
+if TYPE_CHECKING:
+    from featureinterp.config import ExplainSettings, ScoreSettings
+
 # Headless workers have no display. Only pick the backend while pyplot is not loaded: switching it
 # under a running pyplot session (a notebook) would close that session's figures.
 if "matplotlib.pyplot" not in sys.modules:
@@ -37,6 +40,7 @@ if "matplotlib.pyplot" not in sys.modules:
 
 __all__ = [
     "ALL_LAYERS",
+    "definitions_note",
     "BASELINE_KINDS",
     "CONDITIONS",
     "METHODS",
@@ -55,6 +59,22 @@ SOURCES = COMPLEMENTARY_SOURCES
 """Complementary sources of the test set (section 1.5), in Figure 3's order: exactly the sources
 featureinterp/records.py produces; ``*_negative*`` = non-activating records only."""
 ALL_LAYERS = "all layers"
+
+
+def definitions_note(figure: str, scores: ScoreSettings, explain: ExplainSettings) -> str:
+    """The caption's note of the definitions a figure's numbers depend on (paper-method.md §12):
+    the false-positive rule (Figure 3), the tree's stop rule (Figures 3 and 4), the score NaN rule."""
+    parts = []
+    if figure == "fig3":
+        parts.append(scores.fp_definition())
+    if figure in ("fig3", "fig4"):
+        parts.append(
+            "tree stop score tested on the roots too"
+            if explain.tree_stop_on_roots
+            else "tree stop score tested after each level (paper)"
+        )
+    parts.append("scores: paper's definitions" if scores.metrics == "paper" else "scores: rescaled (ours)")
+    return "; ".join(parts)
 """Value of ``layer`` in fig4's rows pooled over layers."""
 
 DPI = 120

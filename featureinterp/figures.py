@@ -87,6 +87,7 @@ def fig3(
     tokens_per_record: int = 32,
     condition: str = "structured",
     rule_cap: int | None = None,
+    definitions: str = "",
 ) -> FigureResult:
     """Figure 3: test score and false positives per sentence vs layer, per complementary source.
 
@@ -123,6 +124,7 @@ def fig3(
     summary = _grid(frame.group_by(keys).agg(aggs), levels, expected, ("n", "n_nan", "n_fp_nan"))
     caption, incomplete = _coverage(summary, expected, "method x source x layer")
     caption += f"; {int(summary['n_nan'].sum())} undefined scores dropped" + (f"; {grid}" if grid else "")
+    caption += f"; {definitions}" if definitions else ""
 
     sns = _seaborn()
     methods, sources, layers = levels["method"], levels["source"], levels["layer"]
@@ -168,6 +170,7 @@ def fig4(
     grid: str = "",
     source: str = PRIMARY_SOURCE,
     rule_cap: int | None = None,
+    definitions: str = "",
 ) -> FigureResult:
     """Figure 4: mean test score per method x condition, per layer and pooled over layers.
 
@@ -236,6 +239,7 @@ def fig4(
     caption += f"; {int(per_layer['n_nan'].sum())} undefined scores counted as 0" + (
         f"; {grid}" if grid else ""
     )
+    caption += f"; {definitions}" if definitions else ""
     if null:
         caption += (
             f"; dashed: empty explanation (simulator prior), {null.get(ALL_LAYERS, math.nan):.2f} pooled"
@@ -318,6 +322,7 @@ def fig5(
     method: str = "one_shot",
     condition: str = "structured",
     source: str = PRIMARY_SOURCE,
+    definitions: str = "",
 ) -> FigureResult:
     """Figure 5: score and complexity per layer x rule cap (heatmaps) and the monotone scores.
 
@@ -372,6 +377,7 @@ def fig5(
     )
     caption, incomplete = _coverage(summary, expected, "layer x rule cap")
     caption += f"; {grid}" if grid else ""
+    caption += f"; {definitions}" if definitions else ""
     n_skipped, n_features = int(per_layer["n_skipped"].sum()), features["layer", "feature"].n_unique()
     caption += (
         f"; {int(summary['n_nan'].sum())} undefined scores dropped; {n_skipped} of {n_features} features "

@@ -28,7 +28,7 @@ from featureinterp.models import residuals, row_batches
 from featureinterp.progress import Progress
 from featureinterp.sae import LoadedSae, check_features
 
-__all__ = ["holistic_activations", "holistic_activations_naive"]
+__all__ = ["holistic_activations", "holistic_activations_naive", "holistic_corpus_max"]
 
 Definition = Literal["mean", "sum"]
 
@@ -74,6 +74,29 @@ def holistic_activations(
                 variant = torch.cat([acts[:, s:d], sae.encode(res, features).float()], dim=1)
             h[:, d] = base - _reduce(variant, definition)
         out[:, lo : lo + b] = h.permute(2, 0, 1).cpu().numpy()
+    return out
+
+
+def holistic_corpus_max(
+    model: torch.nn.Module,
+    sae: LoadedSae,
+    tokens: np.ndarray,
+    features: Sequence[int],
+    batch_size: int = 32,
+    skip_first: bool = True,
+    chunk_rows: int = 4096,
+    log: Callable[[str], None] | None = None,
+) -> np.ndarray:
+    """[F] the maximum holistic value of each feature over every row of ``tokens`` [N, T] and
+    every position: the paper's 0..5 scale of holistic values (it computes them for the whole
+    corpus, paper-method.md 1.3 and §12.10). One drop-one-token sweep serves all ``features``;
+    rows go through in chunks so memory stays [F, chunk_rows, T]."""
+    out = np.full(len(features), -np.inf, dtype=np.float32)
+    for lo in range(0, len(tokens), chunk_rows):
+        h = holistic_activations(
+            model, sae, tokens[lo : lo + chunk_rows], features, batch_size, skip_first, log=log
+        )  # [F, chunk, T]
+        out = np.maximum(out, h.reshape(len(features), -1).max(axis=1))
     return out
 
 

@@ -204,9 +204,12 @@ _NEW_RE = re.compile(r"\**\s*NEW\s+EXPLANATION\s*:\s*\**", re.IGNORECASE)
 _IMPROVEMENT_RE = re.compile(r"\**\s*IMPROVEMENT\s*:\s*\**", re.IGNORECASE)
 
 
-def parse_child_reply(text: str, structured: bool, rule_cap: int | None) -> tuple[Explanation, str]:
+def parse_child_reply(
+    text: str, structured: bool, rule_cap: int | None, *, lenient: bool = False, first_line: bool = False
+) -> tuple[Explanation, str]:
     """(explanation, improvement note) of a child reply, in the ``IMPROVEMENT: ... NEW EXPLANATION:
-    ...`` text form or (structured) the JSON object form; raises ``ParseError``."""
+    ...`` text form or (structured) the JSON object form; raises ``ParseError``. ``lenient`` and
+    ``first_line``: as in ``explanations.parse_explanation``."""
     # imported here: explanations builds its parsers on this module
     from featureinterp.explanations import ParseError, parse_explanation, parse_structured_child
 
@@ -214,7 +217,7 @@ def parse_child_reply(text: str, structured: bool, rule_cap: int | None) -> tupl
     marker = _NEW_RE.search(text)
     if marker is None:
         if structured:
-            return parse_structured_child(text, rule_cap)
+            return parse_structured_child(text, rule_cap, lenient)
         raise ParseError(f"no 'NEW EXPLANATION:' in reply: {text.strip()[:80]!r}")
     head, body = text[: marker.start()], text[marker.end() :]
     second = _NEW_RE.search(body)
@@ -223,4 +226,5 @@ def parse_child_reply(text: str, structured: bool, rule_cap: int | None) -> tupl
     improvement = (head[imp.end() :] if imp else head).strip()
     if not structured:
         body = body.strip().strip("*\"'").strip()
-    return parse_explanation(body, structured, rule_cap), improvement
+    explanation = parse_explanation(body, structured, rule_cap, lenient=lenient, first_line=first_line)
+    return explanation, improvement

@@ -1,22 +1,39 @@
 """Scoring simulated activations against the truth (paper-method.md section 6).
 
 Scores pool the tokens of all records and compute each metric once (not a mean of per-record
-scores). The primary score is Pearson correlation. One NaN policy everywhere: a metric is NaN
-exactly when it is undefined (the truth or the prediction is constant), and the reason is returned
-with it, so figures can count and report undefined scores instead of silently dropping or zeroing
-them (the original code uses three different policies).
+scores). The primary score is Pearson correlation. Two definitions (``Metrics``):
+
+- ``paper`` (the default, paper-method.md §12.8): the paper code's. Every metric is NaN when the
+  truth is (nearly) constant, ``var(true) < 1e-10``; the correlation is also NaN when the
+  prediction is exactly constant (numpy's corrcoef divides by a zero deviation) but is computed
+  for a nearly constant one. R-squared is ``1 - mean((t-p)^2) / mean(t^2)`` and absolute deviation
+  explained ``1 - mean|t-p| / mean|t|``, both on the raw prediction (on the test split the
+  prediction is 0..5 and the truth raw, so neither is meaningful there; the paper reports only the
+  correlation downstream, as we do).
+- ``rescaled`` (ours, an option): the correlation is NaN when the prediction is constant within
+  ``1e-10`` (a prediction that flat carries no ranking; its correlation is rounding noise), and
+  R-squared / absolute deviation explained are centred and measured after the least-squares
+  rescaling of the prediction onto the truth (R-squared = correlation squared), so they compare
+  across the raw and 0..5 scales.
+
+Either way a NaN comes with its reason, so figures can count undefined scores instead of
+silently dropping or zeroing them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-__all__ = ["Score", "score"]
+__all__ = ["METRICS", "Metrics", "Score", "score"]
 
 _EPS = 1e-10
+
+Metrics = Literal["paper", "rescaled"]
+METRICS: tuple[str, ...] = ("paper", "rescaled")
 
 
 @dataclass(frozen=True)
@@ -24,23 +41,30 @@ class Score:
     correlation: float
     """Pooled Pearson correlation (NaN when undefined, see ``reason``)."""
     r_squared: float
-    """Centred coefficient of determination 1 - SSE / SST of the least-squares rescaled prediction
-    (= correlation**2 where defined): comparable across the raw and 0..5 scales."""
+    """``paper``: 1 - mean((t-p)^2) / mean(t^2) on the raw prediction; ``rescaled``: the centred
+    coefficient of determination of the least-squares rescaled prediction (= correlation**2)."""
     abs_dev_explained: float
-    """1 - mean|true - fit| / mean|true - mean(true)| for the same rescaled prediction."""
+    """``paper``: 1 - mean|t-p| / mean|t|; ``rescaled``: 1 - mean|t - fit| / mean|t - mean(t)|."""
     n_tokens: int
     reason: str | None = None
-    """Why the scores are NaN (None when they are defined)."""
+    """Why the correlation is NaN (None when it is defined)."""
 
 
 _Values = Sequence[Sequence[float] | np.ndarray] | np.ndarray
 """Per-record values: a sequence of per-token sequences or arrays, or a 2-D array."""
 
 
-def score(true: _Values, pred: _Values) -> Score:
+def _pooled(values: _Values) -> np.ndarray:
+    if not len(values):
+        return np.zeros(0)
+    return np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in values])
+
+
+def score(true: _Values, pred: _Values, metrics: Metrics = "paper") -> Score:
     """Score records: ``true[i]`` and ``pred[i]`` are one record's per-token values."""
-    t = np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in true]) if len(true) else np.zeros(0)
-    p = np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in pred]) if len(pred) else np.zeros(0)
+    if metrics not in METRICS:
+        raise ValueError(f"unknown score metrics {metrics!r}: choose 'paper' or 'rescaled'")
+    t, p = _pooled(true), _pooled(pred)
     if t.shape != p.shape:
         raise ValueError(f"true and predicted values differ in length: {t.shape[0]} vs {p.shape[0]} tokens")
     nan = float("nan")
@@ -48,6 +72,12 @@ def score(true: _Values, pred: _Values) -> Score:
         return Score(nan, nan, nan, int(t.size), "fewer than two tokens")
     if t.var() < _EPS:
         return Score(nan, nan, nan, int(t.size), "true activations are constant")
+    if metrics == "paper":
+        r2 = 1.0 - float(np.mean((t - p) ** 2) / np.mean(t**2))
+        ade = 1.0 - float(np.mean(np.abs(t - p)) / np.mean(np.abs(t)))
+        if np.ptp(p) == 0:  # numpy's corrcoef: a zero deviation gives NaN
+            return Score(nan, r2, ade, int(t.size), "predictions are constant")
+        return Score(float(np.corrcoef(t, p)[0, 1]), r2, ade, int(t.size))
     if p.var() < _EPS:
         return Score(nan, nan, nan, int(t.size), "predictions are constant")
     r = float(np.corrcoef(t, p)[0, 1])

@@ -53,7 +53,7 @@ def simulate(preset_name: str | None, layer: str, feature: str, text: str, struc
     s = preset.explain
     model, tok = load_subject_model(s.simulator or preset.model, models_dir())
     sim = LocalSimulator(model, tok, prompt_for(s.simulator_prompt), batch_size=s.simulator_batch or 2)
-    ev = evaluate(sim.simulate_explanation, explanation, rec.frame, float(rec.meta["max_act"]))
+    ev = evaluate(sim.simulate_explanation, explanation, rec.frame, float(rec.meta["max_act"]), preset.scores)
     print(f"{preset.name} {layer}/{feature}: {explanation}")
     print(
         f"test score (positives + similar non-activating): {ev.score:.3f}"

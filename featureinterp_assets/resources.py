@@ -14,7 +14,7 @@ import dagster as dg
 import torch
 from pydantic import PrivateAttr
 
-from featureinterp.config import ExplainSettings, ModelSpec, Preset, get_preset
+from featureinterp.config import ExplainSettings, ModelSpec, Preset, ScoreSettings, get_preset
 from featureinterp.errors import ConfigError
 from featureinterp.models import load_subject_model, load_tokenizer, resolve_device
 from featureinterp.preset_files import preset_from_json, preset_to_json
@@ -206,6 +206,10 @@ class LLMResource(dg.ConfigurableResource):
 
     def settings(self) -> ExplainSettings:
         return resolved_preset(self.preset, self.preset_json).explain
+
+    def score_settings(self) -> ScoreSettings:
+        """How the preset defines scores and false positives (the paper's by default)."""
+        return resolved_preset(self.preset, self.preset_json).scores
 
     def local_backend(self) -> LocalChatBackend:
         from featureinterp.local_llm import LocalChatBackend

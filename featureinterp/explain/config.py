@@ -98,6 +98,11 @@ class ExplainerConfig:
     """Tree: levels of children after the roots."""
     stop_score: float = 0.9
     """Tree: stop once the best kept node's train score reaches this."""
+    stop_on_roots: bool = False
+    """Tree: also test ``stop_score`` on the roots, before any revision. False (the paper,
+    section 4.6 step f): the score is tested only after a level of children, so every tree
+    writes at least one level of revisions (Figure 4's tree bars depend on it). True saves the
+    requests of a tree whose best root already reaches the stop score (paper-method.md §12.1)."""
     tree_temperature: float = 1.2
     """Tree: sampling temperature of children."""
     child_max_tokens: int = 800
@@ -106,6 +111,13 @@ class ExplainerConfig:
     """Tree: most-incorrect train records (by leave-one-out gain) shown in the feedback."""
     concurrency: int = 4
     """Tree: threads issuing the generation requests of one level."""
+    lenient_rules: bool = False
+    """Accept what the paper's parser accepts (``explanations.parse_structured``): any integer
+    strength, an empty ``activates_on``, an empty rule list. False: re-request those replies."""
+    free_text_first_line: bool = False
+    """A free-text explanation is the reply's first line only (the paper: the whole reply)."""
+    metrics: Literal["paper", "rescaled"] = "paper"
+    """Definition of the train / valid scores (featureinterp.scoring)."""
 
     def __post_init__(self) -> None:
         if self.method not in ("one_shot", "tree"):
@@ -137,6 +149,9 @@ class ExplainerConfig:
                 "width": settings.tree_width,
                 "max_tokens": settings.max_tokens,
                 "child_max_tokens": settings.child_max_tokens,
+                "stop_on_roots": settings.tree_stop_on_roots,
+                "lenient_rules": settings.lenient_rules,
+                "free_text_first_line": settings.free_text_first_line,
             }
         return cls(**(copied | fields))
 

@@ -20,7 +20,7 @@ from featureinterp.explain.prompts import cap_sentence, format_records
 from featureinterp.explanations import RULE_PLACEHOLDER, explanation_schema
 from featureinterp.formatting import escape_token, record_block
 from featureinterp.records import FeatureRecords
-from featureinterp.scoring import score
+from featureinterp.scoring import Metrics, score
 
 __all__ = ["child_schema", "contrast_block", "feedback_message", "leave_one_out"]
 
@@ -40,18 +40,20 @@ def contrast_block(
     return "\n<start>\n" + "\n".join(lines) + "\n<end>\n"
 
 
-def leave_one_out(truth: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> list[tuple[int, float]]:
+def leave_one_out(
+    truth: Sequence[np.ndarray], preds: Sequence[np.ndarray], metrics: Metrics = "paper"
+) -> list[tuple[int, float]]:
     """``(record index, gain)`` for every record, most incorrect first.
 
     ``gain = score without the record - score with all records``; a large gain means the record hurts
     the pooled score most. NaN gains sort last; ties (and NaNs) break by larger absolute error, then
     by index, so the order is deterministic (the original sorts NaNs arbitrarily).
     """
-    overall = score(truth, preds).correlation
+    overall = score(truth, preds, metrics).correlation
     rows = []
     for i in range(len(truth)):
         rest = [j for j in range(len(truth)) if j != i]
-        without = score([truth[j] for j in rest], [preds[j] for j in rest]).correlation
+        without = score([truth[j] for j in rest], [preds[j] for j in rest], metrics).correlation
         gain = without - overall
         abs_err = float(np.abs(np.asarray(truth[i], float) - np.asarray(preds[i], float)).sum())
         rows.append((math.isnan(gain), -gain if not math.isnan(gain) else 0.0, -abs_err, i, gain))
@@ -95,8 +97,8 @@ def feedback_message(
     records (holistic block when enabled, then per-token errors), and the reply format."""
     formatted = format_records(records.train, records.max_act, records.max_holistic, config.holistic)
     truth = [f[1] for f in formatted]
-    overall = score(truth, train_preds)
-    worst = leave_one_out(truth, train_preds)[: config.worst_records]
+    overall = score(truth, train_preds, config.metrics)
+    worst = leave_one_out(truth, train_preds, config.metrics)[: config.worst_records]
     parts = [
         "Feedback on this explanation.\n",
         f"Score on the training records: {_fmt_score(overall.correlation, overall.reason)} "

@@ -203,7 +203,13 @@ class _Run:
             unusable = False
             for c in replies:  # a server may return more than asked: all are recorded, n are kept
                 try:
-                    explanation = parse_explanation(c.text, cfg.structured, cfg.rule_cap)
+                    explanation = parse_explanation(
+                        c.text,
+                        cfg.structured,
+                        cfg.rule_cap,
+                        lenient=cfg.lenient_rules,
+                        first_line=cfg.free_text_first_line,
+                    )
                     found += [explanation] if len(found) < n else []
                     self.completions.append(completion_record(c, stage, None))
                 except ParseError as err:
@@ -230,7 +236,8 @@ class _Run:
         node_id: int,
     ) -> _Node:
         train_preds, valid_preds = self.cache.predict(explanation)
-        tr, va = score(self.truth[0], train_preds), score(self.truth[1], valid_preds)
+        metrics = self.config.metrics
+        tr, va = score(self.truth[0], train_preds, metrics), score(self.truth[1], valid_preds, metrics)
         explanation = replace(explanation, meta={**explanation.meta, "node": node_id})
         return _Node(
             node_id, parent, depth, explanation, improvement, conversation, train_preds,
@@ -255,7 +262,13 @@ class _Run:
             return None, "backend returned no completion", None, None
         c = replies[0]
         try:
-            explanation, improvement = parse_child_reply(c.text, cfg.structured, cfg.rule_cap)
+            explanation, improvement = parse_child_reply(
+                c.text,
+                cfg.structured,
+                cfg.rule_cap,
+                lenient=cfg.lenient_rules,
+                first_line=cfg.free_text_first_line,
+            )
         except ParseError as err:
             self.unusable.append((messages, params))
             return c, str(err), None, None
@@ -315,15 +328,19 @@ class _Run:
 
         with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
             for depth in range(1, cfg.depth + 1):
-                if reached(current):  # checked before every level, the roots' included
+                # the paper tests the stop score only after a level of children (4.6 f), so every
+                # tree revises at least once; ``stop_on_roots`` also tests the roots
+                if depth == 1 and cfg.stop_on_roots and reached(current):
+                    stop = "stop_score"
                     break
                 children = self.expand(pool, current, depth)
-                if not children:
+                if not children:  # the paper raises here; we keep what was scored
                     stop = "no_children"
                     break
                 current = _by_score(children, valid=False)[: cfg.width]
-        if stop == "depth" and reached(current):
-            stop = "stop_score"
+                if reached(current):
+                    stop = "stop_score"
+                    break
         return _by_score(self.nodes, valid=True)[: cfg.num_samples], stop
 
 

@@ -50,7 +50,9 @@ def build_baseline_asset(
                     {"result": Produced(base | {"skipped": "dead feature"}, {"skipped": "dead"})}
                 )
             synthetic = feature if layer == SYNTHETIC_LAYER else None
-            scores = baseline_scores(llm.simulator().simulate, rec.frame, max_act, synthetic)
+            scores = baseline_scores(
+                llm.simulator().simulate, rec.frame, max_act, synthetic, llm.score_settings()
+            )
             metadata = {f"{kind}_score": v["score"] for kind, v in scores.items()}
             return PartitionResult({"result": Produced(base | scores, metadata)})
 

@@ -158,7 +158,7 @@ def _condition_asset(
             else:
                 expl = stored_explanation(storage, cond.name, key)
             if "score" in wanted:
-                outputs["score"] = _score(llm, cond, expl, rec, faithful=spec.faithful)
+                outputs["score"] = _score(llm, cond, expl, rec, spec)
             return PartitionResult(outputs)
 
         yield from llm_partitions(context, compute, storage, spec)
@@ -216,6 +216,7 @@ def _explain(
             metadata={"completions": dg.MetadataValue.json(err.completions[:20])},
             allow_retries=False,
         ) from err
+    base["stop_rule"] = "roots and every level" if config.stop_on_roots else "after each level (paper)"
     return _explained(base, result, backend.name, seed, simulator.thread_tokens() - tokens_before)
 
 
@@ -250,6 +251,7 @@ def _explained(
         "explainer": explainer,
         "seed": seed,
         "simulator_tokens": simulator_tokens,
+        "stop_reason": result.stop_reason,
     }
     return Produced(value, metadata)
 
@@ -259,10 +261,6 @@ def _strip(frame: pl.DataFrame, explanation: Explanation, ev: Evaluation, max_ac
     title = f"{explanation} | score {ev.score:.3f}"[:150]
     png = score_strip(frame, ev.predictions, max_act, title)
     return f"![true vs simulated](data:image/png;base64,{base64.b64encode(png).decode()})"
-
-
-PAPER_FP_BELOW = 10.0
-"""The paper's false-positive rule: a token is quiet when its raw activation is below 10."""
 
 
 def stored_explanation(storage: StorageIOManager, condition: str, key: str) -> dict:
@@ -290,12 +288,10 @@ def score_base(cond: Condition, expl: dict) -> dict:
     }
 
 
-def _score(
-    llm: LLMResource, cond: Condition, expl: dict, rec: TableBundle, faithful: bool = False
-) -> Produced:
-    """Test-split evaluation of one stored explanation, with each rule's complexity; ``faithful``
-    (faithful presets): false positives by the paper's absolute rule instead of ours, and the
-    paper's complexity read-out one token late."""
+def _score(llm: LLMResource, cond: Condition, expl: dict, rec: TableBundle, spec: Preset) -> Produced:
+    """Test-split evaluation of one stored explanation, with each rule's complexity: scores and
+    false positives as the preset defines them (``spec.scores``: the paper's by default), and
+    (faithful presets) the paper's complexity read-out one token late."""
     base = score_base(cond, expl)
     if expl.get("skipped"):
         value = base | {"score": float("nan"), "reason": expl["skipped"], "per_source": {}}
@@ -308,14 +304,14 @@ def _score(
         explanation_obj,
         rec.frame,
         expl["max_act"],
-        fp_true_below=PAPER_FP_BELOW if faithful else None,
+        spec.scores,
     )
     simulator_tokens = simulator.thread_tokens() - tokens_before
     from featureinterp.simulator import alignment_stats  # torch: only in the step that scores
 
     test_tokens = rec.frame.filter(pl.col("split") == "test")["tokens"].to_list()
     alignment = alignment_stats(simulator.tok, test_tokens)  # tokens the simulator cannot see
-    analyzer = ComplexityAnalyzer(llm.local_backend(), faithful=faithful)
+    analyzer = ComplexityAnalyzer(llm.local_backend(), faithful=spec.faithful)
     complexities = analyzer.rate(list(explanation_obj.rules))
     metadata = _score_metadata(
         ev, explanation_obj, complexities, simulator, simulator_tokens, rec.frame, expl["max_act"]
@@ -330,6 +326,8 @@ def _score(
         "predictions": ev.predictions,
         "simulator_tokens": simulator_tokens,
         "alignment": alignment,
+        "metrics": spec.scores.metrics,
+        "fp_definition": spec.scores.fp_definition(),
     }
     return Produced(value, metadata)
 

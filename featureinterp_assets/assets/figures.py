@@ -16,7 +16,7 @@ import polars as pl
 
 from featureinterp import calibration, figures
 from featureinterp.config import Preset, feature_key, layer_key
-from featureinterp.figure_common import FigureResult, result_frame, result_rows
+from featureinterp.figure_common import FigureResult, definitions_note, result_frame, result_rows
 from featureinterp.figure_detection import fig3_detection
 from featureinterp.figure_grids import figure_conditions, figure_grids, select_grid
 from featureinterp.names import PRIMARY_SOURCE, SYNTHETIC_KEY
@@ -246,7 +246,11 @@ def _figure_asset(name: str) -> dg.AssetsDefinition:
     ) -> dict[str, Any]:
         table, grid_note, missing, expected = _figure_table(name, config, preset.spec(), layer_results)
         out_dir = Path(preset.storage_dir()) / "figures"
-        result = getattr(figures, name)(table, out_dir, expected=expected, grid=grid_note)
+        spec = preset.spec()
+        definitions = definitions_note(name, spec.scores, spec.explain)
+        result = getattr(figures, name)(
+            table, out_dir, expected=expected, grid=grid_note, definitions=definitions
+        )
         metadata = _image_metadata(name, result)
         files = {k: str(v) for k, v in result.files.items()}
         detection = fig3_detection(table, out_dir, expected) if name == "fig3" else None
@@ -256,6 +260,7 @@ def _figure_asset(name: str) -> dg.AssetsDefinition:
         context.add_output_metadata(
             metadata
             | {"grid": grid_note, "incomplete": result.incomplete, "missing": dg.MetadataValue.json(missing)}
+            | {"definitions": definitions}
         )
         return {"png": str(result.png), "files": files, "caption": result.caption}
 

@@ -1,6 +1,5 @@
 """Records stage: corpus embeddings in LanceDB, per-feature records and holistic activations."""
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +9,7 @@ import numpy as np
 from featureinterp.config import Preset, layer_key, parse_feature_key, parse_layer_key
 from featureinterp.corpus import decode_rows
 from featureinterp.holistic import holistic_activations as compute_holistic
+from featureinterp.holistic import holistic_corpus_max as compute_holistic_max
 from featureinterp.names import POSITIVE_SOURCE
 from featureinterp.record_building import build_feature_records
 from featureinterp.records import RecordParams
@@ -29,6 +29,7 @@ RECORD_CHECKS = [
     "source_counts",
     "negatives_non_activating",
     "no_positive_leak",
+    "rows_distinct",
     "splits_disjoint",
     "feature_alive",
 ]
@@ -38,7 +39,8 @@ class RecordsConfig(dg.Config):
     """Record sampling; defaults are the paper's values with its bugs fixed."""
 
     faithful: bool = False
-    """Reproduce the paper's code: prefix-scan retrieval and a validation split equal to the train slice."""
+    """Reproduce the paper's code (``RecordParams.faithful``): its random draws, top rows, retrieval
+    loop and a validation split equal to the train slice."""
     per_split: int | None = None
     """Records per split and source; None: the preset's (10 for the paper-sized presets)."""
     top_sample_n: int | None = None
@@ -47,14 +49,21 @@ class RecordsConfig(dg.Config):
     """Rows per complementary source; None: 3 x per_split."""
     special_n: int = 400
 
-    def params(self, preset_per_split: int) -> RecordParams:
+    def params(self, preset_per_split: int, preset_faithful: bool = False) -> RecordParams:
+        """The record parameters; ``preset_faithful`` (the preset-level switch) implies ``faithful``."""
         per_split = self.per_split or preset_per_split
+        top_sample_n = self.top_sample_n or 3 * per_split
+        complementary_n = self.complementary_n or 3 * per_split
+        faithful = self.faithful or preset_faithful
+        # the paper's first retrieval depth is positives + 4 x complementary rows (150 at its sizes)
+        retrieve_n = top_sample_n + 4 * complementary_n if faithful else RecordParams.retrieve_n
         return RecordParams(
-            top_sample_n=self.top_sample_n or 3 * per_split,
-            complementary_n=self.complementary_n or 3 * per_split,
+            top_sample_n=top_sample_n,
+            complementary_n=complementary_n,
             special_n=self.special_n,
             per_split=per_split,
-            faithful=self.faithful,
+            retrieve_n=retrieve_n,
+            faithful=faithful,
         )
 
 
@@ -86,7 +95,8 @@ def corpus_embeddings(
             "rows": len(index),
             "table": name,
             "embedding_model": spec.embedding_model,
-            "search": "IVF-PQ index + exact re-rank" if index.has_ann_index else "exact (flat)",
+            "search": "exact (every row scored)",
+            "ann_index": index.has_ann_index,
             "re_embedded": built,
         }
     )
@@ -130,9 +140,7 @@ def build_records_assets(
         """
         spec = preset.spec()
         index = CorpusIndex.open(corpus_embeddings["uri"], corpus_embeddings["table"])
-        params = config.params(spec.per_split)
-        if spec.faithful:  # the preset-level switch implies the records' own
-            params = dataclasses.replace(params, faithful=True)
+        params = config.params(spec.per_split, spec.faithful)
 
         def compute(key: str) -> PartitionResult:
             layer, feature = _layer_feature_of(key)
@@ -148,7 +156,7 @@ def build_records_assets(
         group_name=GROUP_RECORDS,
         io_manager_key=STORAGE_IO,
         pool=POOL_GPU,
-        code_version="1",
+        code_version="2",
         kinds={"pytorch", "numpy"},
         automation_condition=PER_PARTITION if automate_holistic else None,
         ins={"sae": dg.AssetIn(partition_mapping=by_layer)},
@@ -164,10 +172,34 @@ def build_records_assets(
         """Exact drop-one-token (holistic) activations of the feature on every row its records show.
 
         H_d = mean_t a_t(x) - mean_t a_t(x without token d); the 0..5 display normaliser
-        `max_holistic` is the maximum over the rows computed here.
+        `max_holistic` is the feature's maximum over the whole corpus (the paper's; one sweep per
+        layer serves all of the run's features of that layer), or over the rows computed here
+        when the preset's `explain.holistic_scale` is `records`.
         """
         spec = preset.spec()
         loaded_saes: dict[int, LoadedSae] = {}  # one SAE load per layer of the run
+        corpus_max: dict[int, dict[int, float]] = {}  # layer -> feature -> max over the corpus
+        run_features: dict[int, set[int]] = {}
+        for key in context.partition_keys:
+            lay, feat = _layer_feature_of(key)
+            run_features.setdefault(lay, set()).add(feat)
+
+        def scale_of(layer: int, feature: int, model: Any) -> float:
+            """The feature's corpus-wide maximum; a feature's value does not depend on which
+            other features share the sweep (each is its own maximum)."""
+            if layer not in corpus_max:
+                feats = sorted(run_features.get(layer, set()) | {feature})
+                maxima = compute_holistic_max(
+                    model,
+                    loaded_saes[layer],
+                    np.asarray(corpus_tokens["tokens"]),
+                    feats,
+                    spec.batch_size,
+                    spec.prepend_bos,
+                    log=context.log.info,
+                )
+                corpus_max[layer] = {f: float(m) for f, m in zip(feats, maxima, strict=True)}
+            return corpus_max[layer][feature]
 
         def compute(key: str) -> PartitionResult:
             layer, feature = _layer_feature_of(key)
@@ -176,7 +208,7 @@ def build_records_assets(
             if ref.synthetic:
                 # A synthetic feature is a rule on tokens, not a latent of the model: no holistic values.
                 zeros = np.zeros((len(rows), spec.row_len), dtype=np.float32)
-                meta = {"max_holistic": 0.0, "synthetic": True}
+                meta: dict[str, Any] = {"max_holistic": 0.0, "synthetic": True}
                 return PartitionResult(
                     {
                         "result": Produced(
@@ -197,9 +229,14 @@ def build_records_assets(
                 spec.prepend_bos,
                 log=context.log.info,
             )[0]
-            max_h = float(h.max()) if len(rows) else 0.0
-            value = ArrayBundle({"rows": rows, "holistic": h}, {"max_holistic": max_h})
-            return PartitionResult({"result": Produced(value, {"rows": len(rows), "max_holistic": max_h})})
+            scale = spec.explain.holistic_scale
+            if scale == "corpus":
+                max_h = scale_of(layer, feature, model)
+            else:
+                max_h = float(h.max()) if len(rows) else 0.0
+            meta = {"max_holistic": max_h, "holistic_scale": scale}
+            value = ArrayBundle({"rows": rows, "holistic": h}, meta)
+            return PartitionResult({"result": Produced(value, meta | {"rows": len(rows)})})
 
         yield from each_partition(context, compute, storage, as_you_go=False)
 

@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 
 from featureinterp.baselines import baseline_scores
+from featureinterp.config import ScoreSettings
 from featureinterp.experiments import COMPLEMENTARY_SOURCES, evaluate
 from featureinterp.explanations import Explanation, Rule
 from featureinterp.synthetic import SYNTHETIC_FEATURES, wrong_explanation
@@ -48,8 +49,8 @@ def _simulate(text: str, records):
 def test_false_positives_by_our_relative_rule_or_the_papers_absolute_one():
     explanation = Explanation((Rule(SYNTHETIC_FEATURES[0].explanation, 5),), structured=False)
     sim = lambda e, records: _simulate(e.rules[0].activates_on, records)  # noqa: E731
-    ours = evaluate(sim, explanation, _frame(), max_act=8.0)
-    paper = evaluate(sim, explanation, _frame(), max_act=8.0, fp_true_below=10.0)
+    ours = evaluate(sim, explanation, _frame(), 8.0, ScoreSettings(fp_quiet="relative", fp_denominator="quiet"))
+    paper = evaluate(sim, explanation, _frame(), max_act=8.0)  # the default: the paper's rule
     # 'quiet' (raw 5) is above 10 % of the max (0.8): not a quiet token for us, so no false positive;
     # below the paper's absolute 10: predicted 3 > 1 is a false positive there (1 token in 3)
     assert ours.per_source["similar_negative"]["fp_rate"] == 0.0

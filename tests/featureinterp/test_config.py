@@ -51,7 +51,13 @@ def test_faithful_presets_are_named_and_stored_apart():
 
     plain, faithful = get_preset("embedded"), get_preset("embedded-faithful")
     assert faithful.faithful and not plain.faithful and faithful.name == "embedded-faithful"
-    assert faithful.replace(name="embedded", faithful=False) == plain  # nothing else changes
+    # nothing else changes but the definition options, which a faithful preset sets to the paper's
+    # (its parser's leniency is the one the default leaves out)
+    from featureinterp.config import PAPER_EXPLAIN_OPTIONS
+
+    assert {k: getattr(plain.explain, k) for k in PAPER_EXPLAIN_OPTIONS} != PAPER_EXPLAIN_OPTIONS
+    unfaithful = faithful.replace(name="embedded", faithful=False)
+    assert unfaithful.replace(explain=plain.explain) == plain
     assert get_preset("gemma-2-9b-standin-faithful").faithful
 
 

@@ -155,7 +155,7 @@ def test_sparse_records_are_repeated_without_zeros():
 
 def test_free_text_mode_asks_for_a_phrase_without_schema():
     backend = ScriptedBackend(["words about the sea\nand more"])
-    config = ExplainerConfig(structured=False)
+    config = ExplainerConfig(structured=False, free_text_first_line=True)  # default: every line
     result = explain(backend, lookup_simulate({"words about the sea": EXACT}), RECORDS, config, seed=0)
     assert result.explanation == Explanation.text("words about the sea") and result.valid_score == 1.0
     messages, params = backend.calls[0]

@@ -53,7 +53,9 @@ def test_schema_caps_rules_and_roundtrip():
     assert "maxItems" not in explanation_schema(None)["properties"]["rules"]
     e = Explanation((Rule("a", 3), Rule("b", 5)))
     assert Explanation.from_record(e.to_record()) == e
-    assert parse_explanation(" the word cat \nmore", structured=False) == Explanation.text("the word cat")
+    assert parse_explanation(" the word cat \nmore", structured=False) == Explanation.text("the word cat \nmore")
+    first = parse_explanation(" the word cat \nmore", structured=False, first_line=True)
+    assert first == Explanation.text("the word cat")
 
 
 def test_combine_rules_takes_the_max_of_strength_scaled_rules():

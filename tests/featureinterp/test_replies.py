@@ -55,7 +55,7 @@ def test_the_rule_cap_applies_after_the_last_valid_list():
 
 def test_free_text_explanations_skip_reasoning():
     explanation = parse_explanation("<think>maybe [x]</think>\nlegal language\nmore", structured=False)
-    assert explanation.rules[0].activates_on == "legal language"
+    assert explanation.rules[0].activates_on == "legal language\nmore"
     with pytest.raises(ParseError, match="empty"):
         parse_explanation("<think>only thinking", structured=False)
 
