@@ -3,10 +3,15 @@
 Paper-method.md sections 1.5 and 2, with the original code's bugs fixed and reproducible behind
 ``RecordParams.faithful``:
 
-- retrieval is a global top-k over the whole corpus (faithful: the paper's growing prefix scan);
+- retrieval is a global top-k over the whole corpus, each list deepened on its own up to the whole
+  corpus (faithful: the paper's growing prefix scan, one doubling depth shared by the plain and
+  projected lists, and no try at a depth past the corpus size);
 - every random draw comes from a generator seeded by (seed, preset, layer, feature) (the paper
-  resets the global seed, so "random" rows repeat across features);
-- no complementary list contains a positive, and random rows are drawn without replacement;
+  resets the global seed, so "random" rows repeat across features; faithful: one per layer);
+- no complementary list contains a positive, and random rows are drawn without replacement
+  (faithful: C draws with replacement over all rows);
+- positives and the "special" rows come from the firing rows only (faithful: the top rows by row
+  max, firing or not);
 - a source that cannot fill its rows stays short and says so (the paper silently substitutes
   random rows), and the validation split is the validation slice (faithful: the train slice).
 
@@ -110,8 +115,10 @@ class RecordParams:
     per_split: int = 10
     """Positives and rows of each complementary source per split."""
     faithful: bool = False
-    """Reproduce the paper: prefix-scan retrieval, valid split == train slice and the same
-    random draws for every feature of a layer (``records_generator``)."""
+    """Reproduce the paper's code (paper-method.md 1.5, 2 and 12.3-12.6): prefix-scan retrieval
+    with one depth loop for both similar lists that stops once the depth exceeds the corpus, top
+    rows whether or not they fire, random rows drawn with replacement over all rows and the same
+    for every feature of a layer (``records_generator``), and valid split == train slice."""
 
 
 def feature_generator(seed: int, preset: str, layer: int, feature: int) -> np.random.Generator:
@@ -126,7 +133,9 @@ def records_generator(
     """The generator of one feature's row selection. ``faithful``: the paper's behaviour, where the
     projection training resets the global seed for every feature (paper-method.md 11.1, item 3),
     so every feature of a layer draws its random rows and its top-100 sample from the same state:
-    one generator per layer, not per feature (the paper's first feature may differ; ours does not)."""
+    one generator per layer, not per feature (the paper's first feature may differ; ours does not).
+    ``select_rows`` draws the same amount before the random rows for every feature, so a layer's
+    features get identical random rows."""
     return feature_generator(seed, preset, layer, -1 if faithful else feature)
 
 
@@ -158,16 +167,39 @@ def _similar_pair(
     p: RecordParams,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(similar, similar_negative) from a ranking function ``rank_fn(depth) -> rows best first``,
-    deepening as the paper does until both lists are full or the corpus is exhausted."""
+    deepening until both lists are full or the corpus is exhausted (``_similar_lists``)."""
+    return _similar_lists([rank_fn], n_rows, exclude, negative, p)[0]
+
+
+def _similar_lists(
+    rank_fns: Sequence[Callable[[int], np.ndarray]],
+    n_rows: int,
+    exclude: np.ndarray,
+    negative: np.ndarray,
+    p: RecordParams,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(similar, similar_negative) of every ranking function, all ranked at one depth that doubles
+    from ``p.retrieve_n`` (at most ``p.max_tries`` depths) until every list is full.
+
+    Ours (one function per call): the depth is clamped to the corpus, and a try at the whole
+    corpus is the last. Faithful (the paper's loop, paper-method.md 1.5 step 6): the depth doubles
+    and the loop ends, without another try, once it exceeds the corpus: for 4000 rows and a first
+    depth of 150 the depths are 150, ..., 2400, never 4000.
+    """
     c = p.complementary_n
     depth = p.retrieve_n
+    lists: list[tuple[np.ndarray, np.ndarray]] = []
     for _ in range(p.max_tries):
-        ranked = rank_fn(min(depth, n_rows))
-        sim, neg = _first(ranked, exclude, c), _first(ranked, exclude, c, negative)
-        if (len(sim) >= c and len(neg) >= c) or depth >= n_rows:
+        ranked = [fn(depth if p.faithful else min(depth, n_rows)) for fn in rank_fns]
+        lists = [(_first(r, exclude, c), _first(r, exclude, c, negative)) for r in ranked]
+        if all(len(sim) >= c and len(neg) >= c for sim, neg in lists):
+            break
+        if not p.faithful and depth >= n_rows:
             break
         depth *= 2
-    return sim, neg
+        if p.faithful and depth > n_rows:
+            break
+    return lists
 
 
 def select_rows(
@@ -197,38 +229,48 @@ def select_rows(
             short={s: 0 for s in COMPLEMENTARY_SOURCES},
         )
     negative = row_max <= 0
-    pool = order[: min(params.top_pool, firing)]
+    # The paper takes the top rows by row max whether or not they fire (faithful); ours only
+    # firing rows, so a sparse feature's positives and similarity direction are its own.
+    top = n if params.faithful else firing
+    pool = order[: min(params.top_pool, top)]
     positives = rng.choice(pool, size=min(params.top_sample_n, len(pool)), replace=False)
-    special = order[: min(params.special_n, firing)]
+    special = order[: min(params.special_n, top)]
 
-    others = np.setdiff1d(np.arange(n), positives)
+    if params.faithful:
+        # The paper: C draws with replacement over all rows (positives and repeats possible). The
+        # generator is the layer's (``records_generator``) and the positives' draw above takes the
+        # same amount of it for every feature, so every feature of a layer gets these same rows.
+        random = rng.integers(0, n, size=c)
+    else:
+        others = np.setdiff1d(np.arange(n), positives)
+        random = rng.choice(others, size=min(c, len(others)), replace=False)
     sources = {
-        "random": rng.choice(others, size=min(c, len(others)), replace=False),
+        "random": random,
+        # every non-firing row: in faithful mode a positive may not fire, and stays eligible here
         "random_negative": rng.permutation(np.flatnonzero(negative))[:c],
     }
     direction = mean_direction(vectors[special])
-    if params.faithful:
-        scores = vectors @ direction
-        plain = lambda depth: prefix_scan_order(scores, depth)  # noqa: E731
-    elif index is not None:
-        plain = lambda depth: index.search(direction, depth)  # noqa: E731
-    else:
-        full = np.argsort(-(vectors @ direction), kind="stable")
-        plain = lambda depth: full[:depth]  # noqa: E731
-    sources["similar"], sources["similar_negative"] = _similar_pair(plain, n, positives, negative, params)
-
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     proj_scores = projected_scores(
         vectors, vectors[special], train_projection(vectors[special], vectors, gen)
     )
     if params.faithful:
+        # the paper's prefix scans, both lists deepened together by one loop
+        scores = vectors @ direction
+        plain = lambda depth: prefix_scan_order(scores, depth)  # noqa: E731
         projected = lambda depth: prefix_scan_order(proj_scores, depth)  # noqa: E731
+        pairs = _similar_lists([plain, projected], n, positives, negative, params)
     else:
+        if index is not None:
+            plain = lambda depth: index.search(direction, depth)  # noqa: E731
+        else:
+            full = np.argsort(-(vectors @ direction), kind="stable")
+            plain = lambda depth: full[:depth]  # noqa: E731
         full_proj = np.argsort(-proj_scores, kind="stable")
         projected = lambda depth: full_proj[:depth]  # noqa: E731
-    sources["similar_projected"], sources["similar_negative_projected"] = _similar_pair(
-        projected, n, positives, negative, params
-    )
+        pairs = [_similar_pair(fn, n, positives, negative, params) for fn in (plain, projected)]
+    sources["similar"], sources["similar_negative"] = pairs[0]
+    sources["similar_projected"], sources["similar_negative_projected"] = pairs[1]
     sources = {k: np.asarray(v, dtype=np.int64) for k, v in sources.items()}
     short = {k: len(v) for k, v in sources.items() if len(v) < c}
     return Selection(np.asarray(positives, dtype=np.int64), sources, special, short=short)
@@ -296,18 +338,44 @@ class CheckOutcome:
     detail: str
 
 
+PAPER_LEAKS = ("random", "random_negative")
+"""Sources the paper draws without excluding the positives: a positive among them is the paper's
+behaviour in faithful mode (random rows come from all rows, random-negatives from all non-firing
+rows, and a sparse feature's positives may not fire)."""
+PAPER_REPEATS = ("random",)
+"""Sources the paper draws with replacement: a row twice is the paper's behaviour in faithful mode."""
+
+
 def check_records(frame: pl.DataFrame, row_max: np.ndarray, params: RecordParams) -> list[CheckOutcome]:
-    """Invariants of a records table, judged against the feature's true per-row maxima ``row_max``."""
+    """Invariants of a records table, judged against the feature's true per-row maxima ``row_max``.
+
+    Faithful mode accepts what the paper's code does (a positive among the random or
+    random-negative rows, a random row drawn twice, valid = train slice) and says so in the detail.
+    """
     import polars as pl
 
     c = params.complementary_n
-    lists = frame.filter(pl.col("rank") >= 0).unique(["row", "source"])
-    counts = {s: lists.filter(pl.col("source") == s).height for s in (POSITIVE_SOURCE, *COMPLEMENTARY_SOURCES)}
+    listed = frame.filter(pl.col("rank") >= 0).unique(["source", "rank"])  # one line per list entry
+    lists = listed.unique(["row", "source"])
+    counts = {
+        s: listed.filter(pl.col("source") == s).height for s in (POSITIVE_SOURCE, *COMPLEMENTARY_SOURCES)
+    }
     short = {s: n for s, n in counts.items() if s != POSITIVE_SOURCE and n < c}
     neg_rows = lists.filter(pl.col("source").is_in(NEGATIVE_SOURCES))["row"].to_numpy()
     firing_negs = sorted(set(neg_rows[row_max[neg_rows] > 0].tolist()))
     pos = set(lists.filter(pl.col("source") == POSITIVE_SOURCE)["row"].to_list())
-    leaked = sorted(pos & set(lists.filter(pl.col("source") != POSITIVE_SOURCE)["row"].to_list()))
+    leaks = {
+        s: sorted(pos & set(lists.filter(pl.col("source") == s)["row"].to_list()))
+        for s in COMPLEMENTARY_SOURCES
+    }
+    paper_leaks = {s: v for s, v in leaks.items() if v and params.faithful and s in PAPER_LEAKS}
+    leaked = sorted({r for s, v in leaks.items() if s not in paper_leaks for r in v})
+    repeated = listed.group_by("source", "row").len().filter(pl.col("len") > 1).sort("source", "row")
+    repeats = {
+        s: repeated.filter(pl.col("source") == s)["row"].to_list() for s in repeated["source"].unique()
+    }
+    paper_repeats = {s: v for s, v in repeats.items() if params.faithful and s in PAPER_REPEATS}
+    bad_repeats = {s: v[:10] for s, v in sorted(repeats.items()) if s not in paper_repeats}
     # An experiment uses the positives plus one complementary source, so splits must be disjoint
     # within every (positives + source) set; one row may serve two sources (a similar-negative is
     # also similar), which never meet in one experiment.
@@ -320,6 +388,7 @@ def check_records(frame: pl.DataFrame, row_max: np.ndarray, params: RecordParams
                 if n_shared := len(by_split[a] & by_split[b]):
                     overlap[f"{source}:{a}&{b}"] = n_shared
     max_act = float(row_max.max()) if len(row_max) else 0.0
+    paper = " (faithful: as the paper's code draws them: {})"
     return [
         CheckOutcome("source_counts", not short, False, f"counts {counts}; short: {short or 'none'}"),
         CheckOutcome(
@@ -332,7 +401,15 @@ def check_records(frame: pl.DataFrame, row_max: np.ndarray, params: RecordParams
             "no_positive_leak",
             not leaked,
             True,
-            f"positives in complementary sources: {leaked[:10] or 'none'}",
+            f"positives in complementary sources: {leaked[:10] or 'none'}"
+            + (paper.format({s: v[:10] for s, v in paper_leaks.items()}) if paper_leaks else ""),
+        ),
+        CheckOutcome(
+            "rows_distinct",
+            not bad_repeats,
+            True,
+            f"rows listed twice in one source: {bad_repeats or 'none'}"
+            + (paper.format({s: v[:10] for s, v in paper_repeats.items()}) if paper_repeats else ""),
         ),
         CheckOutcome(
             "splits_disjoint",

@@ -87,7 +87,8 @@ def test_counts_splits_meta_and_checks_of_a_live_feature(corpus: Corpus) -> None
     }
     assert all(o.passed for o in built.checks), [o for o in built.checks if not o.passed]
     assert [o.name for o in built.checks] == [
-        "source_counts", "negatives_non_activating", "no_positive_leak", "splits_disjoint", "feature_alive"
+        "source_counts", "negatives_non_activating", "no_positive_leak", "rows_distinct", "splits_disjoint",
+        "feature_alive",
     ]  # fmt: skip
 
     frame = built.frame
