@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from featureinterp.config import ApiSpec, Preset
 from featureinterp.experiments import get_condition
 from featureinterp.figure_grids import condition_scope
+from featureinterp.names import SYNTHETIC_KEY
 
 __all__ = [
     "GpuSpec",
@@ -289,6 +290,12 @@ def plan_preset(
             "simulator forward passes": 2 * sim_params * sim_tokens / rate,
             "subject activation pass": 2 * subj_params * preset.n_rows * preset.row_len / rate,
         }
+        if holistic and preset.explain.holistic_scale == "corpus":
+            # the paper's holistic scale: a drop-one-token sweep of every row per layer (the
+            # variant dropping token d recomputes its T - d suffix tokens: ~T(T+1)/2 per row)
+            hol_layers = len({k.split("|")[1] for k in holistic_keys} - {SYNTHETIC_KEY})
+            per_row = preset.row_len * (preset.row_len + 1) / 2
+            compute["holistic corpus sweep"] = 2 * subj_params * preset.n_rows * per_row * hol_layers / rate
         for way, counts in loads.items():
             load_s = sum(n * 2 * params.get(name, 0.0) for name, n in counts.items()) / (gpu.load_gbps * 1e9)
             parts = compute | {"model loads": load_s}

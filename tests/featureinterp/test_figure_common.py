@@ -176,3 +176,18 @@ def test_result_rows_carry_each_scorer_metric_of_the_same_source() -> None:
     assert rows["random"]["embedding_auroc"] == 0.625 and rows["similar_negative"]["embedding_auroc"] == 0.25
     assert math.isnan(rows["similar_negative"]["detection_precision"])  # not scored on that source
     assert math.isnan(rows["random"]["fuzzing_balanced_accuracy"])  # no fuzzing score
+
+
+def test_definitions_note_names_the_false_positive_and_tree_stop_rules():
+    from featureinterp.config import ExplainSettings, ScoreSettings
+    from featureinterp.figure_common import definitions_note
+
+    paper = definitions_note("fig3", ScoreSettings(), ExplainSettings())
+    assert paper == (
+        "FP: raw activation < 10 and predicted > 1, per all complementary tokens (paper); "
+        "tree stop score tested after each level (paper); scores: paper's definitions"
+    )
+    ours = definitions_note(
+        "fig4", ScoreSettings(metrics="rescaled", fp_denominator="quiet"), ExplainSettings(tree_stop_on_roots=True)
+    )
+    assert ours == "tree stop score tested on the roots too; scores: rescaled (ours)"  # no FP panel in fig4

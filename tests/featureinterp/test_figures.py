@@ -123,6 +123,8 @@ def test_fig4_caption_says_n_of_m_when_results_are_missing(tmp_path):
     assert res.summary.filter(layer="L05")["n"].item() == 2
     assert res.summary.filter(layer=ALL_LAYERS)["expected"].item() == 8
     assert (res.summary.filter(pl.col("layer") != ALL_LAYERS)["expected"] == 4).all()
+    noted = fig4(df, tmp_path, expected=4, definitions="tree stop score tested after each level (paper)")
+    assert noted.caption.endswith("; tree stop score tested after each level (paper)")
 
 
 # ---------------------------------------------------------------- fig3

@@ -97,6 +97,22 @@ def test_projection_from_stored_stand_in_measurements(tmp_path):
     )
 
 
+def test_projection_counts_the_holistic_corpus_sweep_of_the_papers_scale(tmp_path):
+    base = get_preset("gemma-2-9b")
+    usage = {"requests": 2, "prompt_tokens": 1000, "completion_tokens": 100}
+    _store(tmp_path, "gemma-2-9b", "one_shot_structured_holistic", "F0000", "L06", usage, 20_000, 10_000)
+    gpu = GpuSpec(peak_flops=1e15, utilisation=0.5, load_gbps=2.0)
+
+    def plan_with(scale: str):
+        explain = dataclasses.replace(base.explain, conditions=("one_shot_structured_holistic",), holistic_scale=scale)
+        return plan_preset(base.replace(explain=explain), _readers(tmp_path, "gemma-2-9b"), gpu=gpu)
+
+    # Figure 4's 8 layers; per row 33 variants of ~33 * 34 / 2 tokens in all
+    sweep = 2 * MODEL_PARAMS["google/gemma-2-9b"] * 100_000 * (33 * 34 / 2) * 8 / 5e14 / 3600
+    assert plan_with("corpus").gpu_hours["of which holistic corpus sweep"] == pytest.approx(sweep, abs=0.01)  # hours, 2 decimals
+    assert "of which holistic corpus sweep" not in plan_with("records").gpu_hours
+
+
 def test_plan_command_prints_json_without_loading_a_model(tmp_path):
     import os
     import subprocess
