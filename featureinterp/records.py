@@ -212,8 +212,8 @@ def select_rows(
     """Choose positives and complementary rows for one feature.
 
     ``row_max`` [N]: the feature's max activation per row (BOS excluded); ``vectors`` [N, d]:
-    normalised row embeddings; ``index``: the LanceDB index for the global plain search (None
-    falls back to exact in-memory scoring, which is what the index computes below its ANN size).
+    normalised row embeddings; ``index``: the LanceDB table for the global plain search (exact at
+    every size, ``CorpusIndex.search``; None: the same exact ranking scored here in memory).
     """
     n = len(row_max)
     c = params.complementary_n

@@ -106,7 +106,7 @@ def test_counts_splits_meta_and_checks_of_a_live_feature(corpus: Corpus) -> None
 
 
 def test_similar_rows_come_from_the_index_search(corpus: Corpus) -> None:
-    """The index's search gives the exact ranking below its ANN size: the similar rows are the rows
+    """The index's search gives the exact ranking (at every size): the similar rows are the rows
     most similar to the top rows' mean direction, positives excluded."""
     built = _build(corpus, corpus[2])
     vectors = corpus[0].vectors()

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pytest
 
 from featureinterp.experiments import get_condition
@@ -29,8 +30,9 @@ LAYER, FEATURES = "L00", ("F0000", "F0001")
 
 def _conditions(preset: str) -> tuple[str, ...]:
     """Figure 4's structured cells; on Gemma also Figure 3's one-shot, whose explainer is another
-    model on the same API route."""
-    return ("one_shot", "tree") + (("fig3_one_shot",) if preset == "gemma-2-9b" else ())
+    model on the same API route, and a holistic one-shot (the paper's corpus-wide holistic scale)."""
+    gemma = ("fig3_one_shot", "one_shot_structured_holistic")
+    return ("one_shot", "tree") + (gemma if preset == "gemma-2-9b" else ())
 
 
 def _run_standin(preset: str, root: Path) -> tuple[subprocess.CompletedProcess, float]:
@@ -91,6 +93,13 @@ def test_standin_run_of_a_paper_preset(preset, tmp_path, monkeypatch):
     )
     for name in ("fig3", "fig4", "fig5"):
         assert (storage / "figures" / f"{name}.png").stat().st_size > 10_000
+    if "one_shot_structured_holistic" in conditions:  # the paper's scale: the whole corpus's maximum
+        for feature in FEATURES:
+            hol = storage / "holistic_activations" / feature / LAYER
+            meta = json.loads((hol / "meta.json").read_text()) if (hol / "meta.json").exists() else None
+            assert meta is not None and meta["holistic_scale"] == "corpus", (feature, sorted(os.listdir(hol)))
+            shown = float(np.load(hol / "holistic.npy").max())  # the rows its records show
+            assert meta["max_holistic"] >= shown - 1e-6 and meta["max_holistic"] > 0, (meta, shown)
 
     loads_per_run: dict[str, Counter] = {}
     for run in instance.get_runs():
