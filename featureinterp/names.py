@@ -8,7 +8,13 @@ alphabetical order, a filter matches nothing). Every module imports them from he
 
 from __future__ import annotations
 
+import re
+
+from featureinterp.errors import ConfigError
+
 __all__ = [
+    "PRESET_NAME_MAX",
+    "check_preset_name",
     "COMPLEMENTARY_SOURCES",
     "DEFAULT_RULE_CAP",
     "NEGATIVE_SOURCES",
@@ -42,3 +48,27 @@ PRIMARY_SOURCE = "similar_negative"
 
 DEFAULT_RULE_CAP = 5
 """Rules per structured explanation unless a condition says otherwise (the paper's cap)."""
+
+
+PRESET_NAME_MAX = 100
+_PRESET_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{PRESET_NAME_MAX - 1}}}")
+
+
+def check_preset_name(name: str) -> None:
+    """Refuse a preset name that is not a plain identifier.
+
+    The name is joined into folder paths (the Dagster instance, the storage, the exports, the
+    LanceDB tables): ``../../escaped`` would put them outside FEATUREINTERP_HOME, a ``/`` would
+    nest them, a leading ``.`` would hide them. Letters, digits, ``-``, ``_`` and ``.`` (not
+    first, never ``..``), at most PRESET_NAME_MAX characters, keep every path one folder deep.
+    """
+    if isinstance(name, str) and _PRESET_NAME.fullmatch(name) and ".." not in name:
+        return
+    plain = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)))
+    suggestion = plain.strip(".-")[:PRESET_NAME_MAX].rstrip(".-") or "my-preset"
+    raise ConfigError(
+        f"preset name {name!r}: a preset name is joined into folder paths (instance, storage, exports), "
+        f"so it must be 1-{PRESET_NAME_MAX} letters, digits, '-', '_' or '.', not start with '.' and hold "
+        f'no \'..\'; rename it, e.g. name = "{suggestion}" (a preset file without a name field is named '
+        "after the file)"
+    )

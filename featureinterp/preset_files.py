@@ -28,8 +28,9 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from featureinterp.config import ApiSpec, ModelSpec, Preset
+from featureinterp.config import PRESET_ENV, ApiSpec, ModelSpec, Preset
 from featureinterp.errors import ConfigError
+from featureinterp.names import check_preset_name
 
 __all__ = [
     "FORMATS",
@@ -39,6 +40,7 @@ __all__ = [
     "parse_preset",
     "preset_from_dict",
     "preset_from_json",
+    "preset_reference",
     "preset_to_dict",
     "preset_to_json",
 ]
@@ -201,6 +203,11 @@ def preset_from_dict(data: dict, source: str = "preset data") -> Preset:
     """A preset from nested plain data; ``source`` names where it came from in errors."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a preset is a table of fields, not {type(data).__name__}")
+    if isinstance(data.get("name"), str):  # named as a field of the file (Preset checks it again)
+        try:
+            check_preset_name(data["name"])
+        except ConfigError as err:
+            raise ConfigError(f"{source}: field name {err}") from None
     try:
         preset = _from_dict(Preset, data, "")
     except _Bad as err:
@@ -260,3 +267,19 @@ def load_preset_file(path: str | Path) -> Preset:
     if found and not set(found) <= set(preset.layers):
         preset = preset.replace(layers=tuple(sorted(set(preset.layers) | set(found))))
     return preset
+
+
+def preset_reference(name: str) -> str:
+    """How a command line names the preset called ``name``: the preset file $FEATUREINTERP_PRESET
+    names when that file holds this preset (a file's preset is not found by its name, so a hint
+    like ``FEATUREINTERP_PRESET=<name> featureinterp run`` would not resolve), else the name."""
+    import os
+
+    source = os.environ.get(PRESET_ENV, "")
+    if source and is_preset_file(source):
+        try:
+            if load_preset_file(source).name == name:
+                return source
+        except ConfigError:  # the file changed or went away since: the name is all we know
+            pass
+    return name

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import torch
 
+from featureinterp.corpus_table import corrupt_table, drop_table, first_line, table_location, table_problem
 from featureinterp.errors import ConfigError, UnavailableError
 from featureinterp.progress import Progress
 
@@ -177,13 +178,33 @@ class CorpusIndex:
         self._last: _Ranking | None = None  # the last query's scores and order
 
     @classmethod
-    def open(cls, uri: str, name: str) -> "CorpusIndex":
+    def open(cls, uri: str, name: str, rows: int | None = None) -> "CorpusIndex":
+        """The table ``name`` at ``uri``. With ``rows`` (what ``corpus_embeddings`` stored) it is
+        checked first (``problem``): a damaged table raises ``CorruptFileError`` naming its path
+        instead of a raw LanceDB error partway through a run."""
         import lancedb
 
         db = lancedb.connect(uri)
         if name not in db.list_tables().tables:
             raise ConfigError(f"no LanceDB table {name!r} at {uri}: materialize 'corpus_embeddings' first")
-        return cls(db.open_table(name))
+        try:
+            index = cls(db.open_table(name))
+        except Exception as err:  # lance raises RuntimeError / OSError / ValueError for a bad table
+            raise corrupt_table(table_location(uri, name), f"does not open ({first_line(err)})") from err
+        problem = index.problem(rows) if rows is not None else None
+        if problem is not None:
+            raise corrupt_table(index.location, problem)
+        return index
+
+    @property
+    def location(self) -> str:
+        """Where the table lives (its ``<name>.lance`` folder or URI), for messages."""
+        return str(getattr(self.table, "uri", None) or self.table.name)
+
+    def problem(self, rows: int, texts: Sequence[str] | None = None) -> str | None:
+        """None when the table is whole; else what is wrong with it, in a few words
+        (``corpus_table.table_problem``: schema, count, row ids 0..rows-1, a readable sample)."""
+        return table_problem(self.table, rows, texts)
 
     @classmethod
     def build(
@@ -196,7 +217,8 @@ class CorpusIndex:
         ann_min_rows: int | None = None,
         log: Callable[[str], None] | None = None,
     ) -> tuple["CorpusIndex", bool]:
-        """Open the table if it already holds every row, else (re)build it; returns (index, built).
+        """Open the table if it is whole (``problem``: every row, ids 0..n-1, a readable sample
+        with the corpus's texts), else (re)build it; returns (index, built).
 
         ``ann_min_rows`` (default ``ANN_MIN_ROWS``, i.e. never): from this many rows on, also build
         an IVF-HNSW-SQ index for ``ann_search``; ``search`` stays exact either way.
@@ -209,10 +231,18 @@ class CorpusIndex:
         db = lancedb.connect(uri)
         table: Table | None
         if name in db.list_tables().tables:
-            table = db.open_table(name)
-            if table.count_rows() == len(texts):
-                return cls(table), False
-            logger.info("table %s holds %d of %d rows: rebuilding", name, table.count_rows(), len(texts))
+            try:
+                existing = cls(db.open_table(name))
+                problem = existing.problem(len(texts), texts)
+            except Exception as err:  # a table too damaged to open
+                problem = f"does not open ({first_line(err)})"
+            if problem is None:
+                return existing, False
+            message = f"LanceDB table {table_location(uri, name)}: {problem}; rebuilding it"
+            logger.warning(message)
+            if log is not None:
+                log(message)
+            drop_table(db, uri, name)
         progress = Progress("corpus embeddings", len(texts), log=log)
         table = None
         for lo in range(0, len(texts), batch_size):
@@ -252,7 +282,8 @@ class CorpusIndex:
 
     def vectors(self) -> np.ndarray:
         """All embeddings [N, d] float32 in row order, read once per table version and shared:
-        the array is read-only (``search`` scores against the same one)."""
+        the array is read-only (``search`` scores against the same one). A damaged table raises
+        ``CorruptFileError`` naming it."""
         version = self.table.version
         held = self._matrix
         if held is not None and held[0] == version:
@@ -260,7 +291,10 @@ class CorpusIndex:
         with self._lock:
             held = self._matrix
             if held is None or held[0] != version:
-                tab = self.table.to_arrow().sort_by("row")
+                try:
+                    tab = self.table.to_arrow().sort_by("row")
+                except (RuntimeError, OSError) as err:  # lance's errors for unreadable data files
+                    raise corrupt_table(self.location, f"unreadable ({first_line(err)})") from err
                 col = tab.column("vector").combine_chunks()
                 matrix = np.asarray(col.values.to_numpy(zero_copy_only=False), dtype=np.float32)
                 matrix = matrix.reshape(len(tab), -1)

@@ -30,9 +30,12 @@ __all__ = [
     "LoadedSae",
     "SaeRef",
     "check_features",
+    "disk_sae_width",
     "load_layer_sae",
     "load_sae_from_disk",
     "load_sae_pretrained",
+    "own_folder_fix",
+    "released_width",
     "uses_layernorm",
 ]
 
@@ -88,31 +91,82 @@ class LoadedSae:
         return cls(sae=sae.eval(), layer=layer, center=center)
 
 
-def check_features(features: Sequence[int], d_sae: int, layer: int) -> None:
+def check_features(features: Sequence[int], d_sae: int, layer: int, origin: str = "") -> None:
+    """Every feature index is a latent of the SAE; ``origin``: where the width was read (said in
+    the error when it was known before the SAE existed, so the user sees which setting bounds it)."""
     bad = [f for f in features if not 0 <= f < d_sae]
     if bad:
         raise ConfigError(
-            f"feature index {bad[0]} is outside the SAE of layer {layer} (width {d_sae}: 0..{d_sae - 1}); "
-            "fix the preset's features"
+            f"feature index {bad[0]} is outside the SAE of layer {layer} (width {d_sae}: 0..{d_sae - 1}"
+            f"{'; ' + origin if origin else ''}); fix the preset's features"
         )
 
 
-def load_sae_from_disk(path: Path | str, device: str = "cpu") -> SAE:
+def own_folder_fix() -> str:
+    """The fix for a broken SAE folder of the user's own (source ``disk``): rematerializing the
+    ``sae`` asset would only read the same folder again."""
+    return (
+        "fix or replace that folder (the preset's sae.path_format names it) with an SAE in sae-lens's "
+        "on-disk format: cfg.json + sae_weights.safetensors, as SAE.save_model writes them"
+    )
+
+
+def disk_sae_width(folder: Path | str, layer: int) -> int:
+    """The width (``d_sae`` of ``cfg.json``) of a ``disk`` source's SAE folder, read without its
+    weights; a folder that cannot be loaded is refused with the folder named."""
+    import json
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise ConfigError(f"SAE folder {path} of layer {layer} does not exist: {own_folder_fix()}")
+    missing = [f for f in ("cfg.json", "sae_weights.safetensors") if not (path / f).is_file()]
+    if missing:
+        raise ConfigError(f"SAE folder {path} of layer {layer} lacks {', '.join(missing)}: {own_folder_fix()}")
+    try:
+        width = json.loads((path / "cfg.json").read_text()).get("d_sae")
+    except (OSError, ValueError, AttributeError) as err:  # unreadable, not JSON, not an object
+        raise ConfigError(
+            f"SAE folder {path} of layer {layer}: cfg.json is unreadable ({err}): {own_folder_fix()}"
+        ) from None
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ConfigError(
+            f"SAE folder {path} of layer {layer}: cfg.json has no positive integer d_sae ({width!r}): "
+            f"{own_folder_fix()}"
+        )
+    return width
+
+
+def released_width(release: str, sae_id: str) -> int | None:
+    """A released sae-lens SAE's width from its config (sae-lens's own config reader: a config
+    file from the hub or its cache, never the weights); None where it cannot be read here."""
+    try:
+        from sae_lens.loading.pretrained_sae_loaders import load_sae_config_from_huggingface
+
+        width = load_sae_config_from_huggingface(release, sae_id).get("d_sae")
+    except Exception:  # offline without a cache, an unknown release: the sae asset reports it
+        return None
+    return width if isinstance(width, int) and not isinstance(width, bool) else None
+
+
+def load_sae_from_disk(path: Path | str, device: str = "cpu", own: bool = False) -> SAE:
     """An SAE saved with sae-lens's ``save_model`` (cfg.json + sae_weights.safetensors).
 
+    ``own``: the folder is the user's (source ``disk``), so a broken one is theirs to fix or
+    replace; otherwise the ``sae`` asset wrote it and rematerializing it writes it again.
     A trainer checkpoint with unfolded dataset-norm scaling / whitening gets its statistics folded
     in (see ``_fold_training_normalization``); without them it is refused rather than misread.
     """
-    from sae_lens import SAE
-
     path = Path(path)
+    fix = own_folder_fix() if own else "rematerialize the 'sae' asset"
     missing = [f for f in ("cfg.json", "sae_weights.safetensors") if not (path / f).exists()]
     if missing:
-        raise CorruptFileError(f"SAE folder {path} lacks {', '.join(missing)}: rematerialize the 'sae' asset")
+        raise CorruptFileError(f"SAE folder {path} lacks {', '.join(missing)}: {fix}")
+    from sae_lens import SAE  # after the cheap check: its import takes seconds
+
     try:
         sae = SAE.load_from_disk(path, device=device)
     except Exception as err:  # safetensors/json/sae-lens raise assorted types for a damaged file
-        raise CorruptFileError(f"SAE at {path} is unreadable ({err}): rematerialize the 'sae' asset") from err
+        raise CorruptFileError(f"SAE at {path} is unreadable ({err}): {fix}") from err
     return _fold_training_normalization(sae, path)
 
 
@@ -209,6 +263,12 @@ class SaeRef:
     live_latents: int | None = None
     """Trained here: latents in the live band (ordered first)."""
 
+    @property
+    def own_folder(self) -> bool:
+        """A folder the preset points at (source ``disk``), not one the ``sae`` asset trained
+        (trained references always carry their training metrics)."""
+        return self.path is not None and self.explained_variance is None
+
     def to_dict(self) -> dict[str, Any]:
         """The stored form: only the fields set, in the order the ``sae`` asset has always written."""
         if self.synthetic:
@@ -240,7 +300,7 @@ def load_layer_sae(
     """Load the SAE an ``sae`` asset recorded (an :class:`SaeRef`, or its stored dict)."""
     ref = SaeRef.from_dict(ref)
     if ref.path is not None:
-        sae = load_sae_from_disk(ref.path, device=device)
+        sae = load_sae_from_disk(ref.path, device=device, own=ref.own_folder)
     elif ref.release is not None and ref.sae_id is not None:
         sae = load_sae_pretrained(ref.release, ref.sae_id, device=device)
     else:

@@ -34,6 +34,7 @@ from typing import Any
 
 import dagster as dg
 
+from featureinterp.errors import CorruptFileError
 from featureinterp.memory import release_free_memory
 from featureinterp_assets.io_managers import StorageIOManager
 
@@ -151,9 +152,14 @@ def _attempt(
     retries: int,
     delay: float,
 ) -> PartitionResult:
+    """``compute(key)``, re-attempted on transient errors; a ``dg.Failure(allow_retries=False)``
+    or a ``CorruptFileError`` (a damaged stored file or table: reading it again cannot help)
+    fails at once."""
     for attempt in range(retries + 1):
         try:
             return compute(key)
+        except CorruptFileError:
+            raise
         except dg.Failure as err:
             if not err.allow_retries or attempt == retries:
                 raise

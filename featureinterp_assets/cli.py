@@ -10,14 +10,13 @@ Stages already materialized are skipped (reruns resume); `--force` rebuilds them
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
@@ -29,11 +28,18 @@ from featureinterp.models import load_tokenizer
 from featureinterp.names import SYNTHETIC_KEY
 from featureinterp.scorers import secondary_conditions
 from featureinterp_assets.eta import RunEta, block_seconds, estimate, stage_kind, stage_speedup
+from featureinterp_assets.freshness import (
+    Freshness,
+    run_tags,
+    stored_conditions,
+    stored_features,
+    stored_value_problem,
+    sweep_dead_runs,
+    with_conditions,
+)
+from featureinterp_assets.outcome import fail, failures, step_error, where_to_look
 from featureinterp_assets.partitions import asset_scope, missing_blocks, range_tags
 from featureinterp_assets.standin_server import start_standin
-
-if TYPE_CHECKING:
-    pass
 
 PRESET_MARKER = "featureinterp_preset"
 """File in $DAGSTER_HOME naming the preset whose runs the instance holds."""
@@ -67,8 +73,11 @@ _PROGRESS = RunEta()
 def _run(
     defs: dg.Definitions, instance: dg.DagsterInstance, selection: list[str],
     tags: dict[str, str] | None = None, partition_key: str | None = None, units: float = 0.0,
+    must_succeed: bool = True,
 ) -> dg.ExecuteInProcessResult:
-    """Materialize ``selection`` in one run; ``units``: its estimated seconds (for the ETA)."""
+    """Materialize ``selection`` in one run; ``units``: its estimated seconds (for the ETA).
+    ``must_succeed``: a failed run ends the command (nothing downstream can go on); otherwise the
+    caller reads what failed from the result (``_failures``)."""
     print(
         f"{_PROGRESS.line()} --> materializing {', '.join(selection)}"
         + (f" [{partition_key or tags}]" if partition_key or tags else ""),
@@ -80,66 +89,51 @@ def _run(
         selection=selection,
         instance=instance,
         resources=defs.resources,
-        tags=tags,
+        tags=(tags or {}) | run_tags(),  # which process runs it: a killed one is swept next time
         partition_key=partition_key,
         raise_on_error=False,
     )
-    if not result.success:
-        failures = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
-        err = failures[0].step_failure_data.error if failures else None
-        reason = (err.cause or err).message.strip() if err else "see the log above"
-        raise SystemExit(f"featureinterp: run {result.run_id} failed: {reason}")
     seconds = time.perf_counter() - start
     release_free_memory()  # the run's freed tensors back to the OS before the next run (memory.py)
-    kind = stage_kind(selection)
-    _PROGRESS.done(kind, units, seconds)
+    if not result.success:
+        reason = step_error(result)
+        if must_succeed:
+            raise SystemExit(f"featureinterp: run {result.run_id} failed: {reason}")
+        print(f"    FAILED in {seconds:.1f} s (run {result.run_id}): {reason}", flush=True)
+        return result
+    _PROGRESS.done(stage_kind(selection), units, seconds)
     print(f"    done in {seconds:.1f} s", flush=True)
     return result
 
 
-def _stored_features(instance: dg.DagsterInstance, layer: str) -> set[int]:
-    """Features held by the latest `sae_activations` of a layer (its ``feature_indices`` metadata;
-    a materialization written before that field counts as holding none, so it is rebuilt)."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("sae_activations"), asset_partitions=[layer]), limit=1
-    ).records
-    if not records:
-        return set()
-    mat = records[0].asset_materialization
-    assert mat is not None  # the filter fetches materialization records only
-    indices = mat.metadata.get("feature_indices")  # written as dg.MetadataValue.json
-    return {int(f) for f in indices.value or ()} if isinstance(indices, dg.JsonMetadataValue) else set()
-
-
 def _per_feature_stage(
     defs: dg.Definitions,
-    instance: dg.DagsterInstance,
+    fresh: Freshness,
     assets: list[str],
     layer_keys: list[str],
     feature_keys: list[str],
     force: bool,
     scope: dict[str, frozenset[str]] | None = None,
-) -> tuple[int, list[str]]:
-    """Materialize per-feature ``assets``, one run per layer (per block of missing features): the
-    run's process loads each model once and records every (layer, feature) on its own. A failed
-    partition is reported and the others go on (rerun to retry only the failures). Returns how
-    many partitions ran and which of them failed."""
-    failed, ran = [], 0
+) -> tuple[int, dict[tuple[str, str | None], str]]:
+    """Materialize per-feature ``assets``, one run per layer (per block of features to compute):
+    the run's process loads each model once and computes every (layer, feature) on its own. A
+    failed partition is reported and the others go on. Returns how many partitions ran and
+    ``(asset, partition) -> why`` for each one this command failed to materialize."""
+    failed: dict[tuple[str, str | None], str] = {}
+    ran = 0
     for layer in layer_keys:
-        blocks = missing_blocks(instance, layer, feature_keys, assets, force, scope)
-        for features, todo in blocks:
+        for features, todo in missing_blocks(fresh, layer, feature_keys, assets, force, scope):
             ran += len(features)
-            try:
-                units = block_seconds(len(features), todo)
-                _run(defs, instance, todo, tags=range_tags(layer, features), units=units)
-            except SystemExit as err:
-                print(err, flush=True)
-        if blocks:  # what is still missing after the layer's runs failed (one query per layer)
-            failed += [
-                f"{f}|{layer}"
-                for fs, _ in missing_blocks(instance, layer, feature_keys, assets, False, scope)
-                for f in fs
-            ]
+            units = block_seconds(len(features), todo)
+            result = _run(
+                defs, fresh.instance, todo, tags=range_tags(layer, features), units=units, must_succeed=False
+            )
+            keys = [str(dg.MultiPartitionKey({"layer": layer, "feature": f})) for f in features]
+            within = scope or {}
+            planned: dict[str, list[str | None]] = {
+                a: [k for k in keys if a not in within or k in within[a]] for a in todo
+            }
+            failed |= failures(result, planned)
     return ran, failed
 
 
@@ -183,7 +177,10 @@ def _run_lineage(
 
     if conditions:
         [get_condition(c) for c in conditions]  # unknown names fail here, with the list of known ones
-        preset = preset.replace(explain=dataclasses.replace(preset.explain, conditions=tuple(conditions)))
+    # the run explains ``conditions``; the figures and exports keep the preset's whole grid (plus
+    # any condition a run added): a slice adds to them, never removes
+    run_conditions = tuple(conditions or preset.explain.conditions)
+    preset = with_conditions(preset, run_conditions)
     feature_keys = preset.feature_keys
     if features:  # restricts records and explanations; activations always hold all preset features
         unknown = sorted(set(features) - set(preset.features))
@@ -207,37 +204,43 @@ def _run_lineage(
     if not is_preset_file(os.environ.get(PRESET_ENV, "")):  # a preset file stays named by its path
         os.environ[PRESET_ENV] = preset.name
     load_tokenizer(preset.model, models_dir())  # fail fast, with one clear line, when offline
-    defs = build_definitions(preset)  # $FEATUREINTERP_HOME / $FEATUREINTERP_MODELS
+    from featureinterp.preflight import preflight
+
+    preflight(preset, api=False)  # layers, SAE widths and folders: before any work
     instance = _instance(preset.name)
+    swept = sweep_dead_runs(instance)
+    if swept:
+        print(f"marked {len(swept)} run(s) failed that a killed process left STARTED: {', '.join(swept)}")
+    preset = with_conditions(preset, stored_conditions(instance))
+    defs = build_definitions(preset)  # $FEATUREINTERP_HOME / $FEATUREINTERP_MODELS
     added = register_layers(instance, preset)
     print(
         f"preset {preset.name}: layers {', '.join(preset.layer_keys)}"
         + (f" (registered {', '.join(added)})" if added else "")
     )
+    fresh = Freshness.of(defs, instance, problem=stored_value_problem(defs))
 
     global _PROGRESS
     _PROGRESS = RunEta(speedup=stage_speedup(preset, os.environ.get("FEATUREINTERP_DEVICE", "auto")))
-    need_tokens = force or instance.get_latest_materialization_event(dg.AssetKey("corpus_tokens")) is None
-    have = [set(instance.get_materialized_partitions(dg.AssetKey(a))) for a in ("sae", "sae_activations")]
+    need_tokens = force or not fresh.done("corpus_tokens", [None])
+    current = [fresh.done(a, layer_keys) for a in ("sae", "sae_activations")]
     todo = [
         k
         for k in layer_keys
         if force
-        or any(k not in keys for keys in have)
-        or not set(preset.features) <= _stored_features(instance, k)  # the preset gained features
+        or any(k not in keys for keys in current)
+        or not set(preset.features) <= stored_features(instance, k)  # the preset gained features
     ]
-    need_embeddings = (
-        force or instance.get_latest_materialization_event(dg.AssetKey("corpus_embeddings")) is None
-    )
+    need_embeddings = force or not fresh.done("corpus_embeddings", [None])
     # Holistic values cost a forward pass per (row, token) of the top records: only computed when
     # a condition of this run prompts with them (Fig. 4's structured_holistic cells).
     scope = {} if whole_grid else asset_scope(preset)
     stage = ["records"] + (
-        ["holistic_activations"] if any(get_condition(c).holistic for c in preset.explain.conditions) else []
+        ["holistic_activations"] if any(get_condition(c).holistic for c in run_conditions) else []
     )
-    assets = [f"{kind}/{c}" for c in preset.explain.conditions for kind in ("explanations", "scores")]
-    scorers = [f"embedding/{c}" for c in preset.explain.conditions] + [
-        f"{s}/{c}" for c in secondary_conditions(preset) for s in ("detection", "fuzzing")
+    assets = [f"{kind}/{c}" for c in run_conditions for kind in ("explanations", "scores")]
+    scorers = [f"embedding/{c}" for c in run_conditions] + [
+        f"{s}/{c}" for c in secondary_conditions(preset) if c in run_conditions for s in ("detection", "fuzzing")
     ]
     # the whole run's work, estimated up front, so every stage line carries an ETA
     sae_seconds = estimate("sae", preset.n_rows * len([k for k in todo if k != SYNTHETIC_KEY]))
@@ -252,14 +255,18 @@ def _run_lineage(
         ("scorers", scorers if explain else []),
     ):
         for layer in layer_keys if selection else []:
-            for fs, block in missing_blocks(instance, layer, feature_keys, selection, force, scope):
+            for fs, block in missing_blocks(fresh, layer, feature_keys, selection, force, scope):
                 _PROGRESS.plan(kind, block_seconds(len(fs), block))
-    figures = ["fig3", "fig4", "fig5"] + (["fig_calibration"] if SYNTHETIC_KEY in layer_keys else [])
+    figures = ["fig3", "fig4", "fig5"] + (["fig_calibration"] if SYNTHETIC_KEY in preset.layer_keys else [])
     if explain and "explain" in _PROGRESS.planned:
         _PROGRESS.plan("layer_results", estimate("layer_results", len(layer_keys)))
         _PROGRESS.plan("figures", estimate("figures", len(figures)))
         _PROGRESS.plan("export", estimate("export", len(layer_keys) + 1))
 
+    if {"explain", "scorers"} & set(_PROGRESS.planned):  # the API explainer will be asked
+        from featureinterp.preflight import preflight
+
+        preflight(preset, hub=False)  # its key and server, before any stage runs
     if need_tokens:
         _run(defs, instance, ["corpus_tokens"], units=estimate("corpus_tokens", preset.n_rows))
     if todo:  # one run for all layers: one forward pass serves them all
@@ -269,57 +276,51 @@ def _run_lineage(
         _run(defs, instance, ["sae", "sae_activations"], tags=tags, units=sae_seconds)
     if need_embeddings:
         _run(defs, instance, ["corpus_embeddings"], units=estimate("corpus_embeddings", preset.n_rows))
-    _, failed = _per_feature_stage(defs, instance, stage, layer_keys, feature_keys, force, scope)
+    _, failed = _per_feature_stage(defs, fresh, stage, layer_keys, feature_keys, force, scope)
     if failed:
-        raise SystemExit(f"featureinterp: records partitions failed: {', '.join(failed)} (rerun to retry)")
+        fail(failed, "records", preset, run_conditions, conditions is not None)
     if explain:
-        ran, failed = _per_feature_stage(
-            defs, instance, assets + ["baselines"], layer_keys, feature_keys, force, scope
-        )
+        _, failed = _per_feature_stage(defs, fresh, assets + ["baselines"], layer_keys, feature_keys, force, scope)
         # secondary scores of the explanations that exist (a failed explanation fails them too)
-        scored, failed_scores = _per_feature_stage(defs, instance, scorers, layer_keys, feature_keys, force, scope)
-        ran += scored
-        failed += [k for k in failed_scores if k not in failed]
-        # Figures show what exists, with an "n of m features" caption when partitions failed.
-        if ran or force or instance.get_latest_materialization_event(dg.AssetKey("fig5")) is None:
-            for layer in layer_keys:  # the slice this run explained (other layers' tables stand)
-                _run(
-                    defs, instance, ["layer_results"], partition_key=layer, units=estimate("layer_results", 1)
-                )
-            _run(defs, instance, figures, units=estimate("figures", len(figures)))
-            for layer in layer_keys:
-                _run(defs, instance, ["export"], partition_key=layer, units=estimate("export", 1))
-            _run(defs, instance, ["export_all"], units=estimate("export", 1))
+        _, failed_scores = _per_feature_stage(defs, fresh, scorers, layer_keys, feature_keys, force, scope)
+        failed |= failed_scores
+        # Summaries from everything stored, with an "n of m features" caption where cells lack.
+        failed |= _summaries(defs, fresh, preset, figures, force)
         if failed:
-            raise SystemExit(
-                f"featureinterp: explanation partitions failed: {', '.join(failed)} (rerun to retry)"
-            )
-    _where_to_look(preset, figures if explain else [])
+            fail(failed, "explanation", preset, run_conditions, conditions is not None)
+    where_to_look(preset, figures if explain else [], _PROGRESS.line())
 
 
-def _where_to_look(preset: Preset, figures: list[str]) -> None:
-    """The run's last lines: where the figures are and how to open the UI."""
-    from featureinterp.config import data_home
+def _summaries(
+    defs: dg.Definitions, fresh: Freshness, preset: Preset, figures: list[str], force: bool
+) -> dict[tuple[str, str | None], str]:
+    """Rebuild the layer tables, figures and exports that are behind what is stored (every layer
+    of the preset, not only this run's slice); returns what failed."""
+    instance = fresh.instance
+    per_feature = [a for a, p in fresh.partitions.items() if isinstance(p, dg.MultiPartitionsDefinition)]
+    failed: dict[tuple[str, str | None], str] = {}
 
-    folder = data_home() / "storage" / preset.name / "figures"
-    print(f"{_PROGRESS.line()} done: {preset.name} lineage materialized")
-    if figures:
-        pngs = sorted(folder.glob("*.png")) if folder.is_dir() else []
-        print(f"figures ({len(pngs)} PNG files) in {folder}:")
-        for png in pngs:
-            print(f"    {png.name}")
-    exports = data_home() / "exports" / preset.name
-    if (exports / f"{preset.name}.parquet").is_file():
-        print(
-            f"explanations and scores as data: {exports / (preset.name + '.parquet')} (load it with "
-            f"datasets.load_dataset(\"parquet\", data_files=...)) and {preset.name}.neuronpedia.json"
-        )
-    home = os.environ["DAGSTER_HOME"]
-    print(
-        "browse every asset, its metadata and the figures in the Dagster UI:\n"
-        f"    DAGSTER_HOME={home} FEATUREINTERP_PRESET={preset.name} .venv/bin/dagster dev\n"
-        "    then open http://127.0.0.1:3000 (Assets -> fig5 -> the image in its metadata)"
-    )
+    def build(selection: list[str], partition: str | None, units: float) -> None:
+        result = _run(defs, instance, selection, partition_key=partition, units=units, must_succeed=False)
+        failed.update(failures(result, {a: [partition] for a in selection}))
+
+    tables = []  # layers with anything stored (a paper preset's unexplained layers draw nothing)
+    for layer in preset.layer_keys:
+        inputs: dict[str, list[str] | None] = {a: [f"{f}|{layer}" for f in preset.feature_keys] for a in per_feature}
+        if fresh.stored(inputs) or fresh.stored({"layer_results": [layer]}):
+            tables.append(layer)
+            if force or fresh.behind("layer_results", layer, inputs):
+                build(["layer_results"], layer, estimate("layer_results", 1))
+    if force or any(fresh.behind(f, None, {"layer_results": None}) for f in figures):
+        build(figures, None, estimate("figures", len(figures)))
+    exported = False
+    for layer in tables:
+        if force or fresh.behind("export", layer, {"layer_results": [layer]}):
+            build(["export"], layer, estimate("export", 1))
+            exported = True
+    if exported or fresh.behind("export_all", None, {"export": None}):
+        build(["export_all"], None, estimate("export", 1))
+    return failed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -389,23 +390,32 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
+        from featureinterp.preflight import parse_conditions, parse_features, parse_layers
+        from featureinterp.preset_files import is_preset_file
         from featureinterp_assets.cli_inspect import plan, presets, scores, simulate
 
+        # flag values are parsed here, so a typo stops with one line before anything is loaded
+        conditions = getattr(args, "conditions", None)
+        conditions = parse_conditions(conditions) if conditions is not None else None
         if args.command == "run":
+            if args.preset and is_preset_file(args.preset):
+                # named by its path, as FEATUREINTERP_PRESET=<file> names it: the run's hints (a
+                # figure's "no scores yet") then name a preset that resolves
+                os.environ[PRESET_ENV] = str(Path(args.preset).resolve())
             run(
                 args.preset,
                 args.force,
                 explain=not args.no_explain,
-                conditions=args.conditions.split(",") if args.conditions else None,
-                features=[int(f) for f in args.features.split(",")] if args.features else None,
-                layers=args.layers.split(",") if args.layers else None,
+                conditions=conditions,
+                features=parse_features(args.features) if args.features is not None else None,
+                layers=parse_layers(args.layers) if args.layers is not None else None,
                 standin=args.standin,
                 whole_grid=args.whole_grid,
             )
         elif args.command == "plan":
             plan(
                 args.preset,
-                args.conditions.split(",") if args.conditions else None,
+                conditions,
                 args.json,
                 args.paper_grid,
                 args.whole_grid,

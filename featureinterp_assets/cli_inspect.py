@@ -134,6 +134,11 @@ def plan(
     if conditions:
         [get_condition(c) for c in conditions]  # unknown names fail here, with the known ones
         preset = preset.replace(explain=dataclasses.replace(preset.explain, conditions=tuple(conditions)))
+    from featureinterp.preflight import preflight
+
+    # a layer the model lacks or a feature beyond the SAE's width, from local files only (a
+    # paper preset without its model here is planned all the same); no explainer is asked
+    preflight(preset, api=False, hub=False)
     from featureinterp.standin import SUFFIX
 
     # measured token counts: the preset's stand-in run first, then the preset's own runs

@@ -66,13 +66,17 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
             list(secondary_conditions(preset)),
         ),
     ]
+    assets = [_with_fingerprint(a, preset) if isinstance(a, dg.AssetsDefinition) else a for a in assets]
     versions = {
         key.to_user_string(): str(version)
         for a in assets
         if isinstance(a, dg.AssetsDefinition)
         for key, version in a.code_versions_by_key.items()
     }
-    assets += build_export_assets(layers, list(preset.explain.conditions), versions)
+    assets += [
+        _with_fingerprint(a, preset)
+        for a in build_export_assets(layers, list(preset.explain.conditions), versions)
+    ]
     layer_job = dg.define_asset_job(
         "layer_job",
         selection=dg.AssetSelection.assets("sae", "sae_activations"),
@@ -93,6 +97,19 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
             STORAGE_IO: StorageIOManager(base_dir=str(home / "storage" / preset.name)),
         },
         executor=dg.in_process_executor,  # one process per run: the model loads once per run
+    )
+
+
+def _with_fingerprint(asset: dg.AssetsDefinition, preset: Preset) -> dg.AssetsDefinition:
+    """``asset`` with the fingerprint of the preset fields it depends on appended to its code
+    version (``1`` -> ``1+3fa2c01b``; featureinterp/provenance.py): an edited preset file marks
+    exactly the affected values stale, in the UI and for `featureinterp run`."""
+    from featureinterp.provenance import asset_fingerprint
+
+    return asset.map_asset_specs(
+        lambda spec: spec.replace_attributes(
+            code_version=f"{spec.code_version or 0}+{asset_fingerprint(preset, list(spec.key.path))}"
+        )
     )
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from featureinterp.config import Preset
+
+if TYPE_CHECKING:
+    from featureinterp_assets.freshness import Freshness
 
 
 def layer_partitions(preset: Preset) -> dg.DynamicPartitionsDefinition:
@@ -53,26 +57,24 @@ def feature_blocks(
 
 
 def missing_blocks(
-    instance: dg.DagsterInstance,
+    fresh: Freshness,
     layer: str,
     feature_keys: list[str],
     assets: list[str],
     force: bool,
     scope: dict[str, frozenset[str]] | None = None,
 ) -> list[tuple[list[str], list[str]]]:
-    """The runs a layer needs (``feature_blocks``) for the ``assets`` partitions not yet
-    materialized (``force``: all). One fresh layer is one run; a rerun after failures covers only
-    them. ``scope``: asset -> the partition keys it is run on (absent: all)."""
-    done = {a: set(instance.get_materialized_partitions(dg.AssetKey(a.split("/")))) for a in assets}
+    """The runs a layer needs (``feature_blocks``) for the ``assets`` partitions whose stored
+    value is not current (missing, failed, stale or damaged: ``Freshness.done``; ``force``: all).
+    One fresh layer is one run; a rerun after failures covers only them. ``scope``: asset -> the
+    partition keys it is run on (absent: all)."""
     scope = scope or {}
+    keys = [str(dg.MultiPartitionKey({"layer": layer, "feature": f})) for f in feature_keys]
+    done = {a: set() if force else fresh.done(a, [k for k in keys if a not in scope or k in scope[a]]) for a in assets}
 
     def todo_of(feature: str) -> list[str]:
-        key = dg.MultiPartitionKey({"layer": layer, "feature": feature})
-        return [
-            a
-            for a in assets
-            if (a not in scope or f"{feature}|{layer}" in scope[a]) and (force or key not in done[a])
-        ]
+        key = f"{feature}|{layer}"
+        return [a for a in assets if (a not in scope or key in scope[a]) and key not in done[a]]
 
     return feature_blocks(feature_keys, todo_of)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -15,9 +16,10 @@ import torch
 from pydantic import PrivateAttr
 
 from featureinterp.config import ExplainSettings, ModelSpec, Preset, ScoreSettings, get_preset
-from featureinterp.errors import ConfigError
+from featureinterp.errors import ConfigError, CorruptFileError
 from featureinterp.models import load_subject_model, load_tokenizer, resolve_device
 from featureinterp.preset_files import preset_from_json, preset_to_json
+from featureinterp.sae import SaeRef
 
 if TYPE_CHECKING:  # heavy imports, made where they are used
     from sentence_transformers import SentenceTransformer
@@ -25,6 +27,7 @@ if TYPE_CHECKING:  # heavy imports, made where they are used
 
     from featureinterp.llm import ChatBackend
     from featureinterp.local_llm import LocalChatBackend
+    from featureinterp.retrieval import CorpusIndex
     from featureinterp.simulator import LocalSimulator
 
     LoadedModel = tuple[PreTrainedModel, PreTrainedTokenizerBase]
@@ -115,6 +118,43 @@ class PresetResource(dg.ConfigurableResource):
     def storage_dir(self) -> Path:
         return Path(self.home) / "storage" / self.name
 
+    def sae_dir(self) -> Path:
+        """Where the SAEs trained here are saved (one folder per layer, ``L03``...)."""
+        return self.storage_dir() / "sae_files"
+
+    def home_relative(self, path: Path | str) -> str:
+        """``path`` as a stored value names it: relative to the home when inside it, so a home
+        that is copied or moved (another disk, a container, a colleague's machine) reads its own
+        files, never the original's; a path outside the home (a user's own SAE folder) stays as
+        given."""
+        try:
+            return Path(path).resolve().relative_to(Path(self.home).resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
+    def in_home(self, stored: Path | str) -> Path:
+        """The file a stored path names (``home_relative``'s inverse): a relative one under the
+        current home; an absolute one as it is."""
+        return Path(self.home) / stored
+
+    def sae_ref(self, stored: SaeRef | dict) -> SaeRef:
+        """The ``sae`` asset's stored reference with its folder resolved in the current home.
+
+        A trained SAE stored before paths were stored relative holds the absolute folder in the
+        home that trained it; that is rebased onto this home's ``sae_dir`` (same layout), so an
+        older home that was moved never reads the original. A ``disk`` source's folder (trained
+        elsewhere; no training metrics) is the user's own location and stays absolute.
+        """
+        ref = SaeRef.from_dict(stored)
+        if ref.path is None:
+            return ref
+        path = Path(ref.path)
+        if not path.is_absolute():
+            path = self.in_home(path)
+        elif ref.explained_variance is not None:
+            path = self.sae_dir() / path.name
+        return dataclasses.replace(ref, path=str(path))
+
     def model_and_tokenizer(self) -> LoadedModel:
         """(model, tokenizer), loaded on first use and kept for the rest of the run."""
         if self._model is None:
@@ -163,9 +203,32 @@ def resolved_preset(name: str, preset_json: str) -> Preset:
 
 class LanceDBResource(dg.ConfigurableResource):
     """Where the corpus-embedding tables live: a local folder by default, or any LanceDB URI
-    (for example ``s3://bucket/path``)."""
+    (for example ``s3://bucket/path``).
+
+    The ``corpus_embeddings`` value names its table, not this location: readers open it here, at
+    the location of the current configuration (under the current home, or $FEATUREINTERP_LANCEDB),
+    so a moved or copied home reads its own table, never the original's.
+    """
 
     uri: str
+
+    def corpus_index(self, value: dict) -> CorpusIndex:
+        """The table a stored ``corpus_embeddings`` value names, opened here and checked against
+        its row count (``CorpusIndex.open``: a damaged table raises ``CorruptFileError``). A
+        ``uri`` in a value stored by older versions is ignored (it is the original home's)."""
+        from featureinterp.retrieval import CorpusIndex
+
+        return CorpusIndex.open(self.uri, value["table"], rows=value.get("rows"))
+
+    def table_problem(self, value: dict) -> str | None:
+        """None when the table a stored ``corpus_embeddings`` value names is whole here; else one
+        line naming it and what is wrong (for `featureinterp run`: a stored value can be intact
+        while its table is not). Reads the row ids and a sample (``CorpusIndex.problem``)."""
+        try:
+            self.corpus_index(value)
+        except (ConfigError, CorruptFileError) as err:
+            return str(err)
+        return None
 
 
 def _batch_from_memory(simulator: LocalSimulator) -> int:

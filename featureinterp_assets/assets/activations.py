@@ -59,13 +59,13 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
                 corpus_tokens["tokens"],
                 spec,
                 layer_ids,
-                preset.storage_dir() / "sae_files",
+                preset.sae_dir(),
                 context.log.info,
             )
             for layer, (path, r) in trained.items():
                 refs[layer_key(layer)] = SaeRef(
                     d_sae=int(r.sae.cfg.d_sae),
-                    path=str(path),
+                    path=preset.home_relative(path),  # relative: a moved home reads its own SAE
                     explained_variance=r.explained_variance,
                     l0=r.l0,
                     dead_fraction=r.dead_fraction,
@@ -74,7 +74,7 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
         elif layer_ids and spec.sae.source == "disk":
             for layer in layer_ids:
                 folder = spec.sae.path(layer)
-                loaded = load_sae_from_disk(folder)
+                loaded = load_sae_from_disk(folder, own=True)  # the user's folder: theirs to fix
                 refs[layer_key(layer)] = SaeRef(d_sae=int(loaded.cfg.d_sae), path=folder).to_dict()
         elif layer_ids:
             for layer in layer_ids:
@@ -120,7 +120,7 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
         """
         spec = preset.spec()
         results: dict[int, FeatureActivations] = {}
-        refs = {k: SaeRef.from_dict(ref) for k, ref in sae.items()}
+        refs = {k: preset.sae_ref(ref) for k, ref in sae.items()}
         real = {k: ref for k, ref in refs.items() if not ref.synthetic}
         if real:
             model, _ = preset.model_and_tokenizer()

@@ -106,7 +106,8 @@ def build_export_assets(
                 ),
             }
         )
-        return {k: str(v) for k, v in files.items()} | {"rows": len(frame)}
+        # relative to the home: a moved home's export_all reads its own files
+        return {k: preset.home_relative(v) for k, v in files.items()} | {"rows": len(frame)}
 
     @dg.asset(
         ins={"export": dg.AssetIn(metadata={"allow_missing": True})},
@@ -119,7 +120,13 @@ def build_export_assets(
     def export_all(context: dg.AssetExecutionContext, preset: PresetResource, export: dict) -> dict:
         """Every layer's export in one table: ``exports/<preset>/<preset>.parquet`` and
         ``.neuronpedia.json`` (the file to share or upload)."""
-        parts = [pl.read_parquet(v["parquet"]) for _, v in sorted(export.items()) if v.get("rows")]
+        # by file name in this home's export folder: a value stored before paths were relative
+        # holds the original home's absolute path, which a moved home must not read
+        parts = [
+            pl.read_parquet(export_dir(preset) / Path(v["parquet"]).name)
+            for _, v in sorted(export.items())
+            if v.get("rows")
+        ]
         frame = export_frame(pl.concat(parts).to_dicts() if parts else [])
         name = preset.spec().name
         files = write_export(frame, export_dir(preset), name)
@@ -139,6 +146,6 @@ def build_export_assets(
                 ),
             }
         )
-        return {k: str(v) for k, v in files.items()} | {"rows": len(frame)}
+        return {k: preset.home_relative(v) for k, v in files.items()} | {"rows": len(frame)}
 
     return [export, export_all]

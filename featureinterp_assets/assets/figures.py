@@ -32,10 +32,15 @@ ALLOW_MISSING = {"allow_missing": True}
 
 
 def build_hint(preset: str) -> str:
-    """The one command that builds a figure's whole lineage (for errors over missing inputs)."""
+    """The one command that builds a figure's whole lineage (for errors over missing inputs). A
+    preset from a file is named by its file: its name alone does not resolve to it."""
+    import shlex
+
+    from featureinterp.preset_files import preset_reference
+
     return (
-        f"build the lineage with `FEATUREINTERP_PRESET={preset} featureinterp run` (resumable: it "
-        "runs only what is missing), then materialize the figure again"
+        f"build the lineage with `FEATUREINTERP_PRESET={shlex.quote(preset_reference(preset))} featureinterp "
+        "run` (resumable: it runs only what is missing), then materialize the figure again"
     )
 
 
@@ -252,17 +257,18 @@ def _figure_asset(name: str) -> dg.AssetsDefinition:
             table, out_dir, expected=expected, grid=grid_note, definitions=definitions
         )
         metadata = _image_metadata(name, result)
-        files = {k: str(v) for k, v in result.files.items()}
+        # stored paths relative to the home (a moved home's values name its own files)
+        files = {k: preset.home_relative(v) for k, v in result.files.items()}
         detection = fig3_detection(table, out_dir, expected) if name == "fig3" else None
         if detection is not None:  # Figure 3's detection view, when detection scores exist
             metadata |= {f"detection_{k}": v for k, v in _image_metadata(detection.name, detection).items()}
-            files["detection"] = str(detection.png)
+            files["detection"] = preset.home_relative(detection.png)
         context.add_output_metadata(
             metadata
             | {"grid": grid_note, "incomplete": result.incomplete, "missing": dg.MetadataValue.json(missing)}
             | {"definitions": definitions}
         )
-        return {"png": str(result.png), "files": files, "caption": result.caption}
+        return {"png": preset.home_relative(result.png), "files": files, "caption": result.caption}
 
     return figure
 
@@ -285,7 +291,7 @@ def _calibration_asset() -> dg.AssetsDefinition:
         # incomplete: a synthetic feature without a score under some condition
         incomplete = any(bool(v) for v in syn.meta.get("missing", {}).values())
         context.add_output_metadata(_image_metadata("fig_calibration", result) | {"incomplete": incomplete})
-        return {"png": str(result.png), "caption": result.caption}
+        return {"png": preset.home_relative(result.png), "caption": result.caption}
 
     return fig_calibration
 

@@ -14,7 +14,7 @@ from featureinterp.names import POSITIVE_SOURCE
 from featureinterp.record_building import build_feature_records
 from featureinterp.records import RecordParams
 from featureinterp.retrieval import CorpusIndex, embed_texts, table_name
-from featureinterp.sae import LoadedSae, SaeRef, load_layer_sae
+from featureinterp.sae import LoadedSae, load_layer_sae
 from featureinterp.storage import ArrayBundle, TableBundle
 from featureinterp_assets.automation import PER_PARTITION
 from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, StepEvent, each_partition
@@ -77,7 +77,11 @@ def corpus_embeddings(
     """Every token row decoded (without BOS) and embedded with sentence-transformers, in a LanceDB table.
 
     The table name carries the token hash and the embedding model, so re-materializing the same
-    corpus with the same model reuses the table instead of re-embedding.
+    corpus with the same model reuses the table instead of re-embedding, when it is whole
+    (``CorpusIndex.build`` checks more than its row count; a damaged table is rebuilt).
+
+    The stored value names the table, not where it lives: readers open it through the ``lancedb``
+    resource (``LanceDBResource.corpus_index``), so a moved or copied home reads its own table.
     """
     spec = preset.spec()
     name = table_name(corpus_tokens.meta["hash"], spec.embedding_model)
@@ -100,7 +104,7 @@ def corpus_embeddings(
             "re_embedded": built,
         }
     )
-    return {"uri": lancedb.uri, "table": name, "rows": len(index)}
+    return {"table": name, "rows": len(index)}
 
 
 def build_records_assets(
@@ -131,6 +135,7 @@ def build_records_assets(
         sae_activations: dict[str, ArrayBundle],
         corpus_embeddings: dict[str, Any],
         preset: PresetResource,
+        lancedb: LanceDBResource,
         storage: dg.ResourceParam[StorageIOManager],
     ) -> Iterator[StepEvent]:
         """The feature's records: 30 positives (from the top 100 rows) and 30 rows from each of six
@@ -139,7 +144,7 @@ def build_records_assets(
         global search over the whole corpus in LanceDB.
         """
         spec = preset.spec()
-        index = CorpusIndex.open(corpus_embeddings["uri"], corpus_embeddings["table"])
+        index = lancedb.corpus_index(corpus_embeddings)
         params = config.params(spec.per_split, spec.faithful)
 
         def compute(key: str) -> PartitionResult:
@@ -204,7 +209,7 @@ def build_records_assets(
         def compute(key: str) -> PartitionResult:
             layer, feature = _layer_feature_of(key)
             rows = np.unique(records[key].frame["row"].to_numpy())
-            ref = SaeRef.from_dict(sae[layer_key(layer)])
+            ref = preset.sae_ref(sae[layer_key(layer)])
             if ref.synthetic:
                 # A synthetic feature is a rule on tokens, not a latent of the model: no holistic values.
                 zeros = np.zeros((len(rows), spec.row_len), dtype=np.float32)

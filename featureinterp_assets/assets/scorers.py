@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from featureinterp.experiments import Condition, get_condition
-from featureinterp.retrieval import CorpusIndex, embed_texts
+from featureinterp.retrieval import embed_texts
 from featureinterp.scorers import JudgeConfig, ScorerFailed, scorer_seed
 from featureinterp.scorers.feature import JUDGES, embed_feature, judge_feature
 from featureinterp_assets.assets.explanations import (
@@ -28,7 +28,7 @@ from featureinterp_assets.automation import PER_PARTITION
 from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition
 from featureinterp_assets.constants import GROUP_EXPLANATIONS, POOL_GPU, STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
-from featureinterp_assets.resources import LLMResource, PresetResource, shared_embedder
+from featureinterp_assets.resources import LanceDBResource, LLMResource, PresetResource, shared_embedder
 
 __all__ = ["SCORER_DESCRIPTIONS", "build_scorer_assets"]
 
@@ -155,12 +155,13 @@ def _embedding_asset(
     def embedding(
         context: dg.AssetExecutionContext,
         preset: PresetResource,
+        lancedb: LanceDBResource,
         storage: dg.ResourceParam[StorageIOManager],
         records: dict,
         corpus_embeddings: dict,
     ) -> Iterator[dg.Output | dg.AssetMaterialization | dg.AssetCheckResult]:
         spec = preset.spec()
-        index = CorpusIndex.open(corpus_embeddings["uri"], corpus_embeddings["table"])
+        index = lancedb.corpus_index(corpus_embeddings)  # at the current home's location
         embedder = shared_embedder(spec.embedding_model, preset.torch_device)
 
         def compute(key: str) -> PartitionResult:

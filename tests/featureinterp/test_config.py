@@ -86,3 +86,22 @@ def test_reply_budgets_reach_every_condition_s_explainer():
         config = get_condition(name).explainer_config(settings)
         assert (config.max_tokens, config.child_max_tokens) == (123, 321), name
     assert get_preset("gpt2-small").explain.max_tokens == 600  # the paper's one-shot budget
+
+
+@pytest.mark.parametrize(
+    "name", ["../../escaped", "..", ".hidden", "a/b", "a\\b", "", "x" * 101, "two words", "a..b", "/abs"]
+)
+def test_a_preset_name_that_is_not_a_plain_identifier_is_refused(name):
+    """The name is joined into the paths of the instance, storage and exports: ``../..`` would
+    write them outside FEATUREINTERP_HOME."""
+    with pytest.raises(ConfigError) as err:
+        get_preset("embedded-tiny").replace(name=name)
+    text = str(err.value)
+    assert f"preset name {name!r}" in text and "letters, digits" in text and "\n" not in text, text
+
+
+def test_every_built_in_name_and_its_variants_are_plain_identifiers():
+    from featureinterp.presets import PRESETS
+
+    for name in [*PRESETS, "gemma-2-9b-standin", "embedded-faithful", "my_model.v2"]:
+        assert get_preset("embedded-tiny").replace(name=name).name == name

@@ -141,3 +141,36 @@ def test_featureinterp_run_with_a_bad_file_stops_with_that_one_line(tmp_path):
     assert last == (
         f"featureinterp: {path}: field corpus.source must be one of 'debian', 'text_dir', 'hf_dataset', not 'web'"
     ), out.stderr[-2000:]
+
+
+def test_a_file_whose_name_escapes_the_home_is_refused_naming_file_field_and_value(tmp_path):
+    data = json.loads(dump_preset(get_preset("embedded-tiny"), "json")) | {"name": "../../escaped"}
+    path = tmp_path / "escape.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError) as err:
+        get_preset(str(path))
+    text = str(err.value)
+    assert text.startswith(f"{path}: field name ") and "'../../escaped'" in text and "\n" not in text, text
+
+
+def test_a_file_named_with_spaces_gets_a_name_to_set(tmp_path):
+    """Without a ``name`` field the file's stem names the preset: a stem that is no plain
+    identifier asks for a ``name`` (with a suggestion), not for a renamed file only."""
+    text = dump_preset(get_preset("embedded-tiny"), "toml").replace('name = "embedded-tiny"\n', "", 1)
+    path = tmp_path / "my model.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"'my model'.*name = \"my-model\""):
+        load_preset_file(path)
+
+
+def test_preset_reference_names_the_file_a_preset_came_from(tmp_path, monkeypatch):
+    """What an error tells the user to rerun must resolve: a file's preset is not found by its name."""
+    from featureinterp.preset_files import preset_reference
+
+    path = tmp_path / "mine.toml"
+    path.write_text(dump_preset(get_preset("embedded-tiny").replace(name="mine"), "toml"))
+    monkeypatch.setenv("FEATUREINTERP_PRESET", str(path))
+    assert preset_reference("mine") == str(path)
+    assert preset_reference("embedded-tiny") == "embedded-tiny"  # not the file's preset
+    monkeypatch.setenv("FEATUREINTERP_PRESET", "embedded")
+    assert preset_reference("embedded") == "embedded"

@@ -56,6 +56,14 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
 
     run = _run([BIN / "featureinterp", "run", "--conditions", "one_shot"], env)
     assert run.returncode == 0, run.stderr[-3000:]
+    # the killed process's run (records) is marked failed, not left STARTED forever (issue 28 #9)
+    assert "that a killed process left STARTED" in run.stdout
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        active = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING]
+        assert instance.get_runs(filters=dg.RunsFilter(statuses=active)) == []
+        assert instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
     assert "materializing corpus_tokens" not in run.stdout  # resumed: tokens already there
     assert "materializing sae, sae_activations" not in run.stdout  # finished before the kill
     assert "holistic_activations" not in run.stdout  # no condition of this run prompts with them
@@ -75,9 +83,8 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
     assert "figures (" in run.stdout and "dagster dev" in run.stdout  # where to look, at the end
     assert {"embedding/one_shot, detection/one_shot, fuzzing/one_shot", "export", "export_all"} <= set(stages)
     _check_export(tmp_path / "home", storage)
-    assert "ETA " in run.stdout.splitlines()[1]  # every stage line carries elapsed time and ETA
-    import dagster as dg
-
+    stage_lines = [line for line in run.stdout.splitlines() if "--> materializing" in line]
+    assert all("ETA " in line for line in stage_lines)  # every stage line carries elapsed time and ETA
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     event = instance.get_latest_materialization_event(dg.AssetKey(["scores", "one_shot"]))
     strip = event.asset_materialization.metadata["activations"].value
@@ -153,7 +160,12 @@ def _check_export(home, storage) -> None:
             tested = sorted(r for s in json.loads(row["record_rows"]).values() for r in s.get("test", []))
             assert judged == tested  # the scorers judged exactly the records' test rows
         assert row["preset"] == "embedded-tiny" and len(row["preset_hash"]) == 16
-        assert json.loads(row["code_versions"])["scores/one_shot"] == "1"
+        # the code version and the fingerprint of the preset fields it depends on
+        from featureinterp.config import get_preset
+        from featureinterp.provenance import asset_fingerprint
+
+        fingerprint = asset_fingerprint(get_preset("embedded-tiny"), ["scores", "one_shot"])
+        assert json.loads(row["code_versions"])["scores/one_shot"] == f"1+{fingerprint}"
     neuronpedia = json.loads(parquet.with_name("embedded-tiny.neuronpedia.json").read_text())
     assert len(neuronpedia) == len(ds) and {"modelId", "layer", "index", "description"} <= set(neuronpedia[0])
 
@@ -311,7 +323,7 @@ def test_stored_features_tell_the_sae_stage_to_rerun_a_layer_that_lacks_features
     (records would otherwise not find the new features)."""
     import dagster as dg
 
-    from featureinterp_assets.cli import _stored_features
+    from featureinterp_assets.freshness import stored_features as _stored_features
 
     def meta(features):
         return {"feature_indices": dg.MetadataValue.json(features)}
