@@ -281,8 +281,14 @@ def _run_lineage(
         fail(failed, "records", preset, run_conditions, conditions is not None)
     if explain:
         _, failed = _per_feature_stage(defs, fresh, assets + ["baselines"], layer_keys, feature_keys, force, scope)
-        # secondary scores of the explanations that exist (a failed explanation fails them too)
-        _, failed_scores = _per_feature_stage(defs, fresh, scorers, layer_keys, feature_keys, force, scope)
+        # secondary scores of the explanations this run left current: never of one whose
+        # recomputation just failed (its old value is still stored)
+        every = {f"{f}|{x}" for x in layer_keys for f in feature_keys}
+        broken = {(a.split("/")[1], k) for a, k in failed if "/" in a}
+        scorer_scope = {a: frozenset(k for k in scope.get(a, every) if (a.split("/")[1], k) not in broken) for a in scorers}
+        _, failed_scores = _per_feature_stage(
+            defs, fresh, scorers, layer_keys, feature_keys, force, scope | scorer_scope
+        )
         failed |= failed_scores
         # Summaries from everything stored, with an "n of m features" caption where cells lack.
         failed |= _summaries(defs, fresh, preset, figures, force)
