@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -160,8 +161,8 @@ def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class PrefixStore:
-    """Prefilled prompts kept for reuse: a new prompt starts from the stored prompt it shares the
-    longest prefix with, and only its remaining tokens run through the model.
+    """Prefilled prompts kept for reuse: a new prompt starts from a stored prompt it shares a
+    prefix with, and only its remaining tokens run through the model.
 
     Why: a local explainer's prompts repeat most of their tokens. Every feature of a condition
     starts with the same system message and few-shot examples; a tree's children all carry the
@@ -170,39 +171,68 @@ class PrefixStore:
     request on a CPU. Entries are batch-1 caches held as forks (views), evicted least recently
     used once ``max_tokens`` positions are held in all.
 
-    A reused prefix gives the same logits as a full prefill up to float rounding (the suffix's
-    attention runs over the stored keys instead of recomputing them). Models whose cache layers
-    cannot be cut to a prefix (recurrent state) are prefilled in full: ``lookup`` returns 0.
+    Exactness: a forward pass over positions ``a..b`` rounds differently from one over ``0..b``
+    (other matrix shapes, other kernels: ~2e-5 in float32 logits, ~0.3 in bfloat16), so a store
+    that cut a stored prompt wherever it stopped matching made a prompt's logits depend on which
+    prompts ran before it: another feature's records in a ranged run, a sibling's feedback in a
+    tree level whose requests race (issue 28: a feature explained alone and inside its layer's
+    run got different explanations). So every prompt is prefilled in the same *pieces*, whose
+    bounds are a function of the prompt alone: a piece ends after every ``cut_after`` token (the
+    chat template's end-of-turn token: whole turns are what prompts share) and at the prompt's
+    end, and a stored prefix is reused only up to such a bound. A piece then sees the same
+    tokens and the same cached keys and values whether its prefix came from the store or was
+    run just before, and a prompt's logits are bit for bit those of a prompt prefilled alone,
+    whatever ran before (and with the store turned off: reuse saves time only). Without a
+    ``cut_after`` token in the shared part nothing is reused. Models whose cache layers cannot
+    be cut to a prefix (recurrent state) are prefilled in the same pieces, never from the store.
     """
 
-    def __init__(self, max_tokens: int = 8_192, min_shared: int = 16) -> None:
+    def __init__(self, max_tokens: int = 8_192, min_shared: int = 16, cut_after: Iterable[int] = ()) -> None:
         self.max_tokens, self.min_shared = max_tokens, min_shared
+        self.cut_after = np.array(sorted({int(t) for t in cut_after}), dtype=np.int64)
+        """Token ids after which a piece ends (the tokenizer's end-of-turn ids)."""
         self._entries: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self.reused_tokens = 0
         """Prompt positions taken from stored prefixes instead of being run through the model."""
         self.usable = True
 
+    def cuts(self, ids: Sequence[int]) -> list[int]:
+        """The bounds between pieces of prompt ``ids``: every position right after a
+        ``cut_after`` token, before the prompt's end (ascending)."""
+        if not len(ids) or not self.cut_after.size:
+            return []
+        after = np.flatnonzero(np.isin(np.asarray(ids[:-1], dtype=np.int64), self.cut_after)) + 1
+        return [int(p) for p in after]
+
+    def pieces(self, ids: Sequence[int], start: int = 0) -> list[tuple[int, int]]:
+        """``(begin, end)`` of the forward passes that prefill ``ids[start:]``; ``start``: 0 or a
+        bound returned by ``lookup``."""
+        bounds = [start, *(p for p in self.cuts(ids) if p > start), len(ids)]
+        return [(a, b) for a, b in pairwise(bounds) if b > a]
+
     def lookup(self, ids: Sequence[int]) -> tuple[int, Any]:
-        """(length reused, a fork of the stored cache cut to that length) for prompt ``ids``; at
-        least one token is left to run, so the caller always gets the last position's logits.
-        (0, None) when no stored prompt shares ``min_shared`` tokens."""
+        """(length reused, a fork of a stored cache cut to that length) for prompt ``ids``: the
+        last piece bound within the longest prefix a stored prompt shares with ``ids``, leaving at
+        least one token to run (the caller always gets the last position's logits). (0, None)
+        when that reuses fewer than ``min_shared`` tokens."""
         best, key = 0, None
         for stored in self._entries:
             n = shared_prefix(stored, ids)
             if n > best:
                 best, key = n, stored
-        best = min(best, len(ids) - 1)
-        if key is None or best < self.min_shared or not self.usable:
+        limit = min(best, len(ids) - 1)
+        reuse = max((p for p in self.cuts(ids) if p <= limit), default=0)
+        if key is None or reuse < self.min_shared or not self.usable:
             return 0, None
         try:
-            cache = prefix(self._entries[key], best)
-        except ConfigError:  # recurrent layers: no prefix can be cut; prefill in full from now on
+            cache = prefix(self._entries[key], reuse)
+        except ConfigError:  # recurrent layers: no prefix can be cut; never reuse (pieces unchanged)
             self.usable = False
             self._entries.clear()
             return 0, None
         self._entries.move_to_end(key)
-        self.reused_tokens += best
-        return best, cache
+        self.reused_tokens += reuse
+        return reuse, cache
 
     def store(self, ids: Sequence[int], cache: Any) -> None:
         """Keep the prefilled cache of ``ids`` (before any generated token is appended to it)."""

@@ -103,6 +103,12 @@ class Completion:
 
 _SCOPE: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("usage_scope", default=None)
 
+_BACKEND_ONLY = frozenset({"prefill_tokens"})
+"""Usage that depends on what a backend ran before, not on the request alone (the prompt
+positions a stored prefix saved): counted in the backend's own usage, never in a
+``tally_usage`` scope. A scope is one feature's usage, stored with its explanation, and a
+stored value must not depend on the features a shared backend explained before it (issue 28)."""
+
 
 @dataclass
 class Usage:
@@ -115,9 +121,12 @@ class Usage:
     completion_tokens: int = 0
     prefill_tokens: int = 0
     """Prompt positions a local model actually ran (prompt tokens less those reused from a
-    stored prefix); 0 for API backends."""
+    stored prefix); 0 for API backends. A backend's total only: a ``tally_usage`` scope leaves
+    it out (it depends on what ran before, ``_BACKEND_ONLY``)."""
     cost_usd: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _tally: bool = field(default=False, repr=False, compare=False)
+    """A ``tally_usage`` scope: it counts and shows no ``_BACKEND_ONLY`` field."""
 
     def add(self, **amounts: float) -> None:
         with self._lock:
@@ -125,11 +134,15 @@ class Usage:
                 setattr(self, name, getattr(self, name) + value)
         scope = _SCOPE.get()
         if scope is not None and scope is not self:
-            scope.add(**amounts)
+            scope.add(**{k: v for k, v in amounts.items() if k not in _BACKEND_ONLY})
 
     def snapshot(self) -> dict[str, float]:
         with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+            return {
+                f.name: getattr(self, f.name)
+                for f in fields(self)
+                if not f.name.startswith("_") and not (self._tally and f.name in _BACKEND_ONLY)
+            }
 
     def since(self, before: dict[str, float]) -> dict[str, float]:
         """Usage accrued after ``before`` (a snapshot): per-asset accounting on a shared backend."""
@@ -142,8 +155,9 @@ def tally_usage() -> Iterator[Usage]:
     """A tally of what the calls made inside the block add to any backend's usage: exact
     per-feature accounting when several features share one backend at once (a backend's own
     ``usage`` counts everyone's). Threads started inside the block must run in a copy of the
-    context (``contextvars.copy_context().run``) to be counted."""
-    tally = Usage()
+    context (``contextvars.copy_context().run``) to be counted. Usage that depends on what the
+    backend ran before (``_BACKEND_ONLY``) stays out of the tally."""
+    tally = Usage(_tally=True)
     token = _SCOPE.set(tally)
     try:
         yield tally

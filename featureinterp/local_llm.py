@@ -13,6 +13,8 @@ price of one.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import threading
@@ -52,10 +54,12 @@ class LocalChatBackend(ChatBackend):
         self.max_draft = 8
         """Draft tokens verified per decode pass of a single sample (0: one token per pass)."""
         self.drafts = speculative.DraftStats()
-        self.prefixes = kv_cache.PrefixStore()
-        """Prefilled prompts reused by later requests that start with the same tokens (the system
+        self.prefixes = kv_cache.PrefixStore(cut_after=self._eos)
+        """Prefilled prompts reused by later requests that start with the same turns (the system
         message and few-shot examples of every feature, a tree node's conversation for its
-        children, the complexity analyzer's header)."""
+        children, the complexity analyzer's header). Every prompt is prefilled in pieces that end
+        at its end-of-turn tokens, stored or not, so a reply never depends on what this backend
+        answered before (``kv_cache.PrefixStore``)."""
 
     # -- prompts -----------------------------------------------------------------------------------
     def prompt_ids(self, messages: Sequence[Message], reply_prefix: str = "") -> list[int]:
@@ -81,11 +85,14 @@ class LocalChatBackend(ChatBackend):
     # -- model calls -------------------------------------------------------------------------------
     def _prefill(self, ids: list[int]) -> tuple[torch.Tensor, Any]:
         """Last-position logits [1, vocab] and the batch-1 cache of prompt ``ids``, starting from the
-        longest stored prefix; the prompt's cache is stored for later requests."""
+        longest stored prefix that ends at a piece bound; the prompt's cache is stored for later
+        requests. The rest runs piece by piece (one pass per turn): the same passes as a prefill
+        from scratch, so the logits are bit for bit the same whatever was stored before."""
         reused, cache = self.prefixes.lookup(ids)
         if cache is None:
             cache = kv_cache.new_cache(self.model, keep_past=True)
-        logits = self._forward(torch.tensor([ids[reused:]], device=self.device), cache, reused)
+        for begin, end in self.prefixes.pieces(ids, reused):
+            logits = self._forward(torch.tensor([ids[begin:end]], device=self.device), cache, begin)
         self.prefixes.store(ids, cache)
         self.usage.add(prefill_tokens=len(ids) - reused)
         return logits, cache
@@ -138,11 +145,24 @@ class LocalChatBackend(ChatBackend):
             else:
                 out, reasons = self._decode(ids, logits, cache, params, gen, grammar)
         self.usage.add(requests=1, prompt_tokens=len(ids), completion_tokens=sum(len(o) for o in out))
-        request_id = f"local-{uuid.uuid4().hex[:12]}"
+        request_id = self._request_id(ids, params)
         return [
             Completion(self.tok.decode(o, skip_special_tokens=True), reasons[i], request_id)
             for i, o in enumerate(out)
         ]
+
+    def _request_id(self, ids: list[int], params: GenerationParams) -> str:
+        """The id stored with a request's completions. A seeded request's replies are a function
+        of the model, the prompt and the parameters, so its id is a digest of them: a feature's
+        stored completions are then a function of the feature too (a random id differed between
+        a feature explained alone and inside a ranged run), and equal requests share an id. An
+        unseeded request draws fresh randomness and gets a fresh id."""
+        if params.seed is None:
+            return f"local-{uuid.uuid4().hex[:12]}"
+        what = [self.name, self.max_draft, ids, dataclasses.asdict(params)]
+        return (
+            "local-" + hashlib.blake2b(json.dumps(what, sort_keys=True).encode(), digest_size=6).hexdigest()
+        )
 
     def _decode(
         self,

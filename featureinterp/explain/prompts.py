@@ -205,8 +205,9 @@ def records_message(records: FeatureRecords, config: ExplainerConfig) -> str:
     """The per-feature user message: the train records (0..5), the zero-free repeat when sparse,
     the rule cap and the answer prefix. The cap is stated here, after the records, rather than in
     the system message: conditions that differ only in their cap then share the whole prompt up
-    to it, so a local explainer prefills the system message, few-shot examples and records once
-    for all of them (``kv_cache.PrefixStore``)."""
+    to it (a server's prompt cache reuses it). A local explainer reuses whole turns only, so that
+    a reply never depends on which prompts ran before (``kv_cache.PrefixStore``): it prefills
+    the system message and the few-shot examples once for all of them, the records once each."""
     formatted = format_records(records.train, records.max_act, records.max_holistic, config.holistic)
     limit = cap_sentence(config.rule_cap) if config.structured else ""
     return _records_text(formatted, config.structured, limit)

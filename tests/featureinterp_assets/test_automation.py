@@ -32,11 +32,19 @@ def _tiny(layers: tuple[int, ...]):
     base = get_preset("embedded-tiny")
     import dataclasses
 
+    # smaller than embedded-tiny (600 short rows, a small SAE): the test is about automation,
+    # and it trains three layers' SAEs
+    train = dataclasses.replace(base.sae.train, expansion=2, k=8, n_tokens=6000, epochs=1, live_freq=(1e-3, 0.2))
     return base.replace(
         name="auto-tiny",
         layers=layers,
+        n_rows=600,
+        seq_len=16,
+        per_split=2,
         features=(0,),
-        explain=dataclasses.replace(base.explain, conditions=("one_shot",), synthetic=False),
+        sae=dataclasses.replace(base.sae, train=train),
+        corpus=dataclasses.replace(base.corpus, max_documents=1500),
+        explain=dataclasses.replace(base.explain, conditions=("one_shot",), synthetic=False, max_tokens=160),
     )
 
 
