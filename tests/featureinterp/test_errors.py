@@ -22,9 +22,9 @@ def test_config_errors_name_the_value_and_the_expected_form():
     assert parse_feature_key("F0007") == 7 and parse_layer_key("L06") == 6
 
 
-def test_corrupt_file_errors_name_the_path_and_say_rematerialize(tmp_path):
+def test_corrupt_file_errors_name_the_path_and_the_command_that_recomputes_it(tmp_path):
     missing = tmp_path / "nowhere"
     for load in (load_arrays, load_table):
-        with pytest.raises(CorruptFileError, match="rematerialize") as err:
+        with pytest.raises(CorruptFileError, match="run `featureinterp run` to recompute it") as err:
             load(missing)
         assert str(missing) in str(err.value)
