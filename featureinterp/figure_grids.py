@@ -26,6 +26,7 @@ __all__ = [
     "FigureGrid",
     "TreeSize",
     "condition_scope",
+    "figure_cells",
     "figure_conditions",
     "figure_grids",
     "paper_conditions",
@@ -121,16 +122,45 @@ def paper_conditions() -> tuple[str, ...]:
     return tuple(dict.fromkeys(FIG3_CONDITIONS + FIG4_CONDITIONS + FIG5_CONDITIONS))
 
 
-def figure_conditions(figure: str, present: Iterable[str]) -> tuple[str, ...]:
+def figure_conditions(
+    figure: str, present: Iterable[str], scored: Iterable[str] | None = None
+) -> tuple[str, ...]:
     """The conditions a figure draws from those a preset materializes (``present``), when it shows
-    the preset's own grid: Figure 3 its ``fig3_*`` runs if the preset has them, else the preset's
-    structured one-shot and tree; Figure 4 its 2 x 4 cells; Figure 5 its rule caps."""
+    the preset's own grid: Figure 3 its ``fig3_*`` runs if the preset has them (and, given
+    ``scored``, the conditions with scores, any of them is scored: a run of the structured cells
+    alone still draws Figure 3 from them), else the preset's structured one-shot and tree;
+    Figure 4 its 2 x 4 cells; Figure 5 its rule caps."""
     present = tuple(present)
     if figure == "fig3":
+        done = None if scored is None else set(scored)
         own = tuple(c for c in FIG3_CONDITIONS if c in present)
+        if done is not None and not done & set(own):
+            own = ()
         return own or tuple(c for c in ("one_shot", "tree") if c in present)
     wanted = {"fig4": FIG4_CONDITIONS, "fig5": FIG5_CONDITIONS}.get(figure)
     return tuple(c for c in present if wanted is None or c in wanted)
+
+
+def figure_cells(preset: Preset, figure: str) -> dict[str, list[str]]:
+    """Condition -> the partition keys (``"F0003|L05"``) whose scores ``figure`` draws with its
+    default (``paper``) grid: a figure none of whose cells is scored has nothing to draw, which a
+    run that explained other conditions must say rather than report as a failed figure.
+    ``fig_calibration`` draws every condition on the synthetic ``SYN`` features."""
+    if figure == "fig_calibration":
+        keys = [f"{f}|{SYNTHETIC_KEY}" for f in preset.feature_keys] if SYNTHETIC_KEY in preset.layer_keys else []
+        return {c: keys for c in preset.explain.conditions} if keys else {}
+    grid = figure_grids(preset).get(figure)
+    if grid is not None:
+        own = {(layer_key(x), feature_key(f)) for x in preset.layers for f in preset.features}
+        keys = [
+            f"{f}|{x}" for x in map(layer_key, grid.layers) for f in map(feature_key, grid.features) if (x, f) in own
+        ]
+        return {c: keys for c in grid.conditions if c in preset.explain.conditions}
+    keys = [f"{f}|{x}" for x in preset.layer_keys if x != SYNTHETIC_KEY for f in preset.feature_keys]
+    present = preset.explain.conditions
+    # Figure 3 falls back to the structured cells when its own runs have no scores
+    wanted = set(figure_conditions(figure, present)) | set(figure_conditions(figure, present, scored=()))
+    return {c: keys for c in present if c in wanted}
 
 
 def condition_scope(preset: Preset) -> dict[str, frozenset[str]]:
@@ -164,12 +194,13 @@ def condition_scope(preset: Preset) -> dict[str, frozenset[str]]:
 
 
 def select_grid(
-    table: pl.DataFrame, grid: FigureGrid | None, present_conditions: Iterable[str], figure: str
+    table: pl.DataFrame, grid: FigureGrid | None, present_conditions: Iterable[str], figure: str,
+    scored: Iterable[str] | None = None,
 ) -> tuple[pl.DataFrame, str]:
     """The rows of a figure table (``layer_results`` rows) inside ``grid`` and the caption note
     that names the grid; ``present_conditions``: the conditions the preset materializes. Without
     a grid the preset's layers and features are kept, with the conditions of ``figure``
-    (``figure_conditions``)."""
+    (``figure_conditions``; ``scored``: the conditions with scores, default the table's)."""
     import polars as pl
 
     present = tuple(present_conditions)
@@ -179,7 +210,8 @@ def select_grid(
             "their own explainers): rematerialize layer_results"
         )
     if grid is None:
-        wanted = figure_conditions(figure, present)
+        scored = set(table["experiment"].unique().to_list()) if scored is None else scored
+        wanted = figure_conditions(figure, present, scored)
         rows = table.filter(pl.col("experiment").is_in(list(wanted)))
         return rows, f"grid: the preset's layers x features; conditions {', '.join(wanted)}"
     rows = table.filter(

@@ -23,6 +23,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from featureinterp.config import PRESET_ENV, Preset, feature_key, get_preset, models_dir
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
+from featureinterp.figure_grids import figure_cells
 from featureinterp.memory import release_free_memory
 from featureinterp.models import load_tokenizer
 from featureinterp.names import SYNTHETIC_KEY
@@ -37,7 +38,7 @@ from featureinterp_assets.freshness import (
     sweep_dead_runs,
     with_conditions,
 )
-from featureinterp_assets.outcome import fail, failures, step_error, where_to_look
+from featureinterp_assets.outcome import fail, failures, not_drawn, step_error, where_to_look
 from featureinterp_assets.partitions import asset_scope, missing_blocks, range_tags
 from featureinterp_assets.standin_server import start_standin
 
@@ -293,7 +294,8 @@ def _run_lineage(
         # Summaries from everything stored, with an "n of m features" caption where cells lack.
         failed |= _summaries(defs, fresh, preset, figures, force)
         if failed:
-            fail(failed, "explanation", preset, run_conditions, conditions is not None)
+            stage = "explanation" if any("/" in a or a == "baselines" for a, _ in failed) else "summary"
+            fail(failed, stage, preset, run_conditions, conditions is not None)
     where_to_look(preset, figures if explain else [], _PROGRESS.line())
 
 
@@ -317,8 +319,11 @@ def _summaries(
             tables.append(layer)
             if force or fresh.behind("layer_results", layer, inputs):
                 build(["layer_results"], layer, estimate("layer_results", 1))
-    if force or any(fresh.behind(f, None, {"layer_results": None}) for f in figures):
-        build(figures, None, estimate("figures", len(figures)))
+    cells = {f: {f"scores/{c}": keys for c, keys in figure_cells(preset, f).items()} for f in figures}
+    drawn = [f for f in figures if fresh.stored(cells[f])]  # the others have nothing to draw yet
+    [print(not_drawn(f, preset, cells[f]), flush=True) for f in figures if f not in drawn]
+    if drawn and (force or any(fresh.behind(f, None, {"layer_results": None}) for f in drawn)):
+        build(drawn, None, estimate("figures", len(drawn)))
     exported = False
     for layer in tables:
         if force or fresh.behind("export", layer, {"layer_results": [layer]}):

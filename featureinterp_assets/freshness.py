@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -140,7 +140,7 @@ class Freshness:
                 return latest
             cursor = page.cursor
 
-    def stored(self, inputs: dict[str, list[str] | None]) -> bool:
+    def stored(self, inputs: Mapping[str, list[str] | None]) -> bool:
         """True when any of ``inputs`` (asset -> partitions, None: all) was ever materialized."""
         return any(
             self.instance.fetch_materializations(

@@ -12,11 +12,35 @@ import dagster as dg
 from featureinterp.config import PRESET_ENV, Preset
 
 
+def step_errors(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+    """Failed step key -> its error, one line each, in the order the steps failed."""
+    errors: dict[str, str] = {}
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.STEP_FAILURE and event.step_key:
+            err = event.step_failure_data.error
+            errors[event.step_key] = (err.cause or err).message.strip().splitlines()[0] if err else "see the log above"
+    return errors
+
+
 def step_error(result: dg.ExecuteInProcessResult) -> str:
     """The first failed step's error, one line."""
-    failures = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
-    err = failures[0].step_failure_data.error if failures else None
-    return (err.cause or err).message.strip().splitlines()[0] if err else "see the log above"
+    return next(iter(step_errors(result).values()), "see the log above")
+
+
+def not_drawn(figure: str, preset: Preset, cells: dict[str, list[str]]) -> str:
+    """The line for a figure with no scores in its grid: said, never reported as drawn or failed
+    (a run of other conditions or layers has nothing to put in it; materializing the figure on
+    its own still fails with the same reason)."""
+    conditions = sorted(a.split("/", 1)[1] for a, keys in cells.items() if keys)
+    if not conditions:
+        return f"{figure}: not drawn: preset {preset.name!r} studies no cell of its grid"
+    layers = sorted({k.split("|")[1] for keys in cells.values() for k in keys})
+    return (
+        f"{figure}: not drawn: no scores in its grid yet (conditions {', '.join(conditions)}; "
+        f"layers {', '.join(layers)}); draw it with: featureinterp run --preset "
+        f"{os.environ.get(PRESET_ENV, preset.name)} "
+        f"--layers {','.join(layers)} --conditions {','.join(conditions)}"
+    )
 
 
 def failures(
@@ -37,9 +61,10 @@ def failures(
         failed = (event.step_failure_data.user_failure_data or dg.Failure("")).metadata.get("failed")
         if isinstance(failed, dg.JsonMetadataValue) and isinstance(failed.value, dict):
             reasons |= {str(k): str(v) for k, v in failed.value.items()}
-    fallback = step_error(result) if not result.success else "not materialized by its run"
+    errors = step_errors(result)  # an asset's own step's error, where the step is named after it
+    fallback = next(iter(errors.values()), "see the log above") if not result.success else "not materialized by its run"
     return {
-        (asset, part): reasons.get(str(part), fallback)
+        (asset, part): reasons.get(str(part), errors.get(asset.replace("/", "__"), fallback))
         for asset, parts in planned.items()
         for part in parts
         if (asset, part) not in made

@@ -202,9 +202,11 @@ def _figure_table(
         else sorted({k for k in [*spec.layer_keys, *layer_results] if k != SYNTHETIC_KEY})
     )
     features = {feature_key(f) for f in (grid.features if grid else spec.features)}
-    conditions = set(grid.conditions if grid else figure_conditions(name, spec.explain.conditions))
     # the synthetic features are a calibration, never pooled into the paper's figures
     layer_results = {k: v for k, v in layer_results.items() if k in layers}
+    # the conditions with scores (Figure 3 draws the structured cells when its own runs have none)
+    scored = {c for v in layer_results.values() if len(v.frame) for c in v.frame["experiment"].unique().to_list()}
+    conditions = set(grid.conditions if grid else figure_conditions(name, spec.explain.conditions, scored))
     missing = {
         f"{layer}/{cond}": [f for f in feats if f in features]
         for layer, value in layer_results.items()

@@ -2,6 +2,8 @@
 grids (none for the embedded preset, Figures 4-5 for GPT-2 small), the conditions a figure draws
 and the scopes that confine paper-only conditions."""
 
+import dataclasses
+
 import polars as pl
 import pytest
 
@@ -60,3 +62,35 @@ def test_figure_conditions_and_select_grid():
     assert rows["experiment"].to_list() == ["one_shot"] and note.endswith("one_shot")
     with pytest.raises(ValueError, match="rematerialize layer_results"):
         select_grid(table.drop("experiment"), None, present, "fig4")
+
+
+def test_figure3_draws_its_own_runs_only_once_they_are_scored():
+    present = ("fig3_one_shot", "fig3_tree", "one_shot", "tree")
+    assert figure_conditions("fig3", present) == ("fig3_one_shot", "fig3_tree")
+    # a run of the structured cells alone: Figure 3 draws them rather than nothing
+    assert figure_conditions("fig3", present, scored={"one_shot", "tree"}) == ("one_shot", "tree")
+    assert figure_conditions("fig3", present, scored={"fig3_tree", "one_shot"}) == ("fig3_one_shot", "fig3_tree")
+    table = pl.DataFrame({"layer": ["L00", "L00"], "feature": [0, 1], "experiment": ["one_shot", "tree"]})
+    rows, note = select_grid(table, None, present, "fig3")
+    assert len(rows) == 2 and note.endswith("one_shot, tree")
+
+
+def test_figure_cells_are_the_scores_each_figure_draws():
+    from featureinterp.figure_grids import figure_cells
+    from featureinterp.names import SYNTHETIC_KEY
+
+    gpt2 = get_preset("gpt2-small")
+    fig4 = figure_cells(gpt2, "fig4")
+    assert set(fig4) == set(FIG4_CONDITIONS)
+    layers = {k.split("|")[1] for k in fig4["tree"]}
+    assert layers == {layer_key(x) for x in paper_layers(12)} and len(fig4["tree"]) == 8 * 30
+    # no paper grid for Figure 3 on GPT-2: the preset's layers x features, its runs or the cells
+    fig3 = figure_cells(gpt2, "fig3")
+    assert {"fig3_one_shot", "fig3_tree", "one_shot", "tree"} == set(fig3)
+    assert all(SYNTHETIC_KEY not in k for keys in fig3.values() for k in keys)
+    embedded = get_preset("embedded")
+    calibration = figure_cells(embedded, "fig_calibration")
+    assert set(calibration) == set(embedded.explain.conditions)
+    assert all(k.endswith(f"|{SYNTHETIC_KEY}") for k in calibration["one_shot"])
+    no_syn = embedded.replace(explain=dataclasses.replace(embedded.explain, synthetic=False))
+    assert figure_cells(no_syn, "fig_calibration") == {}

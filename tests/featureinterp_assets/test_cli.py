@@ -51,13 +51,15 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
 
     # Kill the run (SIGKILL, whole process group) once two records partitions are complete, then
     # relaunch: finished partitions are not recomputed, nothing half-written is read.
-    finished = _kill_when_records_done(env, storage, n=2)
+    finished, stranded = _kill_when_records_done(env, storage, n=2)
+    assert stranded  # killed inside a run: the sweep below has work to do
     before = {p: (storage / "records" / p / "table.parquet").stat().st_mtime_ns for p in finished}
 
     run = _run([BIN / "featureinterp", "run", "--conditions", "one_shot"], env)
     assert run.returncode == 0, run.stderr[-3000:]
     # the killed process's run (records) is marked failed, not left STARTED forever (issue 28 #9)
     assert "that a killed process left STARTED" in run.stdout
+    assert all(run_id in run.stdout for run_id in stranded)
     import dagster as dg
 
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
@@ -265,9 +267,10 @@ def _check_ui(env) -> None:
         log.close()
 
 
-def _kill_when_records_done(env, storage: Path, n: int, timeout: float = 1500) -> list[str]:
+def _kill_when_records_done(env, storage: Path, n: int, timeout: float = 1500) -> tuple[list[str], list[str]]:
     """Start `featureinterp run`, SIGKILL its process group once ``n`` (layer, feature) partitions
-    have records; return those partitions ("F0000/L03")."""
+    have records and one of its Dagster runs is in progress; return those partitions
+    ("F0000/L03") and the runs the kill left STARTED (read after the kill: they cannot change)."""
     import signal
     import time
 
@@ -282,15 +285,18 @@ def _kill_when_records_done(env, storage: Path, n: int, timeout: float = 1500) -
         start_new_session=True,
     )
     deadline = time.time() + timeout
+    active = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING])
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     try:
         while time.time() < deadline and proc.poll() is None:
             # what the instance has recorded as materialized (the files are written first)
             have = map(str, instance.get_materialized_partitions(dg.AssetKey("records")))
             done = sorted(k.replace("|", "/") for k in have)
-            if len(done) >= n:
-                return done
-            time.sleep(0.5)
+            if len(done) >= n and instance.get_runs(filters=active):  # not between two runs
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return done, [r.run_id for r in instance.get_runs(filters=active)]
+            time.sleep(0.2)
         raise AssertionError(f"run ended (rc {proc.poll()}) or timed out before {n} records partitions")
     finally:
         if proc.poll() is None:
