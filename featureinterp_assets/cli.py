@@ -294,8 +294,8 @@ def _run_lineage(
         # Summaries from everything stored, with an "n of m features" caption where cells lack.
         failed |= _summaries(defs, fresh, preset, figures, force)
         if failed:
-            stage = "explanation" if any("/" in a or a == "baselines" for a, _ in failed) else "summary"
-            fail(failed, stage, preset, run_conditions, conditions is not None)
+            step = "explanation" if any("/" in a or a == "baselines" for a, _ in failed) else "summary"
+            fail(failed, step, preset, run_conditions, conditions is not None)
     where_to_look(preset, figures if explain else [], _PROGRESS.line())
 
 
