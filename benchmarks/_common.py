@@ -16,6 +16,19 @@ from featureinterp.corpus import build_tokens
 from featureinterp.models import load_subject_model
 from featureinterp.sae import LoadedSae
 
+QUICK_ENV = "FEATUREINTERP_BENCH_QUICK"
+"""Set (to 1) by ``python -m benchmarks --quick``: each benchmark shrinks to a size that only
+checks it runs end to end and prints complete JSON (its ratios mean nothing then)."""
+
+
+def quick() -> bool:
+    return os.environ.get(QUICK_ENV) == "1"
+
+
+def sized(full: int, small: int) -> int:
+    """``full`` normally, ``small`` in a quick run."""
+    return small if quick() else full
+
 
 def setup(n_rows: int, layer: int, d_sae: int = 4608, k: int = 32, seed: int = 0):
     """(model, tokenizer, rows, LoadedSae) with a seeded random TopK SAE at ``layer``.
@@ -66,6 +79,39 @@ def cache_all_hooks(model: torch.nn.Module):
 
             handles.append(module.register_forward_hook(hook))
     return cache, handles
+
+
+class LayerPasses:
+    """Counts the work a forward pass did: rows x decoder layers run, and rows through the LM head
+    (a context manager; hooks removed on exit). Both sides of a benchmark are counted the same way,
+    so the printed work says whether a side stopped early or computed logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from featureinterp.models import decoder_layers
+
+        self.model, self.blocks = model, decoder_layers(model)
+        self.layer_rows = self.head_rows = 0
+
+    def __enter__(self) -> LayerPasses:
+        def on_layer(_m, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            self.layer_rows += x.shape[0]
+
+        def on_head(_m, args):
+            self.head_rows += args[0].shape[0]
+
+        self.handles = [b.register_forward_pre_hook(on_layer, with_kwargs=True) for b in self.blocks]
+        head = self.model.get_output_embeddings()
+        if head is not None:
+            self.handles.append(head.register_forward_pre_hook(on_head))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def work(self) -> dict[str, int]:
+        return {"rows_x_layers": self.layer_rows, "rows_through_lm_head": self.head_rows}
 
 
 def report(name: str, ratios: dict, checks: dict) -> None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from benchmarks._common import cache_all_hooks, report, setup, timed
+from benchmarks._common import LayerPasses, cache_all_hooks, report, setup, sized, timed
 from featureinterp.activations import sae_activations
 from featureinterp.models import decoder_layers
 
-LAYER, N_ROWS, N_FEATURES = 15, 384, 50  # a middle layer of SmolLM2's 30
+LAYER, N_ROWS, N_FEATURES = 15, sized(384, 32), 50  # a middle layer of SmolLM2's 30
 
 
 @torch.no_grad()
@@ -41,8 +41,13 @@ def main() -> None:
     features = list(range(N_FEATURES))
     paper_activations(model, sae, rows[:12], features)  # warm-up both paths
     sae_activations(model, {LAYER: sae}, rows[:32], features)
-    ref, t_paper = timed(paper_activations, model, sae, rows, features)
-    ours, t_ours = timed(sae_activations, model, {LAYER: sae}, rows, features, 32)
+    with LayerPasses(model) as paper_work:
+        ref, t_paper = timed(paper_activations, model, sae, rows, features)
+    with LayerPasses(model) as our_work:
+        ours, t_ours = timed(sae_activations, model, {LAYER: sae}, rows, features, 32)
+    n_layers = len(decoder_layers(model))
+    # the baseline did the paper's work: every row through every layer and the LM head
+    assert paper_work.work() == {"rows_x_layers": N_ROWS * n_layers, "rows_through_lm_head": N_ROWS}
     got = ours[LAYER].acts.transpose(1, 2, 0).astype(np.float32)
     err = float(np.abs(got - ref).max())
     report(
@@ -55,6 +60,7 @@ def main() -> None:
             "layer": LAYER,
             "seconds_paper": round(t_paper, 2),
             "seconds_ours": round(t_ours, 2),
+            "work": {"paper": paper_work.work(), "ours": our_work.work()},
         },
     )
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from benchmarks._common import cache_all_hooks, report, setup, timed
+from benchmarks._common import LayerPasses, cache_all_hooks, report, setup, sized, timed
 from featureinterp.config import get_preset
 from featureinterp.holistic import holistic_activations, holistic_activations_naive
 from featureinterp.models import decoder_layers
 
-LAYER, N_ROWS, N_FEATURES = 10, 32, 50
+LAYER, N_ROWS, N_FEATURES = 10, sized(32, 4), 50
 
 
 @torch.no_grad()
@@ -61,8 +61,14 @@ def main() -> None:
     model, _, rows, sae = setup(N_ROWS, LAYER)
     features = list(range(N_FEATURES))
     holistic_activations(model, sae, rows[:2], features)  # warm-up
-    ref, t_paper = timed(paper_holistic, model, sae, rows, features)
-    ours, t_ours = timed(holistic_activations, model, sae, rows, features, 16)
+    with LayerPasses(model) as paper_work:
+        ref, t_paper = timed(paper_holistic, model, sae, rows, features)
+    with LayerPasses(model) as our_work:
+        ours, t_ours = timed(holistic_activations, model, sae, rows, features, 16)
+    # the baseline did the paper's work: the stored pass, then one pass per dropped position, all
+    # rows through every layer and the LM head
+    passes = N_ROWS * rows.shape[1]  # N stored + N x (T - 1) dropped
+    assert paper_work.work() == {"rows_x_layers": passes * len(decoder_layers(model)), "rows_through_lm_head": passes}
     naive = holistic_activations_naive(model, sae, rows[:2], features)
     preset = get_preset("embedded-large")  # 32-token rows, as the published numbers
     paper_rows = preset.n_rows
@@ -83,6 +89,7 @@ def main() -> None:
             "our_rows": our_rows,
             "seconds_paper": round(t_paper, 2),
             "seconds_ours": round(t_ours, 2),
+            "work": {"paper": paper_work.work(), "ours": our_work.work()},
         },
     )
 

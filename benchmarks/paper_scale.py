@@ -7,7 +7,7 @@
    from the same records (built once per home beforehand, not timed).
 2. Simulator tokens: what the paper code's tree loop (paper-method.md 4.6-4.7, 5.5) would run for
    the very tree nodes our search scored, against what ours ran (its per-call rule cache).
-3. Peak RSS of `sae_activations` for 10k and 100k rows over every layer of the stand-in (a child
+3. Peak RSS of `sae_activations` for 5k and 50k rows over the first --rss-layers layers of the stand-in (a child
    process each), streamed to disk as the asset does, and held in memory as before.
 
     python -m benchmarks.paper_scale [--layers L00,L06] [--features 0,1,2,3] [--rss-layers 42]
@@ -25,11 +25,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks._common import report
+from benchmarks._common import report, sized
 from featureinterp_assets.resources import LOAD_LINE
 
 CONDITIONS = ("one_shot", "tree")
-RSS_ROWS = (10_000, 100_000)
+RSS_ROWS = (sized(5_000, 200), sized(50_000, 2_000))
 PAPER_SIMULATOR_BATCH = 2
 """The paper's simulator batch (paper-method.md 9): its padded chunks are counted at this size."""
 
@@ -197,10 +197,13 @@ def main() -> None:
     slice_args = ["--layers", args.layers, "--features", args.features]
     keys = [f"F{int(f):04d}|{layer}" for layer in args.layers.split(",") for f in args.features.split(",")]
     selection = ",".join(f"{kind}/{c}" for c in CONDITIONS for kind in ("explanations", "scores"))
+    phases: dict[str, float] = {}  # where the benchmark's own time goes (goal: under 10 minutes)
+    clock = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         old, new = Path(tmp) / "per_partition", Path(tmp) / "one_process"
         for root in (old, new):  # shared upstream: tokens, SAEs, activations, embeddings, records
             _cli(_env(root, models), *slice_args, "--no-explain")
+        phases["upstream"] = time.perf_counter() - clock
 
         # per-partition way: a process per (layer, feature) run, as a UI backfill launches them
         from featureinterp_assets.standin_server import start_standin
@@ -227,11 +230,13 @@ def main() -> None:
         loads_old, loads_new = _loads(old / "dagster"), _loads(new / "dagster")
         os.environ.update({k: v for k, v in _env(new, models).items() if k.startswith("FEATUREINTERP")})
         per_feature, paper_tokens, our_tokens = _token_counts(new, keys)
+        phases["explain_both_ways"] = time.perf_counter() - clock - phases["upstream"]
         rss_env = _env(new, models)  # the stand-in files built above
         rss = {
             way: [_rss(rows, args.rss_layers, way == "streamed", rss_env) for rows in RSS_ROWS]
             for way in ("streamed", "in_memory")
         }
+    phases["rss"] = time.perf_counter() - clock - phases["upstream"] - phases["explain_both_ways"]
     growth = {way: round(r[1]["peak_mib"] / r[0]["peak_mib"], 2) for way, r in rss.items()}
     explain_old = {k: v for k, v in loads_old.items() if k != "subject"}
     explain_new = {k: v for k, v in loads_new.items() if k != "subject"}
@@ -258,6 +263,7 @@ def main() -> None:
             "explain_stage_loads_one_process": explain_new,
             "seconds_per_partition_way": round(t_old, 1),
             "seconds_one_process": round(t_new, 1),
+            "benchmark_phases_s": {k: round(v, 1) for k, v in phases.items()},
         },
     )
 

@@ -66,7 +66,8 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench-scorers-")
     texts = ["".join(t[1:]) for t in tokens]  # rows without BOS, as corpus_embeddings stores them
     index, _ = CorpusIndex.build(tmp, "rows", texts, lambda chunk: embed_texts(embedder, chunk))
-    backend = LocalChatBackend(model, tok, name=preset.model.name)
+    # each LLM scorer its own backend: no prompt prefix one stored is reused by the other
+    backends = {s: LocalChatBackend(model, tok, name=preset.model.name) for s in ("detection", "fuzzing")}
     simulator = LocalSimulator(model, tok, prompt_for(preset.explain.simulator_prompt), batch_size=8)
     config = JudgeConfig(batch_size=preset.explain.scorer_batch)
 
@@ -81,7 +82,7 @@ def main() -> None:
             for scorer in ("detection", "fuzzing"):
                 start = time.perf_counter()
                 seed = scorer_seed(0, preset.name, kind, scorer, -1, f)
-                out = judge_feature(scorer, backend, expl.to_record(), frame, config, seed)
+                out = judge_feature(scorer, backends[scorer], expl.to_record(), frame, config, seed)
                 seconds[scorer] += time.perf_counter() - start
                 scores[scorer][(f, kind)] = out["score"]
             start = time.perf_counter()
@@ -108,6 +109,13 @@ def main() -> None:
             "spearman_with_simulation": None if not np.isfinite(rho) else round(rho, 3),
             "pairs": pairs,
         }
+    checks["work"] = {
+        "simulation": {"simulator_forward_tokens": simulator.forward_tokens},
+        **{
+            s: {k: b.usage.snapshot()[k] for k in ("requests", "prompt_tokens", "prefill_tokens", "completion_tokens")}
+            for s, b in backends.items()
+        },
+    }
     checks["best_separator"] = max(SCORERS, key=lambda s: (separation[s], checks[s]["mean_margin_true_minus_wrong"] or 0))
     ratio = (seconds["simulation"] / n) / max(seconds["embedding"] / n, 1e-9)
     report("scorers", {"cost_ratio": round(ratio, 1)}, checks)
