@@ -194,11 +194,15 @@ def request_modes(completions: Sequence[dict[str, Any]]) -> dict[str, int]:
     """How many completion records (``Completion`` fields as dicts) each request mode produced,
     keyed ``"response_format=json_object, n=separate, seed=sent"``: after a server made the API
     backend fall back, the metadata shows which constraint each explanation was sampled under.
-    Local completions (no mode) count as ``"local"``."""
+    Local completions (no mode) count as ``"local"``; a request that got no reply at all (it
+    failed: ``completion_record`` of ``None``) as ``"no reply"``, never as a mode it was not sent in."""
     counts: dict[str, int] = {}
     for c in completions:
         mode = c.get("mode")
-        key = "local" if not mode else ", ".join(f"{k}={v}" for k, v in mode.items() if v is not None)
+        if mode:
+            key = ", ".join(f"{k}={v}" for k, v in mode.items() if v is not None)
+        else:
+            key = "no reply" if c.get("error") and not c.get("text") else "local"
         counts[key] = counts.get(key, 0) + 1
     return counts
 

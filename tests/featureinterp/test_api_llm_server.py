@@ -161,7 +161,10 @@ def test_dagster_explains_and_scores_through_the_real_server(real_server, model_
     for event in result.get_asset_materialization_events():
         if event.asset_key.path[0] == "explanations":
             modes = event.materialization.metadata["request_modes"].value
-            assert modes and all("response_format=json_schema" in m for m in modes), modes
+            # every answered request was sent with the schema (a request that failed, e.g. a timeout
+            # on a loaded machine, is counted as "no reply", not as a mode)
+            answered = {m: n for m, n in modes.items() if m != "no reply"}
+            assert answered and all("response_format=json_schema" in m for m in answered), modes
     storage = home / "storage" / loaded.name
     for condition in ("one_shot", "tree"):
         value = json.loads(

@@ -62,3 +62,6 @@ def test_request_modes_counts_completions_per_mode():
     counts = request_modes([{"mode": fallback}, {"mode": fallback}, {"mode": None}, {}])
     assert counts == {"response_format=json_object, n=separate": 2, "local": 2}
     assert request_modes([]) == {}
+    # a request that failed has no mode: it is "no reply", not a local completion
+    failed = {"text": "", "mode": None, "error": "timed out after 120 s"}
+    assert request_modes([failed, {"mode": fallback}]) == {"no reply": 1, next(iter(counts)): 1}
