@@ -132,9 +132,8 @@ def figure_conditions(
     Figure 4 its 2 x 4 cells; Figure 5 its rule caps."""
     present = tuple(present)
     if figure == "fig3":
-        done = None if scored is None else set(scored)
         own = tuple(c for c in FIG3_CONDITIONS if c in present)
-        if done is not None and not done & set(own):
+        if scored is not None and not set(scored) & set(own):
             own = ()
         return own or tuple(c for c in ("one_shot", "tree") if c in present)
     wanted = {"fig4": FIG4_CONDITIONS, "fig5": FIG5_CONDITIONS}.get(figure)
