@@ -11,10 +11,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
 
-from featureinterp.config import get_preset, models_dir
-from featureinterp.corpus import build_tokens
-from featureinterp.models import load_subject_model
-from featureinterp.sae import LoadedSae
+from featureinterp.activations.models import load_subject_model
+from featureinterp.activations.sae import LoadedSae
+from featureinterp.config import models_dir
+from featureinterp.data.corpus import build_tokens
+from featureinterp.presets import get_preset
 
 QUICK_ENV = "FEATUREINTERP_BENCH_QUICK"
 """Set (to 1) by ``python -m benchmarks --quick``: each benchmark shrinks to a size that only
@@ -87,7 +88,7 @@ class LayerPasses:
     so the printed work says whether a side stopped early or computed logits."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        from featureinterp.models import decoder_layers
+        from featureinterp.activations.models import decoder_layers
 
         self.model, self.blocks = model, decoder_layers(model)
         self.layer_rows = self.head_rows = 0

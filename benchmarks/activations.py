@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from benchmarks._common import LayerPasses, cache_all_hooks, report, setup, sized, timed
-from featureinterp.activations import sae_activations
-from featureinterp.models import decoder_layers
+from featureinterp.activations.latents import sae_activations
+from featureinterp.activations.models import decoder_layers
 
 LAYER, N_ROWS, N_FEATURES = 15, sized(384, 32), 50  # a middle layer of SmolLM2's 30
 

@@ -40,10 +40,10 @@ from pathlib import Path
 
 from benchmarks._common import report
 from benchmarks._servers import FaultProxy, transformers_serve
-from featureinterp.config import ApiSpec, feature_key, get_preset, models_dir
-from featureinterp.explanations import ParseError, parse_structured
-from featureinterp.preset_files import dump_preset
-from featureinterp.replies import parse_child_reply
+from featureinterp.config import ApiSpec, feature_key, models_dir
+from featureinterp.explanations.rules import ParseError, parse_child_reply, parse_structured
+from featureinterp.presets import get_preset
+from featureinterp.presets.files import dump_preset
 
 BIN = Path(sys.executable).parent
 KEY_ENV = "FEATUREINTERP_BENCH_EXPLAINER_KEY"
@@ -110,7 +110,7 @@ def main() -> None:
     base = get_preset("embedded-tiny")
     model_dir = models_dir() / "SmolLM2-135M-Instruct"
     if not model_dir.exists():
-        from featureinterp.models import load_subject_model
+        from featureinterp.activations.models import load_subject_model
 
         load_subject_model(base.model, models_dir(), device="cpu")
     env = {

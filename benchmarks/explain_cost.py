@@ -8,20 +8,20 @@ records and rate their rules' complexity.
 - *old* (the code before prefix reuse and speculative decoding): every prompt is prefilled from
   its first token, one token is decoded per pass, and rule simulations are cached within one
   explain call only (``memo_size=0``).
-- *new*: the local backend decodes a single sample speculatively (``featureinterp.speculative``:
+- *new*: the local backend decodes a single sample speculatively (``featureinterp.llm.speculative``:
   drafts from the reply's grammar and from the prompt, verified in one pass), reuses stored
   prompt prefixes (``kv_cache.PrefixStore``: the system message and few-shot examples across
   features, a tree node's conversation for its children, the complexity header across rules),
   and the simulator memoizes (rule, record) values across conditions, tree nodes and scoring.
 
-Records: real corpus rows with synthetic features (featureinterp.synthetic) as activations, split
+Records: real corpus rows with synthetic features (featureinterp.simulate.synthetic) as activations, split
 as the records asset splits them (positives by strength; complementary rows drawn at random).
 
 Precision: the old way runs in float32 (what the code did before). The new way runs twice: in
 float32, where the levers alone must give identical explanations and scores at temperature 0
 (``exact_speedup``, check ``identical_at_temperature_0``), and in the dtype the embedded preset
 resolves to here (``auto``: bfloat16 on a CPU with native bfloat16, see
-``featureinterp.models.native_bf16``), which is how the embedded default runs
+``featureinterp.activations.models.native_bf16``), which is how the embedded default runs
 (``explain_speedup``, goal >= 3; checks: how many explanations came out the same and the largest
 score difference against the old way). Checks also give forward tokens per explanation.
 
@@ -38,16 +38,18 @@ import time
 import numpy as np
 
 from benchmarks._common import report
-from featureinterp.complexity import ComplexityAnalyzer
-from featureinterp.config import get_preset, models_dir
-from featureinterp.corpus import build_tokens, decode_tokens
-from featureinterp.experiments import evaluate, feature_records, get_condition
+from featureinterp.activations.models import load_subject_model, resolve_dtype
+from featureinterp.config import models_dir
+from featureinterp.data.corpus import build_tokens, decode_tokens
 from featureinterp.explain import explain
-from featureinterp.local_llm import LocalChatBackend
-from featureinterp.models import load_subject_model, resolve_dtype
-from featureinterp.records import COMPLEMENTARY_SOURCES
-from featureinterp.simulator import LocalSimulator, prompt_for
-from featureinterp.synthetic import synthetic_activations
+from featureinterp.explain.complexity import ComplexityAnalyzer
+from featureinterp.explain.conditions import feature_records, get_condition
+from featureinterp.llm.local import LocalChatBackend
+from featureinterp.presets import get_preset
+from featureinterp.records.sources import COMPLEMENTARY_SOURCES
+from featureinterp.simulate.evaluate import evaluate
+from featureinterp.simulate.simulator import LocalSimulator, prompt_for
+from featureinterp.simulate.synthetic import synthetic_activations
 
 CONDITIONS = ("one_shot", "tree")
 

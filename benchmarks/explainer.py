@@ -34,8 +34,8 @@ import time
 import numpy as np
 
 from benchmarks._common import quick, report, setup, sized, timed
-from featureinterp.activations import sae_activations
-from featureinterp.corpus import decode_tokens
+from featureinterp.activations.latents import sae_activations
+from featureinterp.data.corpus import decode_tokens
 from featureinterp.explain import (
     ExplainerConfig,
     child_schema,
@@ -46,19 +46,19 @@ from featureinterp.explain import (
     one_shot_seed,
     root_messages,
 )
-from featureinterp.explanations import (
+from featureinterp.explanations.rules import (
     ParseError,
     Rule,
     explanation_schema,
+    parse_child_reply,
     parse_explanation,
     parse_structured,
 )
-from featureinterp.formatting import quantize
-from featureinterp.llm import ChatBackend, Completion, GenerationParams, Usage, assistant, user
-from featureinterp.records import FeatureRecords, Record
-from featureinterp.replies import parse_child_reply
-from featureinterp.scoring import score
-from featureinterp.simulator import LocalSimulator
+from featureinterp.llm.backend import ChatBackend, Completion, GenerationParams, Usage, assistant, user
+from featureinterp.records.formatting import quantize
+from featureinterp.records.sources import FeatureRecords, Record
+from featureinterp.simulate.scoring import score
+from featureinterp.simulate.simulator import LocalSimulator
 
 LAYER, N_ROWS, N_CANDIDATES, N_FEATURES, PER_SPLIT, WINDOW = 5, 256, 256, sized(2, 1), sized(6, 3), 16
 LATENCY_S = 0.05 if quick() else 0.5

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from benchmarks._common import LayerPasses, cache_all_hooks, report, setup, sized, timed
-from featureinterp.config import get_preset
-from featureinterp.holistic import holistic_activations, holistic_activations_naive
-from featureinterp.models import decoder_layers
+from featureinterp.activations.holistic import holistic_activations, holistic_activations_naive
+from featureinterp.activations.models import decoder_layers
+from featureinterp.presets import get_preset
 
 LAYER, N_ROWS, N_FEATURES = 10, sized(32, 4), 50
 

@@ -43,11 +43,12 @@ def _rss_child(rows: int, layers: int, streamed: bool, root: Path) -> None:
     import numpy as np
     import torch
 
-    from featureinterp.activations import sae_activations
-    from featureinterp.config import ModelSpec, get_preset, models_dir
-    from featureinterp.models import load_subject_model
-    from featureinterp.sae import load_layer_sae
-    from featureinterp.standin import build_standin
+    from featureinterp.activations.latents import sae_activations
+    from featureinterp.activations.models import load_subject_model
+    from featureinterp.activations.sae import load_layer_sae
+    from featureinterp.config import ModelSpec, models_dir
+    from featureinterp.presets import get_preset
+    from featureinterp.presets.standin import build_standin
 
     torch.set_num_threads(2)
     dirs = build_standin("gemma-2-9b")
@@ -88,13 +89,14 @@ def _rss(rows: int, layers: int, streamed: bool, env: dict[str, str]) -> dict:
 def _token_counts(root: Path, keys: list[str]) -> tuple[dict, int, int]:
     """Per-condition mean simulator / explainer tokens per feature, and the tree's simulator
     tokens: the paper loop's for our nodes, and ours."""
-    from featureinterp.config import ModelSpec, get_preset, models_dir
-    from featureinterp.experiments import feature_records, get_condition
-    from featureinterp.explanations import Explanation
-    from featureinterp.models import load_subject_model
+    from featureinterp.activations.models import load_subject_model
+    from featureinterp.config import ModelSpec, models_dir
+    from featureinterp.explain.conditions import feature_records, get_condition
+    from featureinterp.explanations.rules import Explanation
     from featureinterp.plan import paper_tree_tokens
-    from featureinterp.simulator import LocalSimulator, prompt_for
-    from featureinterp.standin import build_standin
+    from featureinterp.presets import get_preset
+    from featureinterp.presets.standin import build_standin
+    from featureinterp.simulate.simulator import LocalSimulator, prompt_for
     from featureinterp_assets.io_managers import StorageIOManager
 
     preset = get_preset("gemma-2-9b-standin")

@@ -1,7 +1,7 @@
 """Precision of the embedded LLM roles: SmolLM2-135M-Instruct in bfloat16 vs float32 on the CPU.
 
 The embedded default's model dtype is ``auto``: bfloat16 where the CPU computes it natively
-(``featureinterp.models.native_bf16``), which runs a prompt ~2.8x faster than float32 but changes
+(``featureinterp.activations.models.native_bf16``), which runs a prompt ~2.8x faster than float32 but changes
 the numbers. ``benchmarks.explain_cost`` measures what that buys for explanations (and whether
 they stay the same); this benchmark measures what it costs in simulation quality, on the same
 records: ``benchmarks.simulator_choice``'s discrimination on the synthetic features (the true
@@ -24,9 +24,10 @@ import torch
 
 from benchmarks import simulator_choice
 from benchmarks._common import report
-from featureinterp.config import get_preset, models_dir
-from featureinterp.corpus import build_tokens, decode_tokens
-from featureinterp.models import load_subject_model, native_bf16
+from featureinterp.activations.models import load_subject_model, native_bf16
+from featureinterp.config import models_dir
+from featureinterp.data.corpus import build_tokens, decode_tokens
+from featureinterp.presets import get_preset
 
 
 def main() -> None:

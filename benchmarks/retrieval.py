@@ -43,7 +43,7 @@ from collections.abc import Callable
 import numpy as np
 
 from benchmarks._common import report
-from featureinterp.retrieval import CorpusIndex, mean_direction
+from featureinterp.retrieval.index import CorpusIndex, mean_direction
 
 DIM, K, DEPTH = 384, 30, 150
 DEEPENING = [150 * 2**i for i in range(10)]  # records.select_rows: 150, 300, ..., 76,800
@@ -216,11 +216,11 @@ def paper_scale(rows: int, n_queries: int) -> tuple[dict, dict]:
 def embedded_corpus() -> tuple[dict, dict]:
     """The real 20k-row embedded corpus: our global search vs the paper's prefix scan."""
     from benchmarks._common import setup
-    from featureinterp.activations import sae_activations
+    from featureinterp.activations.latents import sae_activations
     from featureinterp.config import data_home
-    from featureinterp.corpus import decode_rows, tokens_hash
-    from featureinterp.records import RecordParams, _similar_pair
-    from featureinterp.retrieval import embed_texts, load_embedder, prefix_scan_order, table_name
+    from featureinterp.data.corpus import decode_rows, tokens_hash
+    from featureinterp.records.sources import RecordParams, _similar_pair
+    from featureinterp.retrieval.index import embed_texts, load_embedder, prefix_scan_order, table_name
 
     n_feature_rows, n_features, layer = 4000, 64, 5
     model, tok, rows, sae = setup(20_000, layer)

@@ -1,7 +1,7 @@
 """Scorers: what each secondary score costs next to simulation, and which one tells a true rule
 from a wrong one on the synthetic features.
 
-Records: real embedded-corpus rows with the synthetic features (featureinterp.synthetic) as
+Records: real embedded-corpus rows with the synthetic features (featureinterp.simulate.synthetic) as
 activations, split as in benchmarks.explain_cost. Every synthetic feature is scored with its true
 rule and with another feature's rule (``synthetic.wrong_explanation``) by
 
@@ -29,17 +29,18 @@ import numpy as np
 
 from benchmarks._common import report
 from benchmarks.explain_cost import _frame
-from featureinterp.baselines import free_text
-from featureinterp.config import get_preset, models_dir
-from featureinterp.corpus import build_tokens, decode_tokens
-from featureinterp.experiments import evaluate
-from featureinterp.local_llm import LocalChatBackend
-from featureinterp.models import load_subject_model
-from featureinterp.retrieval import CorpusIndex, embed_texts, load_embedder
-from featureinterp.scorers import JudgeConfig, scorer_seed, spearman
-from featureinterp.scorers.feature import embed_feature, judge_feature
-from featureinterp.simulator import LocalSimulator, prompt_for
-from featureinterp.synthetic import SYNTHETIC_FEATURES, synthetic_activations, wrong_explanation
+from featureinterp.activations.models import load_subject_model
+from featureinterp.config import models_dir
+from featureinterp.data.corpus import build_tokens, decode_tokens
+from featureinterp.llm.local import LocalChatBackend
+from featureinterp.presets import get_preset
+from featureinterp.retrieval.index import CorpusIndex, embed_texts, load_embedder
+from featureinterp.simulate.baselines import free_text
+from featureinterp.simulate.evaluate import evaluate
+from featureinterp.simulate.scorers import JudgeConfig, scorer_seed, spearman
+from featureinterp.simulate.scorers.feature import embed_feature, judge_feature
+from featureinterp.simulate.simulator import LocalSimulator, prompt_for
+from featureinterp.simulate.synthetic import SYNTHETIC_FEATURES, synthetic_activations, wrong_explanation
 
 SCORERS = ("simulation", "detection", "fuzzing", "embedding")
 

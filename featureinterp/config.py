@@ -1,4 +1,5 @@
-"""Presets: one frozen config object per experiment set-up.
+"""Presets: one frozen config object per experiment set-up (the types; the catalogue and the
+resolver ``get_preset`` are in ``featureinterp.presets``).
 
 A preset names everything a run depends on (subject model, layers, where each layer's SAE comes
 from, corpus, row count, sequence length, studied features, seeds). `embedded` runs offline on a
@@ -30,7 +31,6 @@ __all__ = [
     "ScoreSettings",
     "data_home",
     "feature_key",
-    "get_preset",
     "layer_key",
     "models_dir",
     "parse_feature_key",
@@ -42,7 +42,7 @@ STANDIN_SUFFIX = "-standin"
 FAITHFUL_SUFFIX = "-faithful"
 """``<preset>-faithful``: the preset with ``faithful=True`` under its own name (own storage and
 partitions), so the size of each fix is the difference between the two presets' scores."""
-"""``gemma-2-9b-standin``: the CPU stand-in of preset ``gemma-2-9b`` (featureinterp.standin)."""
+"""``gemma-2-9b-standin``: the CPU stand-in of preset ``gemma-2-9b`` (featureinterp.presets.standin)."""
 HOME_ENV = "FEATUREINTERP_HOME"
 MODELS_ENV = "FEATUREINTERP_MODELS"
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class ExplainSettings:
     explainer: ModelSpec | ApiSpec | None = None
     """None: the simulator model as a local explainer with grammar-constrained JSON."""
     conditions: tuple[str, ...] = ("one_shot", "tree")
-    """Experiment conditions (names in featureinterp.experiments.CONDITIONS) with explanation assets."""
+    """Experiment conditions (names in featureinterp.explain.conditions.CONDITIONS) with explanation assets."""
     temperature: float = 1.0
     """One-shot (and tree-root) sampling temperature (the paper: 1.0)."""
     tree_temperature: float = 1.2
@@ -152,17 +152,17 @@ class ExplainSettings:
     free_text_first_line: bool = False
     """Keep only the first line of a free-text explanation (the paper keeps the whole reply)."""
     synthetic: bool = True
-    """Add the synthetic ground-truth features as layer ``SYN`` (featureinterp.synthetic)."""
+    """Add the synthetic ground-truth features as layer ``SYN`` (featureinterp.simulate.synthetic)."""
     synthetic_conditions: tuple[str, ...] | None = None
     """Conditions run on the ``SYN`` features (the calibration figure compares them); None:
     every condition. A budget lever: the synthetic rules calibrate the simulator and the
     explainer methods, not each prompt variant."""
     secondary_conditions: tuple[str, ...] | None = None
     """Conditions whose explanations also get the LLM detection and fuzzing scores
-    (featureinterp.scorers); None: the ones Figure 3 compares (its ``fig3_*`` runs, else the
+    (featureinterp.simulate.scorers); None: the ones Figure 3 compares (its ``fig3_*`` runs, else the
     structured one-shot and tree). Every condition gets the embedding score (no LLM)."""
     scorer_batch: int = 10
-    """Records per detection / fuzzing request (featureinterp.scorers.judge.JudgeConfig)."""
+    """Records per detection / fuzzing request (featureinterp.simulate.scorers.judge.JudgeConfig)."""
     features_at_once: int = 4
     """Features of a run explained concurrently when the explainer is an API (their requests
     overlap while the local simulator, one pass at a time, scores the others); 1 with a local
@@ -177,7 +177,7 @@ class ScoreSettings:
 
     metrics: Literal["paper", "rescaled"] = "paper"
     """``paper``: the paper's correlation NaN rule and its raw R-squared / absolute deviation
-    explained; ``rescaled``: ours (featureinterp.scoring)."""
+    explained; ``rescaled``: ours (featureinterp.simulate.scoring)."""
     fp_quiet: Literal["absolute", "relative"] = "absolute"
     """Which complementary tokens count as quiet (a prediction above ``fp_predicted_above`` on
     them is a false positive). ``absolute``: raw activation below ``fp_quiet_below`` (the paper:
@@ -399,31 +399,6 @@ def parse_feature_key(key: str) -> int:
     if len(key) < 2 or key[0] != "F" or not key[1:].isdigit():
         raise ConfigError(f"bad feature key {key!r}: expected 'F' followed by digits, e.g. 'F0007'")
     return int(key[1:])
-
-
-def get_preset(name: str | None = None) -> Preset:
-    """The preset called ``name`` (a built-in name, ``<name>-faithful``, ``<name>-standin`` or the
-    path of a preset file), else the one $FEATUREINTERP_PRESET names, else ``embedded``."""
-    name = name or os.environ.get(PRESET_ENV) or "embedded"
-    from featureinterp.preset_files import is_preset_file, load_preset_file
-    from featureinterp.presets import PRESETS
-
-    if is_preset_file(name):  # a user's preset file (TOML, YAML or JSON)
-        return load_preset_file(name)
-    if name.endswith(FAITHFUL_SUFFIX):  # the paper code's behaviour, stored apart to compare with
-        return get_preset(name.removesuffix(FAITHFUL_SUFFIX)).replace(name=name, faithful=True)
-    base = name.removesuffix(STANDIN_SUFFIX)
-    if base != name and base in PRESETS:
-        from featureinterp.standin import standin_preset  # a paper preset's CPU stand-in
-
-        return standin_preset(base)
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown preset {name!r} (from {'$' + PRESET_ENV if os.environ.get(PRESET_ENV) == name else 'argument'}); "
-            f"choose one of: {', '.join(sorted(PRESETS))}, or the path of a preset file (.toml, .yaml, .json)"
-        ) from None
 
 
 def models_dir() -> Path:

@@ -34,7 +34,7 @@ import polars as pl
 
 from featureinterp import __version__
 from featureinterp.config import Preset, parse_layer_key
-from featureinterp.explanations import Explanation
+from featureinterp.explanations.rules import Explanation
 from featureinterp.storage import atomic_write
 
 __all__ = [
@@ -83,7 +83,7 @@ SCORERS = ("detection", "fuzzing", "embedding")
 
 def preset_hash(preset: Preset) -> str:
     """16 hex digits of the resolved preset's JSON: two exports with the same hash ran the same set-up."""
-    from featureinterp.preset_files import preset_to_json
+    from featureinterp.presets.files import preset_to_json
 
     return hashlib.sha256(preset_to_json(preset).encode()).hexdigest()[:16]
 

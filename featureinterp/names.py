@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 SYNTHETIC_LAYER = -1
-"""Layer index of the synthetic ground-truth features (featureinterp/synthetic.py)."""
+"""Layer index of the synthetic ground-truth features (featureinterp/simulate/synthetic.py)."""
 SYNTHETIC_KEY = "SYN"
 """Layer partition key of the synthetic features (``layer_key(SYNTHETIC_LAYER)``)."""
 
@@ -39,7 +39,7 @@ COMPLEMENTARY_SOURCES = (
     "similar_projected",
     "similar_negative_projected",
 )
-"""Complementary record sources (featureinterp/records.py), in the documented order (Figure 3's
+"""Complementary record sources (featureinterp/records/sources.py), in the documented order (Figure 3's
 legend order); ``*_negative*`` = non-activating records only."""
 NEGATIVE_SOURCES = ("random_negative", "similar_negative", "similar_negative_projected")
 """The complementary sources restricted to non-activating records."""

@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from featureinterp.config import ApiSpec, Preset
-from featureinterp.experiments import get_condition
-from featureinterp.figure_grids import condition_scope
+from featureinterp.explain.conditions import get_condition
 from featureinterp.names import SYNTHETIC_KEY
+from featureinterp.presets.scope import PresetScope
 
 __all__ = [
     "GpuSpec",
@@ -197,15 +197,13 @@ def plan_preset(
     runs it (False: ``--whole-grid``, every condition everywhere)."""
     gpu = gpu or GpuSpec()
     conditions = list(preset.explain.conditions)
-    conds = [get_condition(c) for c in conditions]
     n_layers, n_feat = len(preset.layer_keys), len(preset.features)
     lf = n_layers * n_feat
-    every = {f"{f}|{layer}" for layer in preset.layer_keys for f in preset.feature_keys}
-    # a condition of a paper figure runs on that figure's partitions only (condition_scope)
-    scope = {c: every & keys for c, keys in condition_scope(preset).items()} if scoped else {}
-    counts = {c: len(scope.get(c, every)) for c in conditions}
-    explained = set().union(*(scope.get(c, every) for c in conditions)) if conditions else set()
-    holistic_keys = set().union(*(scope.get(c.name, every) for c in conds if c.holistic))
+    # a condition of a paper figure runs on that figure's partitions only (PresetScope)
+    scope = PresetScope.of(preset, whole_grid=not scoped)
+    counts = {c: len(scope.by_condition[c]) for c in conditions}
+    explained = set().union(*scope.by_condition.values())
+    holistic_keys = scope.holistic
     holistic = bool(holistic_keys)
     partitions = {
         "corpus_tokens": 1,
@@ -250,7 +248,7 @@ def plan_preset(
         # the baseline: a run (and a process) per explained (layer, feature) partition
         "a run per partition": per_run(len(explained), len(explained)),
     }
-    measured = measured_costs(readers, sorted(every), conditions)
+    measured = measured_costs(readers, sorted(scope.every), conditions)
     explainer: dict = {}
     if isinstance(preset.explain.explainer, ApiSpec) and measured:
         api = preset.explain.explainer
@@ -354,7 +352,7 @@ def paper_grid(preset: Preset) -> Preset:
     ``round(linspace(0, L-1, 8))`` of the model and features 0..29, without synthetic features."""
     import dataclasses
 
-    from featureinterp.figure_grids import paper_layers
+    from featureinterp.figures.grids import paper_layers
 
     return preset.replace(
         layers=paper_layers(max(preset.layers) + 1),
@@ -366,10 +364,10 @@ def paper_grid(preset: Preset) -> Preset:
 def figure_plans(
     preset: Preset, readers: Sequence[Stored] = (), gpu: GpuSpec | None = None
 ) -> dict[str, dict]:
-    """Each paper figure's grid (featureinterp.figure_grids) with what that grid alone costs."""
+    """Each paper figure's grid (featureinterp.figures.grids) with what that grid alone costs."""
     import dataclasses
 
-    from featureinterp.figure_grids import figure_grids
+    from featureinterp.figures.grids import figure_grids
 
     out = {}
     for name, grid in figure_grids(preset).items():

@@ -72,7 +72,7 @@ def parse_layers(text: str) -> list[str]:
 
 def parse_conditions(text: str) -> list[str]:
     """``--conditions one_shot,tree`` as known condition names."""
-    from featureinterp.experiments import CONDITIONS
+    from featureinterp.explain.conditions import CONDITIONS
 
     names = split_items("--conditions", text, "one_shot,tree")
     unknown = [name for name in names if name not in CONDITIONS]
@@ -94,8 +94,8 @@ def preflight(preset: Preset, *, api: bool = True, hub: bool = True) -> None:
     width may be read through sae-lens (a config file, no weights; costs sae-lens's import), as
     a run does anyway; `featureinterp plan` passes False and reads local files only.
     """
-    from featureinterp.models import check_layer_range, local_config
-    from featureinterp.sae import check_features
+    from featureinterp.activations.models import check_layer_range, local_config
+    from featureinterp.activations.sae import check_features
 
     config = local_config(preset.model, models_dir())
     text = config.get_text_config(decoder=True) if config is not None else None
@@ -113,7 +113,7 @@ def preflight(preset: Preset, *, api: bool = True, hub: bool = True) -> None:
 
 def _sae_widths(preset: Preset, d_model: int | None, hub: bool) -> Iterator[tuple[int, int, str]]:
     """(layer, SAE width, where the width comes from) for every layer whose width is known here."""
-    from featureinterp.sae import disk_sae_width, released_width
+    from featureinterp.activations.sae import disk_sae_width, released_width
 
     spec = preset.sae
     for layer in preset.layers:

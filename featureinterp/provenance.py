@@ -122,7 +122,7 @@ def asset_fingerprint(preset: Preset, asset_path: list[str] | tuple[str, ...]) -
     """The fingerprint of one asset (its key's path: ``["scores", "tree"]``): its stage's, and
     for a condition that prompts with holistic values also the holistic stage's, so a changed
     holistic scale reaches those conditions only."""
-    from featureinterp.experiments import get_condition
+    from featureinterp.explain.conditions import get_condition
 
     prints = fingerprints(preset)
     head = asset_path[0]

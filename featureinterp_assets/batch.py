@@ -35,7 +35,7 @@ from typing import Any
 import dagster as dg
 
 from featureinterp.errors import CorruptFileError
-from featureinterp.memory import release_free_memory
+from featureinterp.llm.memory import release_free_memory
 from featureinterp_assets.io_managers import StorageIOManager
 
 BATCH_POLICY = dg.BackfillPolicy.single_run()

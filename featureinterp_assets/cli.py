@@ -21,13 +21,13 @@ from typing import cast
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from featureinterp.config import PRESET_ENV, Preset, feature_key, get_preset, models_dir
+from featureinterp.activations.models import load_tokenizer
+from featureinterp.config import PRESET_ENV, Preset, feature_key, models_dir
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
-from featureinterp.figure_grids import figure_cells
-from featureinterp.memory import release_free_memory
-from featureinterp.models import load_tokenizer
+from featureinterp.llm.memory import release_free_memory
 from featureinterp.names import SYNTHETIC_KEY
-from featureinterp.scorers import secondary_conditions
+from featureinterp.presets import get_preset
+from featureinterp.presets.scope import PresetScope
 from featureinterp_assets.eta import RunEta, block_seconds, estimate, stage_kind, stage_speedup
 from featureinterp_assets.freshness import (
     Freshness,
@@ -38,9 +38,10 @@ from featureinterp_assets.freshness import (
     sweep_dead_runs,
     with_conditions,
 )
-from featureinterp_assets.outcome import fail, failures, not_drawn, step_error, where_to_look
-from featureinterp_assets.partitions import asset_scope, missing_blocks, range_tags
+from featureinterp_assets.outcome import fail, failures, step_error, where_to_look
+from featureinterp_assets.partitions import missing_blocks, range_tags
 from featureinterp_assets.standin_server import start_standin
+from featureinterp_assets.summaries import rebuild_summaries
 
 PRESET_MARKER = "featureinterp_preset"
 """File in $DAGSTER_HOME naming the preset whose runs the instance holds."""
@@ -163,7 +164,7 @@ def run(
             print(f"stand-in explainer server answered {server.requests} requests", flush=True)
             server.stop()
     if standin:
-        from featureinterp.standin import MEANINGLESS
+        from featureinterp.presets.standin import MEANINGLESS
 
         print(f"featureinterp: {MEANINGLESS}", flush=True)
 
@@ -172,7 +173,7 @@ def _run_lineage(
     preset: Preset, force: bool, explain: bool, conditions: list[str] | None, features: list[int] | None,
     layers: list[str] | None, whole_grid: bool = False,
 ) -> None:
-    from featureinterp.experiments import get_condition
+    from featureinterp.explain.conditions import get_condition
     from featureinterp_assets.definitions import build_definitions
     from featureinterp_assets.partitions import register_layers
 
@@ -200,7 +201,7 @@ def _run_lineage(
                 f"(its layers: {','.join(layer_keys)})"
             )
         layer_keys = list(dict.fromkeys(layers))
-    from featureinterp.preset_files import is_preset_file
+    from featureinterp.presets.files import is_preset_file
 
     if not is_preset_file(os.environ.get(PRESET_ENV, "")):  # a preset file stays named by its path
         os.environ[PRESET_ENV] = preset.name
@@ -235,13 +236,14 @@ def _run_lineage(
     need_embeddings = force or not fresh.done("corpus_embeddings", [None])
     # Holistic values cost a forward pass per (row, token) of the top records: only computed when
     # a condition of this run prompts with them (Fig. 4's structured_holistic cells).
-    scope = {} if whole_grid else asset_scope(preset)
+    covers = PresetScope.of(preset, whole_grid)
+    scope = covers.assets()
     stage = ["records"] + (
-        ["holistic_activations"] if any(get_condition(c).holistic for c in run_conditions) else []
+        ["holistic_activations"] if set(covers.holistic_conditions) & set(run_conditions) else []
     )
     assets = [f"{kind}/{c}" for c in run_conditions for kind in ("explanations", "scores")]
     scorers = [f"embedding/{c}" for c in run_conditions] + [
-        f"{s}/{c}" for c in secondary_conditions(preset) if c in run_conditions for s in ("detection", "fuzzing")
+        f"{s}/{c}" for c in covers.secondary if c in run_conditions for s in ("detection", "fuzzing")
     ]
     # the whole run's work, estimated up front, so every stage line carries an ETA
     sae_seconds = estimate("sae", preset.n_rows * len([k for k in todo if k != SYNTHETIC_KEY]))
@@ -292,52 +294,21 @@ def _run_lineage(
         )
         failed |= failed_scores
         # Summaries from everything stored, with an "n of m features" caption where cells lack.
-        failed |= _summaries(defs, fresh, preset, figures, force)
+        def build(selection: list[str], partition: str | None, units: float) -> dict[tuple[str, str | None], str]:
+            result = _run(defs, fresh.instance, selection, partition_key=partition, units=units, must_succeed=False)
+            return failures(result, {a: [partition] for a in selection})
+
+        failed |= rebuild_summaries(fresh, preset, figures, force, build)
         if failed:
             step = "explanation" if any("/" in a or a == "baselines" for a, _ in failed) else "summary"
             fail(failed, step, preset, run_conditions, conditions is not None)
     where_to_look(preset, figures if explain else [], _PROGRESS.line())
 
 
-def _summaries(
-    defs: dg.Definitions, fresh: Freshness, preset: Preset, figures: list[str], force: bool
-) -> dict[tuple[str, str | None], str]:
-    """Rebuild the layer tables, figures and exports that are behind what is stored (every layer
-    of the preset, not only this run's slice); returns what failed."""
-    instance = fresh.instance
-    per_feature = [a for a, p in fresh.partitions.items() if isinstance(p, dg.MultiPartitionsDefinition)]
-    failed: dict[tuple[str, str | None], str] = {}
-
-    def build(selection: list[str], partition: str | None, units: float) -> None:
-        result = _run(defs, instance, selection, partition_key=partition, units=units, must_succeed=False)
-        failed.update(failures(result, {a: [partition] for a in selection}))
-
-    tables = []  # layers with anything stored (a paper preset's unexplained layers draw nothing)
-    for layer in preset.layer_keys:
-        inputs: dict[str, list[str] | None] = {a: [f"{f}|{layer}" for f in preset.feature_keys] for a in per_feature}
-        if fresh.stored(inputs) or fresh.stored({"layer_results": [layer]}):
-            tables.append(layer)
-            if force or fresh.behind("layer_results", layer, inputs):
-                build(["layer_results"], layer, estimate("layer_results", 1))
-    cells = {f: {f"scores/{c}": keys for c, keys in figure_cells(preset, f).items()} for f in figures}
-    drawn = [f for f in figures if fresh.stored(cells[f])]  # the others have nothing to draw yet
-    [print(not_drawn(f, preset, cells[f]), flush=True) for f in figures if f not in drawn]
-    if drawn and (force or any(fresh.behind(f, None, {"layer_results": None}) for f in drawn)):
-        build(drawn, None, estimate("figures", len(drawn)))
-    exported = False
-    for layer in tables:
-        if force or fresh.behind("export", layer, {"layer_results": [layer]}):
-            build(["export"], layer, estimate("export", 1))
-            exported = True
-    if exported or fresh.behind("export_all", None, {"export": None}):
-        build(["export_all"], None, estimate("export", 1))
-    return failed
-
-
 def main(argv: list[str] | None = None) -> None:
-    from featureinterp.memory import limit_malloc_arenas
+    from featureinterp.llm.memory import limit_malloc_arenas
 
-    limit_malloc_arenas()  # before Dagster starts its threads (featureinterp/memory.py)
+    limit_malloc_arenas()  # before Dagster starts its threads (featureinterp/llm/memory.py)
     parser = argparse.ArgumentParser(prog="featureinterp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="materialize the main lineage of a preset")
@@ -402,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         from featureinterp.preflight import parse_conditions, parse_features, parse_layers
-        from featureinterp.preset_files import is_preset_file
+        from featureinterp.presets.files import is_preset_file
         from featureinterp_assets.cli_inspect import plan, presets, scores, simulate
 
         # flag values are parsed here, so a typo stops with one line before anything is loaded

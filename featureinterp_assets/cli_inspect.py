@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from featureinterp.config import get_preset, models_dir
+from featureinterp.config import models_dir
 from featureinterp.errors import CorruptFileError
 from featureinterp.names import SYNTHETIC_KEY
+from featureinterp.presets import get_preset
 
 if TYPE_CHECKING:
     from featureinterp.config import Preset
@@ -35,11 +36,11 @@ def storage_of(preset: Preset | str) -> StorageIOManager:
 
 def simulate(preset_name: str | None, layer: str, feature: str, text: str, structured: bool) -> None:
     """Score a hand-written explanation on one partition's stored test records."""
+    from featureinterp.activations.models import load_subject_model
     from featureinterp.config import parse_feature_key, parse_layer_key
-    from featureinterp.experiments import evaluate
-    from featureinterp.explanations import Explanation, parse_structured
-    from featureinterp.models import load_subject_model
-    from featureinterp.simulator import LocalSimulator, prompt_for
+    from featureinterp.explanations.rules import Explanation, parse_structured
+    from featureinterp.simulate.evaluate import evaluate
+    from featureinterp.simulate.simulator import LocalSimulator, prompt_for
 
     preset = get_preset(preset_name)
     parse_layer_key(layer), parse_feature_key(feature)  # clear errors for bad keys
@@ -69,8 +70,8 @@ def scores(preset_name: str | None, show_explanations: bool) -> None:
     import math
 
     from featureinterp.config import parse_feature_key
-    from featureinterp.explanations import Explanation
-    from featureinterp.synthetic import SYNTHETIC_FEATURES
+    from featureinterp.explanations.rules import Explanation
+    from featureinterp.simulate.synthetic import SYNTHETIC_FEATURES
 
     preset = get_preset(preset_name)
     storage = storage_of(preset)
@@ -125,7 +126,7 @@ def plan(
     """Print what the preset costs (no model is loaded); see featureinterp/plan.py. ``grid``: the
     paper's 8 layers x 30 features instead of the whole preset; ``whole_grid``: every condition
     on every partition (``featureinterp run --whole-grid``)."""
-    from featureinterp.experiments import get_condition
+    from featureinterp.explain.conditions import get_condition
     from featureinterp.plan import paper_grid, plan_preset
 
     preset = get_preset(preset_name)
@@ -139,7 +140,7 @@ def plan(
     # a layer the model lacks or a feature beyond the SAE's width, from local files only (a
     # paper preset without its model here is planned all the same); no explainer is asked
     preflight(preset, api=False, hub=False)
-    from featureinterp.standin import SUFFIX
+    from featureinterp.presets.standin import SUFFIX
 
     # measured token counts: the preset's stand-in run first, then the preset's own runs
     readers = [storage_of(preset.name + SUFFIX).stored, storage_of(preset.name).stored]
@@ -154,8 +155,8 @@ def plan(
 def presets(command: str, name: str | None, fmt: str) -> None:
     """``presets list``: the built-in names; ``presets show NAME``: the preset as a file's text
     (start a preset file of your own from this output; loading it gives the same preset)."""
-    from featureinterp.preset_files import dump_preset
-    from featureinterp.presets import PRESETS
+    from featureinterp.presets.builtin import PRESETS
+    from featureinterp.presets.files import dump_preset
 
     if command == "list":
         for key, preset in PRESETS.items():

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from featureinterp.config import ApiSpec, Preset, data_home, get_preset, models_dir
-from featureinterp.experiments import get_condition
-from featureinterp.figure_grids import condition_scope
-from featureinterp.names import SYNTHETIC_KEY
-from featureinterp.preset_files import preset_to_json
-from featureinterp.scorers import secondary_conditions
+from featureinterp.config import ApiSpec, Preset, data_home, models_dir
+from featureinterp.explain.conditions import get_condition
+from featureinterp.presets import get_preset
+from featureinterp.presets.files import preset_to_json
+from featureinterp.presets.scope import PresetScope
 from featureinterp_assets.assets.activations import build_activation_assets
 from featureinterp_assets.assets.baselines import build_baseline_asset
 from featureinterp_assets.assets.corpus import corpus_tokens
@@ -42,9 +41,8 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
     # run on their figures' partitions only, which `featureinterp run` or a backfill launches
     # (a scope that only keeps conditions off the synthetic SYN features still automates: a new
     # layer runs every condition)
-    own = {f"{f}|{x}" for x in preset.layer_keys if x != SYNTHETIC_KEY for f in preset.feature_keys}
-    automate = all(own <= keys for keys in condition_scope(preset).values())
-    holistic = any(get_condition(c).holistic for c in preset.explain.conditions)
+    scope = PresetScope.of(preset)
+    automate, holistic, secondary = scope.automate, bool(scope.holistic_conditions), list(scope.secondary)
     layer_x_feature = dg.MultiPartitionsDefinition({"layer": layers, "feature": feature_partitions(preset)})
     assets = [
         corpus_tokens,
@@ -56,14 +54,14 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
         ),
         build_baseline_asset(layer_x_feature, automate),
         *build_scorer_assets(
-            layer_x_feature, list(preset.explain.conditions), list(secondary_conditions(preset)), automate
+            layer_x_feature, list(preset.explain.conditions), secondary, automate
         ),
         *build_figure_assets(
             layers,
             feature_partitions(preset),
             list(preset.explain.conditions),
             preset.explain.synthetic,
-            list(secondary_conditions(preset)),
+            secondary,
         ),
     ]
     assets = [_with_fingerprint(a, preset) if isinstance(a, dg.AssetsDefinition) else a for a in assets]
@@ -115,7 +113,7 @@ def _with_fingerprint(asset: dg.AssetsDefinition, preset: Preset) -> dg.AssetsDe
 
 def _preset_file(preset: Preset) -> str | None:
     """The preset file $FEATUREINTERP_PRESET names, when ``preset`` came from it."""
-    from featureinterp.preset_files import is_preset_file
+    from featureinterp.presets.files import is_preset_file
 
     source = os.environ.get("FEATUREINTERP_PRESET", "")
     return source if is_preset_file(source) and get_preset(source).name == preset.name else None
@@ -124,7 +122,6 @@ def _preset_file(preset: Preset) -> str | None:
 def _check_explainers(preset: Preset) -> None:
     """A condition with its own explainer model (the paper's Figure 3) needs an API route."""
     from featureinterp.errors import ConfigError
-    from featureinterp.experiments import get_condition
 
     if isinstance(preset.explain.explainer, ApiSpec):
         return

@@ -115,7 +115,7 @@ def stage_speedup(preset: Preset, device: str = "auto") -> dict[str, float]:
     explain), none on a GPU (the ETA adapts after the first stage there)."""
     import torch
 
-    from featureinterp.models import resolve_device, resolve_dtype
+    from featureinterp.activations.models import resolve_device, resolve_dtype
 
     if resolve_device(device) != "cpu":
         return {}
@@ -148,7 +148,7 @@ def stage_kind(selection: list[str]) -> str:
 def block_seconds(n_partitions: int, assets: list[str]) -> float:
     """Estimated seconds of one ranged run of ``assets`` over ``n_partitions`` (layer, feature)
     partitions; a condition's scores count with its explanations."""
-    from featureinterp.experiments import get_condition
+    from featureinterp.explain.conditions import get_condition
 
     per_partition = 0.0
     for asset in assets:

@@ -235,7 +235,7 @@ def with_conditions(preset: Preset, extra: Iterable[str]) -> Preset:
 def stored_conditions(instance: dg.DagsterInstance) -> list[str]:
     """Conditions with explanations in the instance: a condition a run added with ``--conditions``
     stays in the figures of later runs."""
-    from featureinterp.experiments import CONDITIONS
+    from featureinterp.explain.conditions import CONDITIONS
 
     keys = instance.get_asset_keys(prefix=["explanations"])
     return [k.path[1] for k in keys if len(k.path) == 2 and k.path[1] in CONDITIONS]

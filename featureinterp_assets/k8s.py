@@ -26,7 +26,8 @@ from typing import Any
 import dagster as dg
 from dagster_k8s import k8s_job_executor
 
-from featureinterp.config import Preset, get_preset
+from featureinterp.config import Preset
+from featureinterp.presets import get_preset
 from featureinterp_assets.constants import POOL_GPU
 from featureinterp_assets.definitions import build_definitions
 

@@ -1,7 +1,7 @@
 """The ``featureinterp`` console script: caps malloc arenas before Python imports anything heavy.
 
 glibc reads ``MALLOC_ARENA_MAX`` only at process start, so the script re-executes itself once with
-the variable set (featureinterp/memory.py says why and what it saves), then hands over to
+the variable set (featureinterp/llm/memory.py says why and what it saves), then hands over to
 :func:`featureinterp_assets.cli.main`. Importing this module does nothing; only :func:`main` execs.
 """
 
@@ -12,7 +12,7 @@ import sys
 
 
 def main() -> None:
-    from featureinterp.memory import arena_environment
+    from featureinterp.llm.memory import arena_environment
 
     env = arena_environment(dict(os.environ), sys.platform)
     if env is not None:

@@ -116,7 +116,7 @@ def where_to_look(preset: Preset, figures: list[str], progress: str) -> None:
             f"explanations and scores as data: {exports / (preset.name + '.parquet')} (load it with "
             f"datasets.load_dataset(\"parquet\", data_files=...)) and {preset.name}.neuronpedia.json"
         )
-    from featureinterp.preset_files import preset_reference
+    from featureinterp.presets.files import preset_reference
 
     home = os.environ["DAGSTER_HOME"]
     print(

@@ -83,29 +83,3 @@ def range_tags(layer: str, features: list[str]) -> dict[str, str]:
     """Run tags of one ranged run over ``features`` of ``layer``."""
     first, last = (dg.MultiPartitionKey({"layer": layer, "feature": f}) for f in (features[0], features[-1]))
     return {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
-
-
-def asset_scope(preset: Preset) -> dict[str, frozenset[str]]:
-    """Per-feature asset -> the partitions it is materialized on, for the conditions of the paper
-    figures (featureinterp.figure_grids.condition_scope: each runs on its figures' layers x
-    features only); holistic values and baselines where a condition needs them. {}: everywhere."""
-    from featureinterp.experiments import get_condition
-    from featureinterp.figure_grids import condition_scope
-
-    conditions = preset.explain.conditions
-    by_condition = condition_scope(preset)
-    if not by_condition:
-        return {}
-    every = frozenset(f"{f}|{x}" for x in preset.layer_keys for f in preset.feature_keys)
-    keys = {c: by_condition.get(c, every) for c in conditions}
-    # a condition's secondary scores run where its explanations do
-    kinds = ("explanations", "scores", "detection", "fuzzing", "embedding")
-    scope = {f"{kind}/{c}": k for c, k in keys.items() for kind in kinds}
-    # every partition keeps its null baseline: the figures' reference line
-    scope["baselines"] = (
-        frozenset().union(*keys.values()) if preset.explain.synthetic_conditions is None else every
-    )
-    scope["holistic_activations"] = frozenset().union(
-        *(k for c, k in keys.items() if get_condition(c).holistic)
-    )
-    return scope

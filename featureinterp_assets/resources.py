@@ -15,20 +15,21 @@ import dagster as dg
 import torch
 from pydantic import PrivateAttr
 
-from featureinterp.config import ExplainSettings, ModelSpec, Preset, ScoreSettings, get_preset
+from featureinterp.activations.models import load_subject_model, load_tokenizer, resolve_device
+from featureinterp.activations.sae import SaeRef
+from featureinterp.config import ExplainSettings, ModelSpec, Preset, ScoreSettings
 from featureinterp.errors import ConfigError, CorruptFileError
-from featureinterp.models import load_subject_model, load_tokenizer, resolve_device
-from featureinterp.preset_files import preset_from_json, preset_to_json
-from featureinterp.sae import SaeRef
+from featureinterp.presets import get_preset
+from featureinterp.presets.files import preset_from_json, preset_to_json
 
 if TYPE_CHECKING:  # heavy imports, made where they are used
     from sentence_transformers import SentenceTransformer
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from featureinterp.llm import ChatBackend
-    from featureinterp.local_llm import LocalChatBackend
-    from featureinterp.retrieval import CorpusIndex
-    from featureinterp.simulator import LocalSimulator
+    from featureinterp.llm.backend import ChatBackend
+    from featureinterp.llm.local import LocalChatBackend
+    from featureinterp.retrieval.index import CorpusIndex
+    from featureinterp.simulate.simulator import LocalSimulator
 
     LoadedModel = tuple[PreTrainedModel, PreTrainedTokenizerBase]
     """A model in eval mode and its tokenizer (``load_model``)."""
@@ -78,7 +79,7 @@ def shared_embedder(name: str, device: str) -> SentenceTransformer:
     """The sentence-embedding model ``name``, loaded once per process like the LLMs: the corpus
     index and every condition's embedding score use it, and a copy per asset (14 on the embedded
     default) would each be read from disk and left to the allocator."""
-    from featureinterp.retrieval import load_embedder
+    from featureinterp.retrieval.index import load_embedder
 
     return load_embedder(name, resolve_device(device))
 
@@ -102,7 +103,7 @@ class PresetResource(dg.ConfigurableResource):
     features: list[int] | None = None
     """SAE latent indices to study instead of the preset's (None keeps the preset's)."""
     preset_json: str = ""
-    """The resolved preset as data (featureinterp.preset_files), so a run computes with the preset
+    """The resolved preset as data (featureinterp.presets.files), so a run computes with the preset
     it was launched with (a preset file, CLI overrides); empty: the built-in preset ``name``."""
 
     _model: LoadedModel | None = PrivateAttr(default=None)
@@ -216,7 +217,7 @@ class LanceDBResource(dg.ConfigurableResource):
         """The table a stored ``corpus_embeddings`` value names, opened here and checked against
         its row count (``CorpusIndex.open``: a damaged table raises ``CorruptFileError``). A
         ``uri`` in a value stored by older versions is ignored (it is the original home's)."""
-        from featureinterp.retrieval import CorpusIndex
+        from featureinterp.retrieval.index import CorpusIndex
 
         return CorpusIndex.open(self.uri, value["table"], rows=value.get("rows"))
 
@@ -234,7 +235,7 @@ class LanceDBResource(dg.ConfigurableResource):
 def _batch_from_memory(simulator: LocalSimulator) -> int:
     """The simulator batch that the free CUDA memory holds for paper-sized prompts (header + rule
     + a 64-token record); the paper's 2 on other devices."""
-    from featureinterp.simulator import batch_size_for_memory
+    from featureinterp.simulate.simulator import batch_size_for_memory
 
     device = simulator.device
     if device.type != "cuda":
@@ -275,7 +276,7 @@ class LLMResource(dg.ConfigurableResource):
         return resolved_preset(self.preset, self.preset_json).scores
 
     def local_backend(self) -> LocalChatBackend:
-        from featureinterp.local_llm import LocalChatBackend
+        from featureinterp.llm.local import LocalChatBackend
 
         if self._local is None:
             spec = self.settings().simulator or resolved_preset(self.preset, self.preset_json).model
@@ -284,7 +285,7 @@ class LLMResource(dg.ConfigurableResource):
         return self._local
 
     def simulator(self) -> LocalSimulator:
-        from featureinterp.simulator import LocalSimulator, prompt_for
+        from featureinterp.simulate.simulator import LocalSimulator, prompt_for
 
         if self._simulator is None:
             s = self.settings()
@@ -299,10 +300,10 @@ class LLMResource(dg.ConfigurableResource):
     def explainer(self, model: str | None = None) -> ChatBackend:
         """The explainer backend; ``model``: another model id on the preset's API route (a
         condition's ``explainer_model``), one backend per model id and run."""
-        from featureinterp.api_llm import OpenAIChatBackend
         from featureinterp.config import ApiSpec
         from featureinterp.errors import ConfigError
-        from featureinterp.local_llm import LocalChatBackend
+        from featureinterp.llm.api import OpenAIChatBackend
+        from featureinterp.llm.local import LocalChatBackend
 
         spec = self.settings().explainer
         if model is not None and not isinstance(spec, ApiSpec):

@@ -4,8 +4,10 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from featureinterp.config import Preset, get_preset
+from featureinterp.config import Preset
 from featureinterp.errors import ConfigError
+from featureinterp.presets import get_preset
+from featureinterp.presets.scope import PresetScope
 from featureinterp_assets.partitions import layer_partitions, layer_partitions_name
 
 if TYPE_CHECKING:  # what dg.define_asset_job returns (dagster does not export the name)
@@ -79,9 +81,7 @@ def per_feature_assets(preset: Preset, assets: list[dg.AssetsDefinition]) -> dic
     """The (layer, feature)-partitioned assets a preset materializes, with their code versions:
     records, holistic values where a condition prompts with them, every condition's explanations
     and scores, baselines."""
-    from featureinterp.experiments import get_condition
-
-    holistic = any(get_condition(c).holistic for c in preset.explain.conditions)
+    holistic = bool(PresetScope.of(preset).holistic_conditions)
     return {
         key: version
         for a in assets
@@ -105,7 +105,7 @@ def build_backfill_schedule(preset: Preset, assets: list[dg.AssetsDefinition]) -
         default_status=dg.DefaultScheduleStatus.STOPPED,
     )
     def layer_backfill_schedule(context: dg.ScheduleEvaluationContext) -> dg.SkipReason | list[dg.RunRequest]:
-        from featureinterp_assets.partitions import asset_scope, feature_blocks, range_tags
+        from featureinterp_assets.partitions import feature_blocks, range_tags
 
         instance = context.instance
         stale = {
@@ -113,7 +113,7 @@ def build_backfill_schedule(preset: Preset, assets: list[dg.AssetsDefinition]) -
             for key, part, _ in stale_partitions(instance, {k: v for k, v in versions.items() if v})
         }
         done = {k.to_user_string(): set(instance.get_materialized_partitions(k)) for k in versions}
-        scope = asset_scope(preset)
+        scope = PresetScope.of(preset).assets()
         when = context.scheduled_execution_time.isoformat()  # one run per block and night
         requests: list[dg.RunRequest] = []
         for layer in instance.get_dynamic_partitions(layers_name):

@@ -9,9 +9,10 @@ import os
 import time
 from collections.abc import Callable
 
-from featureinterp.config import Preset, get_preset, models_dir
-from featureinterp.llm import ChatBackend
-from featureinterp.openai_server import OpenAIServer
+from featureinterp.config import Preset, models_dir
+from featureinterp.llm.backend import ChatBackend
+from featureinterp.llm.server import OpenAIServer
+from featureinterp.presets import get_preset
 
 __all__ = ["start_standin"]
 
@@ -24,11 +25,11 @@ def start_standin(
     before it is served (the backfill test makes one feature's replies fail)."""
     import secrets
 
-    from featureinterp import standin
+    from featureinterp.activations.models import load_subject_model
     from featureinterp.config import ModelSpec
-    from featureinterp.local_llm import LocalChatBackend
-    from featureinterp.models import load_subject_model
-    from featureinterp.openai_server import start
+    from featureinterp.llm.local import LocalChatBackend
+    from featureinterp.llm.server import start
+    from featureinterp.presets import standin
 
     base = get_preset(preset_name)
     base_name = standin.base_name(base.name) or base.name

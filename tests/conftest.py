@@ -32,8 +32,8 @@ def embedded_model(model_cache):
     float rounding."""
     import dataclasses
 
-    from featureinterp.config import get_preset
-    from featureinterp.models import load_subject_model
+    from featureinterp.activations.models import load_subject_model
+    from featureinterp.presets import get_preset
 
     spec = dataclasses.replace(get_preset("embedded").model, dtype="float32")
     return load_subject_model(spec, model_cache, device="cpu")
@@ -42,8 +42,8 @@ def embedded_model(model_cache):
 @pytest.fixture(scope="session")
 def embedded_rows(embedded_model):
     """A few hundred real token rows of the embedded corpus."""
-    from featureinterp.config import get_preset
-    from featureinterp.corpus import build_tokens
+    from featureinterp.data.corpus import build_tokens
+    from featureinterp.presets import get_preset
 
     preset = get_preset("embedded-tiny").replace(n_rows=400)
     return build_tokens(preset, embedded_model[1])
@@ -61,6 +61,6 @@ def gemma3_tokenizer(model_cache):
     The GGUF carries no chat template, so this tokenizer has none: tests install their own
     Gemma-shaped templates on copies. Converted once and saved in the test model cache.
     """
-    from featureinterp.standin import gemma_tokenizer
+    from featureinterp.presets.standin import gemma_tokenizer
 
     return gemma_tokenizer(model_cache)

@@ -1,7 +1,7 @@
 """The repository's layout rules, checked so they stay true as the code grows.
 
-A newcomer finds a module's tests next to its name (``featureinterp/records.py`` ->
-``tests/featureinterp/test_records.py``; a package's modules -> ``test_<package>.py`` or
+A newcomer finds a module's tests next to its name (``featureinterp/records/sources.py`` ->
+``tests/featureinterp/records/test_sources.py``; a package's modules -> ``test_<package>.py`` or
 ``tests/featureinterp/<package>/test_<module>.py``) and never has to read a file of more than
 450 lines to follow one stage of the paper.
 """
@@ -76,3 +76,95 @@ def test_tests_use_public_dagster_names() -> None:
         if p.name not in ("test_layout.py", "helpers.py") and "dagster._" in p.read_text()
     ]
     assert not offenders, f"tests import private dagster modules: {offenders}"
+
+
+def _import_graph(package: str) -> dict[str, set[str]]:
+    """module -> project modules it imports, function-local and TYPE_CHECKING imports included
+    (each one is an edge a reader follows)."""
+    modules = {}
+    for path in (ROOT / package).rglob("*.py"):
+        rel = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(rel[:-1] if rel[-1] == "__init__" else rel)] = path
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                targets = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for t in targets:
+                if t.split(".")[0] == package and (dep := resolve(t)) and dep != name:
+                    graph[name].add(dep)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_cycle_finder_finds_a_cycle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+@pytest.mark.parametrize("package", ["featureinterp", "featureinterp_assets"])
+def test_no_import_cycles_between_modules(package: str) -> None:
+    """Module by module (lint-imports checks packages: pyproject.toml [tool.importlinter]): no
+    module reaches itself through its imports, so every stage reads from the bottom up."""
+    cycles = _cycles(_import_graph(package))
+    assert not cycles, f"import cycles in {package}: {cycles}"
+
+
+def test_every_stage_package_says_what_it_holds() -> None:
+    """Each folder of the library opens with a docstring naming its modules (a newcomer's map)."""
+    for init in sorted((ROOT / "featureinterp").glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        modules = sorted(p.stem for p in init.parent.glob("*.py") if p.name != "__init__.py")
+        missing = [m for m in modules if f"``{m}``" not in doc]
+        assert doc and not missing, f"{init.relative_to(ROOT)}: docstring does not name {missing or 'anything'}"

@@ -1,16 +1,19 @@
 """Explaining SAE features with an LLM: one-shot and tree search (paper-method.md sections 3, 4, 6, 11).
 
-One package per job of the explainer stage, so a newcomer finds each where its name says:
+One module per job of the explainer stage, so a newcomer finds each where its name says:
 
 - ``config``: ``ExplainerConfig`` (and ``from_settings`` from a preset), ``ExplainResult``,
   ``ExplanationFailed``, the seed helpers;
 - ``prompts``: the few-shot examples and the one-shot / tree-root prompt text;
 - ``feedback``: the tree's feedback turn (leave-one-out worst records, contrast blocks) and the
   child reply schema;
-- ``tree``: ``explain``, the one-shot run and the tree search over a per-call rule cache.
+- ``tree``: ``explain``, the one-shot run and the tree search over a per-call rule cache;
+- ``conditions``: the paper's experiment conditions (method x structured x holistic x train
+  negatives x rule cap) and the records each condition's explainer sees;
+- ``complexity``: rating a rule's complexity 0..5 with an LLM (section 7).
 
-Child replies are parsed in ``featureinterp.replies`` and the record types live in
-``featureinterp.records``. The public names are re-exported here:
+Explanations and their parsers (child replies included) are in ``featureinterp.explanations``; the
+record types live in ``featureinterp.records.sources``. The public names are re-exported here:
 ``from featureinterp.explain import explain, ExplainerConfig``.
 """
 

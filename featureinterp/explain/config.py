@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from featureinterp.errors import ConfigError
-from featureinterp.explanations import Explanation
+from featureinterp.explanations.rules import Explanation
 from featureinterp.names import DEFAULT_RULE_CAP
-from featureinterp.records import feature_generator
+from featureinterp.records.sources import feature_generator
 
 if TYPE_CHECKING:
     from featureinterp.config import ExplainSettings
@@ -117,7 +117,7 @@ class ExplainerConfig:
     free_text_first_line: bool = False
     """A free-text explanation is the reply's first line only (the paper: the whole reply)."""
     metrics: Literal["paper", "rescaled"] = "paper"
-    """Definition of the train / valid scores (featureinterp.scoring)."""
+    """Definition of the train / valid scores (featureinterp.simulate.scoring)."""
 
     def __post_init__(self) -> None:
         if self.method not in ("one_shot", "tree"):

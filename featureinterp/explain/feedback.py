@@ -4,7 +4,7 @@ A child is written from its parent's conversation plus one user turn built here:
 train score, the train records that lower it most (by leave-one-out gain) in a predicted / actual
 / error format, and the reply form (``IMPROVEMENT: ... NEW EXPLANATION: ...``, or the JSON object
 of ``child_schema`` where the backend enforces a schema). Replies are parsed by
-``featureinterp.replies.parse_child_reply``.
+``featureinterp.explanations.rules.parse_child_reply``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import numpy as np
 
 from featureinterp.explain.config import ExplainerConfig
 from featureinterp.explain.prompts import cap_sentence, format_records
-from featureinterp.explanations import RULE_PLACEHOLDER, explanation_schema
-from featureinterp.formatting import escape_token, record_block
-from featureinterp.records import FeatureRecords
-from featureinterp.scoring import Metrics, score
+from featureinterp.explanations.rules import RULE_PLACEHOLDER, explanation_schema
+from featureinterp.records.formatting import escape_token, record_block
+from featureinterp.records.sources import FeatureRecords
+from featureinterp.simulate.scoring import Metrics, score
 
 __all__ = ["child_schema", "contrast_block", "feedback_message", "leave_one_out"]
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from featureinterp.explain.config import REPEAT_THRESHOLD, ExplainerConfig
-from featureinterp.explanations import RULE_PLACEHOLDER, Explanation, Rule
-from featureinterp.formatting import nonzero_fraction, quantize, record_block
-from featureinterp.llm import Message, assistant, system, user
-from featureinterp.records import FeatureRecords, Record
+from featureinterp.explanations.rules import RULE_PLACEHOLDER, Explanation, Rule
+from featureinterp.llm.backend import Message, assistant, system, user
+from featureinterp.records.formatting import nonzero_fraction, quantize, record_block
+from featureinterp.records.sources import FeatureRecords, Record
 
 __all__ = [
     "FEW_SHOT_EXAMPLES",

@@ -41,16 +41,16 @@ from featureinterp.explain.config import (
 )
 from featureinterp.explain.feedback import child_schema, feedback_message
 from featureinterp.explain.prompts import one_shot_messages, root_messages
-from featureinterp.explanations import (
+from featureinterp.explanations.rules import (
     Explanation,
     ParseError,
     Rule,
     combine_rules,
     explanation_schema,
+    parse_child_reply,
     parse_explanation,
 )
-from featureinterp.formatting import MAX_VALUE, quantize
-from featureinterp.llm import (
+from featureinterp.llm.backend import (
     BackendError,
     ChatBackend,
     Completion,
@@ -61,9 +61,9 @@ from featureinterp.llm import (
     tally_usage,
     user,
 )
-from featureinterp.records import FeatureRecords
-from featureinterp.replies import parse_child_reply
-from featureinterp.scoring import score
+from featureinterp.records.formatting import MAX_VALUE, quantize
+from featureinterp.records.sources import FeatureRecords
+from featureinterp.simulate.scoring import score
 
 __all__ = ["explain"]
 

@@ -11,17 +11,15 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
-from featureinterp.activations import FeatureActivations
-from featureinterp.activations import sae_activations as compute_sae_activations
+from featureinterp.activations.latents import FeatureActivations
+from featureinterp.activations.latents import sae_activations as compute_sae_activations
+from featureinterp.activations.models import check_layers
+from featureinterp.activations.sae import SaeRef, layer_sae_refs, load_layer_sae
 from featureinterp.config import SYNTHETIC_LAYER, layer_key, parse_layer_key
-from featureinterp.corpus import decode_tokens
-from featureinterp.errors import ConfigError
-from featureinterp.models import check_layers
+from featureinterp.data.corpus import decode_tokens
 from featureinterp.names import SYNTHETIC_KEY
-from featureinterp.sae import SaeRef, load_layer_sae, load_sae_from_disk, load_sae_pretrained
-from featureinterp.sae_training import train_layer_saes
+from featureinterp.simulate.synthetic import SYNTHETIC_FEATURES, synthetic_activations
 from featureinterp.storage import ArrayBundle
-from featureinterp.synthetic import SYNTHETIC_FEATURES, synthetic_activations
 from featureinterp_assets.constants import GROUP_ACTIVATIONS, POOL_GPU, STORAGE_IO
 from featureinterp_assets.resources import PresetResource
 
@@ -50,41 +48,14 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
         refs: dict[str, dict[str, Any]] = {}
         if SYNTHETIC_LAYER in all_ids:  # ground-truth features: no SAE to train or load
             refs[SYNTHETIC_KEY] = SaeRef(d_sae=len(SYNTHETIC_FEATURES), synthetic=True).to_dict()
+        model = None
         if layer_ids:
             model, _ = preset.model_and_tokenizer()
             check_layers(model, layer_ids)
-        if layer_ids and spec.sae.source == "train":
-            trained = train_layer_saes(
-                model,
-                corpus_tokens["tokens"],
-                spec,
-                layer_ids,
-                preset.sae_dir(),
-                context.log.info,
-            )
-            for layer, (path, r) in trained.items():
-                refs[layer_key(layer)] = SaeRef(
-                    d_sae=int(r.sae.cfg.d_sae),
-                    path=preset.home_relative(path),  # relative: a moved home reads its own SAE
-                    explained_variance=r.explained_variance,
-                    l0=r.l0,
-                    dead_fraction=r.dead_fraction,
-                    live_latents=r.live_count,
-                ).to_dict()
-        elif layer_ids and spec.sae.source == "disk":
-            for layer in layer_ids:
-                folder = spec.sae.path(layer)
-                loaded = load_sae_from_disk(folder, own=True)  # the user's folder: theirs to fix
-                refs[layer_key(layer)] = SaeRef(d_sae=int(loaded.cfg.d_sae), path=folder).to_dict()
-        elif layer_ids:
-            for layer in layer_ids:
-                sae_id = spec.sae.sae_id(layer)
-                if spec.sae.release is None:
-                    raise ConfigError("release is not set for an sae_lens SAE source")
-                loaded = load_sae_pretrained(spec.sae.release, sae_id, device="cpu")
-                refs[layer_key(layer)] = SaeRef(
-                    d_sae=int(loaded.cfg.d_sae), release=spec.sae.release, sae_id=sae_id
-                ).to_dict()
+        for layer, ref in layer_sae_refs(
+            spec, model, corpus_tokens["tokens"], layer_ids, preset.sae_dir(), preset.home_relative, context.log.info
+        ).items():
+            refs[layer_key(layer)] = ref.to_dict()
         for key, ref in refs.items():
             context.add_asset_metadata(
                 {k: v for k, v in ref.items() if k != "path" or spec.sae.source == "disk"}

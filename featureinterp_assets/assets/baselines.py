@@ -1,15 +1,15 @@
 """``baselines``: per (layer, feature), the scores an explanation's score is read against — the
 empty explanation's (the simulator's prior), and on layer SYN the true and a wrong rule's
-(featureinterp/baselines.py). One simulation per kind on the test records, the simulator loaded
+(featureinterp/simulate/baselines.py). One simulation per kind on the test records, the simulator loaded
 once per ranged run like the explain stage."""
 
 from collections.abc import Iterator
 
 import dagster as dg
 
-from featureinterp.baselines import baseline_scores
 from featureinterp.config import layer_key
 from featureinterp.names import SYNTHETIC_LAYER
+from featureinterp.simulate.baselines import baseline_scores
 from featureinterp.storage import TableBundle
 from featureinterp_assets.assets.records import _layer_feature_of
 from featureinterp_assets.automation import PER_PARTITION

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from featureinterp.corpus import bos_token_id, build_tokens, check_token_rows, decode_rows, tokens_hash
+from featureinterp.data.corpus import bos_token_id, build_tokens, check_token_rows, decode_rows, tokens_hash
 from featureinterp.storage import ArrayBundle
 from featureinterp_assets.constants import GROUP_CORPUS, STORAGE_IO
 from featureinterp_assets.resources import PresetResource

@@ -17,15 +17,16 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from featureinterp.complexity import ComplexityAnalyzer, mean_complexity
 from featureinterp.config import ApiSpec, Preset
-from featureinterp.experiments import Condition, Evaluation, evaluate, feature_records, get_condition
 from featureinterp.explain import ExplainResult, ExplanationFailed, explain, explain_seed
-from featureinterp.explanations import Explanation
-from featureinterp.formatting import quantize
-from featureinterp.llm import request_modes
+from featureinterp.explain.complexity import ComplexityAnalyzer, mean_complexity
+from featureinterp.explain.conditions import Condition, feature_records, get_condition
+from featureinterp.explanations.rules import Explanation
+from featureinterp.llm.backend import request_modes
 from featureinterp.names import POSITIVE_SOURCE
-from featureinterp.previews import score_strip
+from featureinterp.records.formatting import quantize
+from featureinterp.simulate.evaluate import Evaluation, evaluate
+from featureinterp.simulate.previews import score_strip
 from featureinterp.storage import ArrayBundle, TableBundle
 from featureinterp_assets.assets.records import _layer_feature_of
 from featureinterp_assets.automation import PER_PARTITION
@@ -35,7 +36,7 @@ from featureinterp_assets.io_managers import StorageIOManager
 from featureinterp_assets.resources import LLMResource, PresetResource
 
 if TYPE_CHECKING:
-    from featureinterp.simulator import LocalSimulator
+    from featureinterp.simulate.simulator import LocalSimulator
 
 TRANSIENT_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 """Step retries for transient faults (server gave up, CUDA OOM from a neighbour); parse failures
@@ -307,7 +308,7 @@ def _score(llm: LLMResource, cond: Condition, expl: dict, rec: TableBundle, spec
         spec.scores,
     )
     simulator_tokens = simulator.thread_tokens() - tokens_before
-    from featureinterp.simulator import alignment_stats  # torch: only in the step that scores
+    from featureinterp.simulate.simulator import alignment_stats  # torch: only in the step that scores
 
     test_tokens = rec.frame.filter(pl.col("split") == "test")["tokens"].to_list()
     alignment = alignment_stats(simulator.tok, test_tokens)  # tokens the simulator cannot see

@@ -13,8 +13,8 @@ import dagster as dg
 import polars as pl
 
 from featureinterp.export import export_frame, export_row, preset_hash, write_export
-from featureinterp.records import SPLITS
-from featureinterp.scorers import SCORERS
+from featureinterp.records.sources import SPLITS
+from featureinterp.simulate.scorers import SCORERS
 from featureinterp.storage import TableBundle
 from featureinterp_assets.automation import SUMMARY
 from featureinterp_assets.constants import GROUP_FIGURES, STORAGE_IO

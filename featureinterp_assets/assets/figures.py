@@ -14,17 +14,18 @@ from typing import Any, TypedDict
 import dagster as dg
 import polars as pl
 
-from featureinterp import calibration, figures
 from featureinterp.config import Preset, feature_key, layer_key
-from featureinterp.figure_common import FigureResult, definitions_note, result_frame, result_rows
-from featureinterp.figure_detection import fig3_detection
-from featureinterp.figure_grids import figure_conditions, figure_grids, select_grid
+from featureinterp.figures import calibration
+from featureinterp.figures import paper as figures
+from featureinterp.figures.common import FigureResult, definitions_note, result_frame, result_rows
+from featureinterp.figures.detection import fig3_detection
+from featureinterp.figures.grids import figure_conditions, figure_grids, select_grid
 from featureinterp.names import PRIMARY_SOURCE, SYNTHETIC_KEY
-from featureinterp.scorers.agreement import layer_agreement
+from featureinterp.presets.scope import PresetScope
+from featureinterp.simulate.scorers.agreement import layer_agreement
 from featureinterp.storage import TableBundle
 from featureinterp_assets.automation import SUMMARY
 from featureinterp_assets.constants import GROUP_FIGURES, STORAGE_IO
-from featureinterp_assets.partitions import asset_scope
 from featureinterp_assets.resources import PresetResource
 
 ALLOW_MISSING = {"allow_missing": True}
@@ -36,7 +37,7 @@ def build_hint(preset: str) -> str:
     preset from a file is named by its file: its name alone does not resolve to it."""
     import shlex
 
-    from featureinterp.preset_files import preset_reference
+    from featureinterp.presets.files import preset_reference
 
     return (
         f"build the lineage with `FEATUREINTERP_PRESET={shlex.quote(preset_reference(preset))} featureinterp "
@@ -87,7 +88,7 @@ def build_figure_assets(
         explanation; true / other rule on SYN); missing feature partitions are listed."""
         layer = context.partition_key
         spec = preset.spec()
-        expected, scope = spec.feature_keys, asset_scope(spec)
+        expected, scope = spec.feature_keys, PresetScope.of(spec).assets()
         rows: list[dict] = []
         missing: dict[str, list[str]] = {}
         refs = {int(v["feature"]): v for v in baselines.values()}
@@ -144,7 +145,7 @@ def _agreement_table(agreement: dict) -> str:
 class FigureConfig(dg.Config):
     grid: str = "paper"
     """``paper``: the paper's grid of this figure where the preset is a paper preset (its layers,
-    features and conditions, featureinterp/figure_grids.py), else the preset's; ``preset``: every
+    features and conditions, featureinterp/figures/grids.py), else the preset's; ``preset``: every
     layer x feature x condition the preset materializes (a widened grid)."""
     allow_incomplete: bool = True
     """True: plot what exists with a visible "n of m features" caption; False: fail and name the
@@ -316,4 +317,4 @@ def _markdown(frame: pl.DataFrame, limit: int = 40) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["build_figure_assets", "result_rows"]  # result_rows: featureinterp.figure_common
+__all__ = ["build_figure_assets", "result_rows"]  # result_rows: featureinterp.figures.common

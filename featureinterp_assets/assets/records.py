@@ -6,15 +6,15 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 import numpy as np
 
+from featureinterp.activations.holistic import holistic_activations as compute_holistic
+from featureinterp.activations.holistic import holistic_corpus_max as compute_holistic_max
+from featureinterp.activations.sae import LoadedSae, load_layer_sae
 from featureinterp.config import Preset, layer_key, parse_feature_key, parse_layer_key
-from featureinterp.corpus import decode_rows
-from featureinterp.holistic import holistic_activations as compute_holistic
-from featureinterp.holistic import holistic_corpus_max as compute_holistic_max
+from featureinterp.data.corpus import decode_rows
 from featureinterp.names import POSITIVE_SOURCE
-from featureinterp.record_building import build_feature_records
-from featureinterp.records import RecordParams
-from featureinterp.retrieval import CorpusIndex, embed_texts, table_name
-from featureinterp.sae import LoadedSae, load_layer_sae
+from featureinterp.records.build import build_feature_records
+from featureinterp.records.sources import RecordParams
+from featureinterp.retrieval.index import CorpusIndex, embed_texts, table_name
 from featureinterp.storage import ArrayBundle, TableBundle
 from featureinterp_assets.automation import PER_PARTITION
 from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, StepEvent, each_partition

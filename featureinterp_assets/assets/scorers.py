@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from featureinterp.experiments import Condition, get_condition
-from featureinterp.retrieval import embed_texts
-from featureinterp.scorers import JudgeConfig, ScorerFailed, scorer_seed
-from featureinterp.scorers.feature import JUDGES, embed_feature, judge_feature
+from featureinterp.explain.conditions import Condition, get_condition
+from featureinterp.retrieval.index import embed_texts
+from featureinterp.simulate.scorers import JudgeConfig, ScorerFailed, scorer_seed
+from featureinterp.simulate.scorers.feature import JUDGES, embed_feature, judge_feature
 from featureinterp_assets.assets.explanations import (
     TRANSIENT_RETRY,
     llm_partitions,

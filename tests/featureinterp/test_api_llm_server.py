@@ -6,7 +6,7 @@ OpenRouter or vLLM. What this server does with our parameters is part of what is
 ``n`` and ``response_format`` (one free-text choice back, a warning in its log), honours ``seed``,
 answers unknown fields (vLLM's ``continue_final_message``) with HTTP 422 and sends no logprobs.
 The status codes it cannot produce (429, 5xx, resets) are tested against the in-repo scripted server
-(tests/featureinterp/test_api_llm.py) and the fault proxy (benchmarks/api_faults.py).
+(tests/featureinterp/llm/test_api.py) and the fault proxy (benchmarks/api_faults.py).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import dagster as dg
 import pytest
 
 from benchmarks._servers import FaultProxy, transformers_serve
-from featureinterp.api_llm import OpenAIChatBackend
-from featureinterp.explanations import explanation_schema
-from featureinterp.llm import BackendError, GenerationParams, system, user
+from featureinterp.explanations.rules import explanation_schema
+from featureinterp.llm.api import OpenAIChatBackend
+from featureinterp.llm.backend import BackendError, GenerationParams, system, user
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def real_server(embedded_model, model_cache, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _fresh_capabilities(monkeypatch):
-    import featureinterp.api_capabilities as api_capabilities
+    import featureinterp.llm.api_capabilities as api_capabilities
 
     monkeypatch.setattr(api_capabilities, "_LEARNED", {})
 
@@ -115,8 +115,9 @@ def test_fault_proxy_in_front_of_the_real_server(real_server, model_cache):
 def test_dagster_explains_and_scores_through_the_real_server(real_server, model_cache, tmp_path, monkeypatch):
     """embedded-tiny partitions materialized by Dagster with a preset file whose explainer is the
     real server: one-shot and tree explanations and their scores, the key from the environment."""
-    from featureinterp.config import ApiSpec, feature_key, get_preset, layer_key
-    from featureinterp.preset_files import dump_preset
+    from featureinterp.config import ApiSpec, feature_key, layer_key
+    from featureinterp.presets import get_preset
+    from featureinterp.presets.files import dump_preset
     from featureinterp_assets import cli
     from featureinterp_assets.definitions import build_definitions
 

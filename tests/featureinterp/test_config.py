@@ -1,13 +1,8 @@
 import pytest
 
-from featureinterp.config import (
-    feature_key,
-    get_preset,
-    layer_key,
-    parse_feature_key,
-    parse_layer_key,
-)
+from featureinterp.config import feature_key, layer_key, parse_feature_key, parse_layer_key
 from featureinterp.errors import ConfigError
+from featureinterp.presets import get_preset
 
 
 def test_unknown_preset_names_the_value_and_the_choices():
@@ -47,7 +42,7 @@ def test_bad_preset_values_are_rejected():
 
 
 def test_faithful_presets_are_named_and_stored_apart():
-    from featureinterp.config import get_preset
+    from featureinterp.presets import get_preset
 
     plain, faithful = get_preset("embedded"), get_preset("embedded-faithful")
     assert faithful.faithful and not plain.faithful and faithful.name == "embedded-faithful"
@@ -63,7 +58,7 @@ def test_faithful_presets_are_named_and_stored_apart():
 
 def test_an_api_route_serves_a_conditions_own_model_at_its_price():
     from featureinterp.config import ApiSpec
-    from featureinterp.figure_grids import paper_conditions
+    from featureinterp.figures.grids import paper_conditions
 
     api = get_preset("gemma-2-9b").explain.explainer
     assert get_preset("gemma-2-9b").explain.conditions == paper_conditions()
@@ -79,7 +74,7 @@ def test_an_api_route_serves_a_conditions_own_model_at_its_price():
 def test_reply_budgets_reach_every_condition_s_explainer():
     import dataclasses
 
-    from featureinterp.experiments import CONDITIONS, get_condition
+    from featureinterp.explain.conditions import CONDITIONS, get_condition
 
     settings = dataclasses.replace(get_preset("embedded").explain, max_tokens=123, child_max_tokens=321)
     for name in CONDITIONS:
@@ -101,7 +96,7 @@ def test_a_preset_name_that_is_not_a_plain_identifier_is_refused(name):
 
 
 def test_every_built_in_name_and_its_variants_are_plain_identifiers():
-    from featureinterp.presets import PRESETS
+    from featureinterp.presets.builtin import PRESETS
 
     for name in [*PRESETS, "gemma-2-9b-standin", "embedded-faithful", "my_model.v2"]:
         assert get_preset("embedded-tiny").replace(name=name).name == name

@@ -17,10 +17,10 @@ from featureinterp.explain import (
     leave_one_out,
     one_shot_messages,
 )
-from featureinterp.explanations import Explanation, Rule
-from featureinterp.llm import BackendError, ChatBackend, Completion, Usage
-from featureinterp.records import FeatureRecords, Record, feature_generator
-from featureinterp.scoring import score
+from featureinterp.explanations.rules import Explanation, Rule
+from featureinterp.llm.backend import BackendError, ChatBackend, Completion, Usage
+from featureinterp.records.sources import FeatureRecords, Record, feature_generator
+from featureinterp.simulate.scoring import score
 
 
 class ScriptedBackend(ChatBackend):
@@ -329,8 +329,8 @@ def tiny_lm(embedded_model):
 
 
 def test_local_backend_writes_a_schema_valid_explanation_that_the_simulator_scores(tiny_lm):
-    from featureinterp.local_llm import LocalChatBackend
-    from featureinterp.simulator import LocalSimulator
+    from featureinterp.llm.local import LocalChatBackend
+    from featureinterp.simulate.simulator import LocalSimulator
 
     model, tok = tiny_lm
     records = FeatureRecords(

@@ -8,7 +8,6 @@ import math
 
 import pytest
 
-from featureinterp.config import get_preset
 from featureinterp.export import (
     EXPORT_SCHEMA,
     EXPORT_VERSION,
@@ -19,6 +18,7 @@ from featureinterp.export import (
     sae_id,
     write_export,
 )
+from featureinterp.presets import get_preset
 
 EXPLANATION = {
     "condition": "one_shot",

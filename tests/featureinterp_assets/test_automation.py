@@ -20,8 +20,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from featureinterp.config import get_preset
-from featureinterp.preset_files import dump_preset
+from featureinterp.presets import get_preset
+from featureinterp.presets.files import dump_preset
 from tests.conftest import CACHE
 from tests.helpers import BulkActionStatus, launch_backfill, start_daemon, stop_daemon
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from featureinterp.config import get_preset
-from featureinterp.llm import ChatBackend, Completion
+from featureinterp.llm.backend import ChatBackend, Completion
+from featureinterp.presets import get_preset
 from featureinterp.storage import load_table
 from featureinterp_assets import cli
 from featureinterp_assets.definitions import build_definitions

@@ -163,7 +163,7 @@ def _check_export(home, storage) -> None:
             assert judged == tested  # the scorers judged exactly the records' test rows
         assert row["preset"] == "embedded-tiny" and len(row["preset_hash"]) == 16
         # the code version and the fingerprint of the preset fields it depends on
-        from featureinterp.config import get_preset
+        from featureinterp.presets import get_preset
         from featureinterp.provenance import asset_fingerprint
 
         fingerprint = asset_fingerprint(get_preset("embedded-tiny"), ["scores", "one_shot"])

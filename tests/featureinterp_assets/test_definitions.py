@@ -1,8 +1,8 @@
 import dagster as dg
 import pytest
 
-from featureinterp.config import get_preset
-from featureinterp.presets import PRESETS
+from featureinterp.presets import get_preset
+from featureinterp.presets.builtin import PRESETS
 from featureinterp_assets.definitions import build_definitions
 
 

@@ -27,8 +27,8 @@ def test_a_bfloat16_model_on_the_cpu_shortens_its_stages_estimates():
     """The embedded default's ``auto`` dtype: on a CPU with native bfloat16 its model-bound
     stages are planned faster (plan and done agree, so the speed factor stays 1 when the
     stages run as measured); float32 presets keep the float32 estimates."""
-    from featureinterp.config import get_preset
-    from featureinterp.models import native_bf16
+    from featureinterp.activations.models import native_bf16
+    from featureinterp.presets import get_preset
 
     assert stage_speedup(get_preset("embedded-tiny"), "cpu") == {}  # float32
     fast = stage_speedup(get_preset("embedded"), "cpu")

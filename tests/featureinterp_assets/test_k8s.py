@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 from dagster_k8s.job import construct_dagster_k8s_job
 
-from featureinterp.config import get_preset
+from featureinterp.presets import get_preset
 from featureinterp_assets.constants import POOL_GPU
 from featureinterp_assets.definitions import build_definitions
 from featureinterp_assets.k8s import K8S_GPU_TAGS, k8s_definitions, pool_step_k8s_config

@@ -15,10 +15,10 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from featureinterp.config import get_preset
-from featureinterp.corpus import bos_token_id, decode_rows, token_rows, tokens_hash
-from featureinterp.models import load_tokenizer
-from featureinterp.retrieval import CorpusIndex, table_name
+from featureinterp.activations.models import load_tokenizer
+from featureinterp.data.corpus import bos_token_id, decode_rows, token_rows, tokens_hash
+from featureinterp.presets import get_preset
+from featureinterp.retrieval.index import CorpusIndex, table_name
 from featureinterp.storage import ArrayBundle, load_table
 from featureinterp_assets.definitions import build_definitions
 from featureinterp_assets.io_managers import StorageIOManager

@@ -3,7 +3,7 @@ of the run), and a figure with nothing to draw says how to draw it instead of fa
 
 import dagster as dg
 
-from featureinterp.config import get_preset
+from featureinterp.presets import get_preset
 from featureinterp_assets.outcome import failures, not_drawn
 
 

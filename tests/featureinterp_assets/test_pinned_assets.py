@@ -19,7 +19,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from featureinterp.config import get_preset
+from featureinterp.presets import get_preset
 from featureinterp_assets.definitions import build_definitions
 
 PINNED = Path(__file__).resolve().parents[1] / "data" / "pinned_assets.json"

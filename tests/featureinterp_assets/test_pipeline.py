@@ -4,8 +4,8 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from featureinterp.config import get_preset
-from featureinterp.sae import load_sae_from_disk
+from featureinterp.activations.sae import load_sae_from_disk
+from featureinterp.presets import get_preset
 from featureinterp.storage import load_arrays
 from featureinterp_assets.definitions import build_definitions
 from featureinterp_assets.partitions import layer_partitions, register_layers
@@ -188,7 +188,7 @@ def test_synthetic_layer_is_a_rule_not_an_sae(explained):
     assert meta["features"] == [0, 1] and acts["acts"].shape == (2, 2000, 33)
     ref = __import__("json").loads((storage / "sae" / "SYN" / "value.json").read_text())
     assert ref["synthetic"] is True
-    from featureinterp.corpus import decode_tokens
+    from featureinterp.data.corpus import decode_tokens
     from featureinterp.storage import load_arrays as la
 
     tokens = la(storage / "corpus_tokens" / "__all__")[0]["tokens"]
@@ -201,7 +201,7 @@ def test_synthetic_layer_is_a_rule_not_an_sae(explained):
 
 
 def get_tokenizer():
-    from featureinterp.models import load_tokenizer
+    from featureinterp.activations.models import load_tokenizer
     from tests.conftest import CACHE
 
     return load_tokenizer(PRESET.model, CACHE / "models")

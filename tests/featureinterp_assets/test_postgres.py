@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import yaml
 
-from featureinterp.config import get_preset
+from featureinterp.presets import get_preset
 from featureinterp.storage import ArrayBundle, load_arrays
 from featureinterp_assets.constants import POOL_GPU, STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager

@@ -4,9 +4,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from featureinterp.config import get_preset
-from featureinterp.experiments import get_condition
+from featureinterp.explain.conditions import get_condition
 from featureinterp.names import DEFAULT_RULE_CAP
+from featureinterp.presets import get_preset
 from featureinterp_assets.assets.explanations import _explain, score_base
 
 

@@ -1,6 +1,6 @@
 import dagster as dg
 
-from featureinterp.config import get_preset
+from featureinterp.presets import get_preset
 from featureinterp_assets.definitions import build_definitions
 from featureinterp_assets.partitions import layer_partitions
 
@@ -39,7 +39,7 @@ def test_backfill_schedule_requests_missing_and_stale_partitions_per_layer(tmp_p
     miss an asset or hold one built by an older code version; nothing for what is current."""
     import datetime
 
-    from featureinterp.config import get_preset
+    from featureinterp.presets import get_preset
     from featureinterp_assets.definitions import build_definitions
     from featureinterp_assets.partitions import register_layers
     from tests.helpers import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
