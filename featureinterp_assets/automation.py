@@ -11,7 +11,7 @@ the ``gpu`` pool bounds what runs at once, the explainer's ``max_concurrent`` it
 Nothing of an old layer is recomputed: its partitions' upstreams did not change.
 
 Why not every condition on a paper preset: a paper preset runs each condition only on its
-figures' layers x features (figure_grids.condition_scope), which a partition-blind automation
+figures' layers x features (figures.grids.condition_scope), which a partition-blind automation
 condition cannot express; there the explain stage is launched by ``featureinterp run`` or a
 backfill, and only records and the summaries are automated.
 """

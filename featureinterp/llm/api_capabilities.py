@@ -1,4 +1,4 @@
-"""What an OpenAI-compatible server accepts, learned from its rejections (used by ``api_llm``).
+"""What an OpenAI-compatible server accepts, learned from its rejections (used by ``llm.api``).
 
 Servers differ in what they take: strict ``json_schema`` response formats, ``json_object``, ``n > 1``,
 ``seed``. Asking each user to know their server's limits up front would turn every new route into a

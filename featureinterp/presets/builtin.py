@@ -38,7 +38,7 @@ PAPER_CONDITIONS = (
     "one_shot_cap3",
     "one_shot_cap4",
 )
-"""Every condition of the paper's Figures 3-5 (equal to figure_grids.paper_conditions(), tested)."""
+"""Every condition of the paper's Figures 3-5 (equal to figures.grids.paper_conditions(), tested)."""
 
 EMBEDDED_CONDITIONS = tuple(c for c in PAPER_CONDITIONS if not c.startswith("fig3_"))
 """Figures 4 and 5's twelve conditions: the embedded default draws every figure complete (its
@@ -125,7 +125,7 @@ _PAPER_EXPLAIN = ExplainSettings(
         other_prices=(("google/gemini-flash-1.5-8b", 0.0375, 0.15),),
     ),
     # the paper's three figures (featureinterp.figures.grids.paper_conditions); each condition runs
-    # only on the layers x features of the figures that draw it (figure_grids.condition_scope)
+    # only on the layers x features of the figures that draw it (figures.grids.condition_scope)
     conditions=PAPER_CONDITIONS,
     tree_depth=2,
     tree_width=2,

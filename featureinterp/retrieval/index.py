@@ -203,7 +203,7 @@ class CorpusIndex:
 
     def problem(self, rows: int, texts: Sequence[str] | None = None) -> str | None:
         """None when the table is whole; else what is wrong with it, in a few words
-        (``corpus_table.table_problem``: schema, count, row ids 0..rows-1, a readable sample)."""
+        (``retrieval.table.table_problem``: schema, count, row ids 0..rows-1, a readable sample)."""
         return table_problem(self.table, rows, texts)
 
     @classmethod

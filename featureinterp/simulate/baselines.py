@@ -9,7 +9,7 @@
   records. True minus other is the simulator's discrimination; the explainers' scores on the same
   partitions (scores/*) show how much of the true rule they recover.
 
-Both use ``experiments.evaluate``, so every number is on the scale of the stored test scores.
+Both use ``simulate.evaluate``, so every number is on the scale of the stored test scores.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def score_strip(
     n_negative: int = 2,
 ) -> bytes:
     """``activation_strip`` of a score: the first test positives and similar non-activating rows
-    of a records frame, with the simulated values ``experiments.evaluate`` returned for them
+    of a records frame, with the simulated values ``simulate.evaluate`` returned for them
     (``predictions[source]`` in the records' rank order)."""
     import polars as pl
 

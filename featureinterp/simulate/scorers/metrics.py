@@ -1,7 +1,7 @@
 """The test items every secondary scorer judges, and the metrics it reports per record source.
 
 Every scorer (detection, fuzzing, embedding) sees the same test records as the simulation score
-(``experiments.evaluate``): the test positives and the test rows of each complementary source. An
+(``simulate.evaluate``): the test positives and the test rows of each complementary source. An
 item's label is whether the feature *fires anywhere in the record* (its raw row maximum > 0), not
 which source it came from: a ``random`` or ``similar`` row may activate, and calling it a negative
 would punish an explanation for being right. Metrics are reported on the pooled items and, per

@@ -92,3 +92,29 @@ def test_missing_and_corrupt_sae_files(tmp_path):
 def test_released_sae_offline_fails_with_a_clear_message():
     with pytest.raises(UnavailableError, match="gemma-scope-9b-pt-res-canonical.*hub"):
         load_sae_pretrained("gemma-scope-9b-pt-res-canonical", "layer_20/width_16k/canonical")
+
+
+def test_layer_sae_refs_from_the_users_folders_and_a_release_without_a_name(tmp_path):
+    """The ``sae`` stage's three sources, decided in the library: a user's folders are loaded to
+    check them and recorded by path; a release source without a release name fails saying so;
+    no layers, no work."""
+    import dataclasses
+
+    import numpy as np
+
+    from featureinterp.activations.sae import SaeRef, layer_sae_refs
+    from featureinterp.presets import get_preset
+
+    for layer in (1, 2):
+        random_sae(32, layer=layer).save_model(tmp_path / f"L{layer:02d}")
+    base = get_preset("embedded-tiny")
+    disk = base.replace(sae=dataclasses.replace(base.sae, source="disk", path_format=str(tmp_path / "L{layer:02d}")))
+    tokens = np.zeros((1, 4), dtype=np.int32)
+    refs = layer_sae_refs(disk, None, tokens, [1, 2], tmp_path / "unused", str)
+    assert refs == {x: SaeRef(d_sae=64, path=str(tmp_path / f"L{x:02d}")) for x in (1, 2)}
+    assert layer_sae_refs(disk, None, tokens, [], tmp_path, str) == {}
+    released = base.replace(sae=dataclasses.replace(base.sae, source="sae_lens", release=None))
+    with pytest.raises(ConfigError, match="release is not set"):
+        layer_sae_refs(released, None, tokens, [1], tmp_path, str)
+    with pytest.raises(ValueError, match="needs the subject model"):
+        layer_sae_refs(base, None, tokens, [1], tmp_path, str)  # embedded-tiny trains its SAEs
