@@ -143,6 +143,9 @@ def main() -> None:
                     base.explain,
                     explainer=api,
                     conditions=CONDITIONS,
+                    # the explainer's faults are measured: the LLM scorers (detection, fuzzing)
+                    # would ask the same route for labels a 135M model cannot give as JSON
+                    secondary_conditions=(),
                     max_tokens=args.max_tokens,
                     child_max_tokens=args.max_tokens + 40,
                 ),
@@ -175,6 +178,9 @@ def main() -> None:
             again_requests = proxy.forwarded - cold_requests
             injected = dict(proxy.injected)
 
+    # a run that failed is not a measurement of recovery: its explanations may be missing or old
+    if rerun_code != 0 or again_code != 0:
+        sys.exit(f"featureinterp run failed (rerun exit {rerun_code}, fresh instance exit {again_code}); see {log}")
     storage = home / "storage" / preset.name
     lost = dummies = 0
     for condition in CONDITIONS:

@@ -9,6 +9,8 @@ and SAEs), so resolving a name never climbs back down into the data types' modul
 - ``files``: presets as TOML / YAML / JSON files and as plain data.
 - ``standin``: tiny random-weight models of each paper preset's architecture, with SAEs of its
   family (``architectures``, ``sae_families``), loaded by the same code as the real ones.
+- ``scope``: what a preset covers (the partitions each condition and per-feature asset run on),
+  computed once for the Dagster layer, the CLI and the cost plan.
 """
 
 from __future__ import annotations

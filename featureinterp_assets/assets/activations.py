@@ -52,13 +52,13 @@ def build_activation_assets(layers: dg.DynamicPartitionsDefinition) -> list[dg.A
         if layer_ids:
             model, _ = preset.model_and_tokenizer()
             check_layers(model, layer_ids)
-        for layer, ref in layer_sae_refs(
+        for layer, sae_ref in layer_sae_refs(
             spec, model, corpus_tokens["tokens"], layer_ids, preset.sae_dir(), preset.home_relative, context.log.info
         ).items():
-            refs[layer_key(layer)] = ref.to_dict()
-        for key, ref in refs.items():
+            refs[layer_key(layer)] = sae_ref.to_dict()
+        for key, stored in refs.items():
             context.add_asset_metadata(
-                {k: v for k, v in ref.items() if k != "path" or spec.sae.source == "disk"}
+                {k: v for k, v in stored.items() if k != "path" or spec.sae.source == "disk"}
                 | {"source": spec.sae.source},
                 partition_key=key,
             )

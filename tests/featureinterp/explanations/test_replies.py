@@ -18,7 +18,7 @@ from featureinterp.explanations.rules import (
     parse_structured,
 )
 
-CASES = json.loads((Path(__file__).parents[1] / "data" / "replies.json").read_text())["cases"]
+CASES = json.loads((Path(__file__).parents[2] / "data" / "replies.json").read_text())["cases"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])

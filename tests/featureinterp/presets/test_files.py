@@ -111,7 +111,7 @@ def test_the_readme_example_file_loads():
 
     from featureinterp.config import ApiSpec
 
-    preset = load_preset_file(Path(__file__).parents[2] / "presets" / "example-own-model.toml")
+    preset = load_preset_file(Path(__file__).parents[3] / "presets" / "example-own-model.toml")
     assert (preset.name, preset.layers, preset.sae.source, preset.corpus.source) == (
         "my-model",
         (4, 8, 12),
