@@ -46,20 +46,27 @@ def _run(args: list[str], env: dict, log: Path | None) -> tuple[float, str]:
         stderr = err.read()
     if code != 0:
         sys.exit(f"featureinterp run failed ({code}):\n{stderr[-3000:]}")
-    return wall, "".join(lines)
+    return wall, run_log("".join(lines))
 
 
-def stage_seconds(stdout: str) -> dict[str, float]:
-    """Wall seconds per stage (summed over its partitions) from `featureinterp run`'s output:
-    each "--> materializing ASSETS [partition]" line is followed by "    done in N s"."""
+def run_log(stdout: str) -> str:
+    """The whole log of a quiet `featureinterp run` (its "log: PATH" line names the file): the
+    per-run "--> materializing" and "done in" lines are there (on stdout only with --verbose)."""
+    path = next((line.split("log: ", 1)[1] for line in stdout.splitlines() if line.startswith("log: ")), None)
+    return Path(path.strip()).read_text() if path else stdout
+
+
+def stage_seconds(log: str) -> dict[str, float]:
+    """Wall seconds per stage (summed over its partitions) from `featureinterp run`'s log (or its
+    --verbose output): each "--> materializing ASSETS [partition]" line is followed by "done in N s"."""
     out: dict[str, float] = {}
     stage = None
-    marker = "--> materializing "
-    for line in stdout.splitlines():
-        if marker in line:  # after the "[elapsed m:ss, ETA m:ss]" prefix
+    marker, done = "--> materializing ", "    done in "
+    for line in log.splitlines():
+        if marker in line:  # after the "[elapsed m:ss, ETA m:ss]" prefix (and the log's own)
             stage = line.split(marker, 1)[1].split(" [")[0]
-        elif line.startswith("    done in ") and stage is not None:
-            out[stage] = round(out.get(stage, 0.0) + float(line.split()[2]), 1)
+        elif done in line and stage is not None:
+            out[stage] = round(out.get(stage, 0.0) + float(line.split(done, 1)[1].split()[0]), 1)
             stage = None
     return out
 

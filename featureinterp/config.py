@@ -173,7 +173,7 @@ class ExplainSettings:
 class ScoreSettings:
     """How test scores and false positives are defined. The defaults are the paper code's
     definitions (paper-method.md sections 6 and 9.1, §12 items 2 and 8); the alternatives are
-    ours, kept as named options (README "Differences from the paper code")."""
+    ours, kept as named options (docs/differences.md, "Differences from the paper code")."""
 
     metrics: Literal["paper", "rescaled"] = "paper"
     """``paper``: the paper's correlation NaN rule and its raw R-squared / absolute deviation
@@ -341,7 +341,7 @@ class Preset:
     scores: ScoreSettings = field(default_factory=ScoreSettings)
     faithful: bool = False
     """Reproduce the paper code where we fixed a bug (paper-method.md §11), to measure each fix
-    (README "Differences from the paper code"): prefix-scan retrieval, validation = the train
+    (docs/differences.md, "Faithful mode"): prefix-scan retrieval, validation = the train
     slice, the paper's random rows and retrieval depth, the complexity read-out one token late,
     and every definition option at the paper's value. Select it by name: ``<preset>-faithful``."""
 

@@ -37,6 +37,7 @@ import dagster as dg
 from featureinterp.errors import CorruptFileError
 from featureinterp.llm.memory import release_free_memory
 from featureinterp_assets.io_managers import StorageIOManager
+from featureinterp_assets.terminal import partition_finished
 
 BATCH_POLICY = dg.BackfillPolicy.single_run()
 """Backfill policy of the per-feature assets: one run per launched range (see the module doc)."""
@@ -85,6 +86,7 @@ def each_partition(
     outputs = _selected_outputs(context)
     if len(keys) == 1:  # an ordinary run: errors fail it and the step's retry policy applies
         result = compute(keys[0])
+        partition_finished(keys[0], ok=True)
         for name, made in result.outputs.items():
             if name in outputs:
                 yield dg.Output(made.value, output_name=name, metadata=made.metadata)
@@ -114,11 +116,13 @@ def each_partition(
         except Exception as err:  # one partition's failure must not stop the others
             failed[key] = _reason(err)
             context.log.error(f"partition {key} failed: {failed[key]}")
+            partition_finished(key, ok=False)
             continue
         done[key] = result
         if as_you_go:
             yield from _record(context, storage, outputs, key, result)
         release_free_memory(collect=False)  # this partition's freed tensors back to the OS (memory.py)
+        partition_finished(key, ok=True)  # the terminal's stage bar (terminal.py)
         context.log.info(
             f"partition {key} done ({i + 1} of {len(keys)}, {len(failed)} failed, "
             f"{time.perf_counter() - started:.0f} s)"

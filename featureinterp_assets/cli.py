@@ -28,6 +28,7 @@ from featureinterp.llm.memory import release_free_memory
 from featureinterp.names import SYNTHETIC_KEY
 from featureinterp.presets import get_preset
 from featureinterp.presets.scope import PresetScope
+from featureinterp.simulate.summary import results_table
 from featureinterp_assets.eta import RunEta, block_seconds, estimate, stage_kind, stage_speedup
 from featureinterp_assets.freshness import (
     Freshness,
@@ -41,7 +42,8 @@ from featureinterp_assets.freshness import (
 from featureinterp_assets.outcome import fail, failures, step_error, where_to_look
 from featureinterp_assets.partitions import missing_blocks, range_tags
 from featureinterp_assets.standin_server import start_standin
-from featureinterp_assets.summaries import rebuild_summaries
+from featureinterp_assets.summaries import RESULTS_CAPTION, rebuild_summaries, results
+from featureinterp_assets.terminal import Terminal
 
 PRESET_MARKER = "featureinterp_preset"
 """File in $DAGSTER_HOME naming the preset whose runs the instance holds."""
@@ -64,12 +66,21 @@ def _instance(preset: str) -> dg.DagsterInstance:
             f"another folder, e.g. {Path.cwd() / '.dagster_home' / preset}"
         )
     marker.write_text(preset + "\n")
-    (home / "dagster.yaml").touch()  # default local (SQLite) instance; see the README for Postgres
+    (home / "dagster.yaml").touch()  # default local (SQLite) instance; see docs/operations.md for Postgres
     return dg.DagsterInstance.get()
 
 
 _PROGRESS = RunEta()
 """Elapsed time and ETA of the current `featureinterp run` (re-planned by each run)."""
+
+_OUT = Terminal(Path(os.devnull), verbose=True)
+"""The current invocation's terminal output and log file (replaced by `run`)."""
+
+
+def _steps(defs: dg.Definitions, selection: list[str]) -> int:
+    """How many steps a run of ``selection`` has: one per asset definition (a multi-asset is one)."""
+    keys = {dg.AssetKey.from_user_string(a) for a in selection}
+    return sum(1 for a in cast("Iterable[dg.AssetsDefinition]", defs.assets) if keys & set(a.keys))
 
 
 def _run(
@@ -80,32 +91,47 @@ def _run(
     """Materialize ``selection`` in one run; ``units``: its estimated seconds (for the ETA).
     ``must_succeed``: a failed run ends the command (nothing downstream can go on); otherwise the
     caller reads what failed from the result (``_failures``)."""
-    print(
+    _OUT.note(
         f"{_PROGRESS.line()} --> materializing {', '.join(selection)}"
-        + (f" [{partition_key or tags}]" if partition_key or tags else ""),
-        flush=True,
+        + (f" [{partition_key or tags}]" if partition_key or tags else "")
     )
+    _OUT.run_started(_steps(defs, selection))
     start = time.perf_counter()
     result = dg.materialize(
         list(cast("Iterable[dg.AssetsDefinition]", defs.assets)),  # build_definitions: only these
         selection=selection,
         instance=instance,
         resources=defs.resources,
+        run_config=_OUT.run_config(),
         tags=(tags or {}) | run_tags(),  # which process runs it: a killed one is swept next time
         partition_key=partition_key,
         raise_on_error=False,
     )
     seconds = time.perf_counter() - start
+    _OUT.append_run_log(instance, result.run_id)
     release_free_memory()  # the run's freed tensors back to the OS before the next run (memory.py)
     if not result.success:
         reason = step_error(result)
         if must_succeed:
             raise SystemExit(f"featureinterp: run {result.run_id} failed: {reason}")
-        print(f"    FAILED in {seconds:.1f} s (run {result.run_id}): {reason}", flush=True)
+        _OUT.note(f"    FAILED in {seconds:.1f} s (run {result.run_id}): {reason}")
+        if not _OUT.verbose:
+            _OUT.say(f"FAILED run {result.run_id}: {reason}")
         return result
     _PROGRESS.done(stage_kind(selection), units, seconds)
-    print(f"    done in {seconds:.1f} s", flush=True)
+    _OUT.note(f"    done in {seconds:.1f} s")
     return result
+
+
+def _whole_run(
+    defs: dg.Definitions, instance: dg.DagsterInstance, stage: str, selection: list[str], total: int,
+    unit: str, **kwargs,
+) -> None:
+    """A stage of one run (tokens, the SAE + activation pass, embeddings): its line counts ``total``
+    ``unit`` done when the run ends."""
+    with _OUT.stage(stage, total, unit):
+        _run(defs, instance, selection, **kwargs)
+        _OUT.run_finished(total)
 
 
 def _per_feature_stage(
@@ -116,16 +142,24 @@ def _per_feature_stage(
     feature_keys: list[str],
     force: bool,
     scope: dict[str, frozenset[str]] | None = None,
+    stage: str = "",
 ) -> tuple[int, dict[tuple[str, str | None], str]]:
     """Materialize per-feature ``assets``, one run per layer (per block of features to compute):
     the run's process loads each model once and computes every (layer, feature) on its own. A
     failed partition is reported and the others go on. Returns how many partitions ran and
-    ``(asset, partition) -> why`` for each one this command failed to materialize."""
+    ``(asset, partition) -> why`` for each one this command failed to materialize. ``stage``: the
+    name of its terminal line (none when there is nothing to run)."""
     failed: dict[tuple[str, str | None], str] = {}
-    ran = 0
-    for layer in layer_keys:
-        for features, todo in missing_blocks(fresh, layer, feature_keys, assets, force, scope):
-            ran += len(features)
+    blocks = [
+        (layer, features, todo)
+        for layer in layer_keys
+        for features, todo in missing_blocks(fresh, layer, feature_keys, assets, force, scope)
+    ]
+    ran = sum(len(features) for _, features, _ in blocks)
+    if not blocks:
+        return 0, failed
+    with _OUT.stage(stage or ", ".join(assets), ran):
+        for layer, features, todo in blocks:
             units = block_seconds(len(features), todo)
             result = _run(
                 defs, fresh.instance, todo, tags=range_tags(layer, features), units=units, must_succeed=False
@@ -135,7 +169,9 @@ def _per_feature_stage(
             planned: dict[str, list[str | None]] = {
                 a: [k for k in keys if a not in within or k in within[a]] for a in todo
             }
-            failed |= failures(result, planned)
+            now = failures(result, planned)
+            _OUT.run_finished(len(features), len({p for _, p in now}))
+            failed |= now
     return ran, failed
 
 
@@ -148,21 +184,34 @@ def run(
     layers: list[str] | None = None,
     standin: bool = False,
     whole_grid: bool = False,
+    verbose: bool = False,
 ) -> None:
+    """``verbose``: stream every log line and Dagster event; otherwise one line per stage
+    (terminal.py) and the whole log in a file under $FEATUREINTERP_HOME/logs."""
+    from featureinterp.config import data_home
+
+    global _OUT
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    _OUT = Terminal(data_home() / "logs" / f"run-{stamp}-{os.getpid()}.log", verbose=verbose)
+    _OUT.start_logging()
     server = None
     # a stand-in preset named directly (e.g. FEATUREINTERP_PRESET=gemma-2-9b-standin) needs its
     # files and its explainer server just the same
     standin = standin or (preset_name or os.environ.get(PRESET_ENV) or "").endswith("-standin")
-    try:
-        if standin:
-            preset, server = start_standin(preset_name)
-        else:
-            preset = get_preset(preset_name)
-        _run_lineage(preset, force, explain, conditions, features, layers, whole_grid)
-    finally:
-        if server is not None:
-            print(f"stand-in explainer server answered {server.requests} requests", flush=True)
-            server.stop()
+    with _OUT.session():
+        try:
+            if standin:
+                preset, server = start_standin(preset_name)
+            else:
+                preset = get_preset(preset_name)
+            _run_lineage(preset, force, explain, conditions, features, layers, whole_grid)
+        except (SystemExit, Exception):  # a failure ends the command: say where its whole log is
+            _OUT.say(f"the whole log of this run: {_OUT.log_path}")
+            raise
+        finally:
+            if server is not None:
+                _OUT.say(f"stand-in explainer server answered {server.requests} requests")
+                server.stop()
     if standin:
         from featureinterp.presets.standin import MEANINGLESS
 
@@ -212,11 +261,11 @@ def _run_lineage(
     instance = _instance(preset.name)
     swept = sweep_dead_runs(instance)
     if swept:
-        print(f"marked {len(swept)} run(s) failed that a killed process left STARTED: {', '.join(swept)}")
+        _OUT.say(f"marked {len(swept)} run(s) failed that a killed process left STARTED: {', '.join(swept)}")
     preset = with_conditions(preset, stored_conditions(instance))
     defs = build_definitions(preset)  # $FEATUREINTERP_HOME / $FEATUREINTERP_MODELS
     added = register_layers(instance, preset)
-    print(
+    _OUT.say(
         f"preset {preset.name}: layers {', '.join(preset.layer_keys)}"
         + (f" (registered {', '.join(added)})" if added else "")
     )
@@ -271,35 +320,50 @@ def _run_lineage(
 
         preflight(preset, hub=False)  # its key and server, before any stage runs
     if need_tokens:
-        _run(defs, instance, ["corpus_tokens"], units=estimate("corpus_tokens", preset.n_rows))
+        units = estimate("corpus_tokens", preset.n_rows)
+        _whole_run(defs, instance, "corpus tokens", ["corpus_tokens"], 1, "runs", units=units)
     if todo:  # one run for all layers: one forward pass serves them all
         keys = preset.layer_keys
         lo, hi = min(keys.index(k) for k in todo), max(keys.index(k) for k in todo)
         tags = {ASSET_PARTITION_RANGE_START_TAG: keys[lo], ASSET_PARTITION_RANGE_END_TAG: keys[hi]}
-        _run(defs, instance, ["sae", "sae_activations"], tags=tags, units=sae_seconds)
+        _whole_run(
+            defs, instance, "SAEs + activations", ["sae", "sae_activations"], len(todo), "layers",
+            tags=tags, units=sae_seconds,
+        )
     if need_embeddings:
-        _run(defs, instance, ["corpus_embeddings"], units=estimate("corpus_embeddings", preset.n_rows))
-    _, failed = _per_feature_stage(defs, fresh, stage, layer_keys, feature_keys, force, scope)
+        units = estimate("corpus_embeddings", preset.n_rows)
+        _whole_run(defs, instance, "corpus embeddings", ["corpus_embeddings"], 1, "runs", units=units)
+    _, failed = _per_feature_stage(defs, fresh, stage, layer_keys, feature_keys, force, scope, "records")
     if failed:
         fail(failed, "records", preset, run_conditions, conditions is not None)
     if explain:
-        _, failed = _per_feature_stage(defs, fresh, assets + ["baselines"], layer_keys, feature_keys, force, scope)
+        _, failed = _per_feature_stage(
+            defs, fresh, assets + ["baselines"], layer_keys, feature_keys, force, scope, "explanations + scores"
+        )
         # secondary scores of the explanations this run left current: never of one whose
         # recomputation just failed (its old value is still stored)
         every = {f"{f}|{x}" for x in layer_keys for f in feature_keys}
         broken = {(a.split("/")[1], k) for a, k in failed if "/" in a}
         scorer_scope = {a: frozenset(k for k in scope.get(a, every) if (a.split("/")[1], k) not in broken) for a in scorers}
         _, failed_scores = _per_feature_stage(
-            defs, fresh, scorers, layer_keys, feature_keys, force, scope | scorer_scope
+            defs, fresh, scorers, layer_keys, feature_keys, force, scope | scorer_scope, "secondary scores"
         )
         failed |= failed_scores
         # Summaries from everything stored, with an "n of m features" caption where cells lack.
         def build(selection: list[str], partition: str | None, units: float) -> dict[tuple[str, str | None], str]:
             result = _run(defs, fresh.instance, selection, partition_key=partition, units=units, must_succeed=False)
-            return failures(result, {a: [partition] for a in selection})
+            now = failures(result, {a: [partition] for a in selection})
+            _OUT.run_finished(1, 1 if now else 0)
+            return now
 
-        failed |= rebuild_summaries(fresh, preset, figures, force, build)
+        with _OUT.stage("tables, figures, exports", None, "runs"):
+            failed |= rebuild_summaries(fresh, preset, figures, force, build, _OUT.say)
+        _OUT.close_bars()
+        rows = results(preset, failed, scope)
+        if rows:  # what the stored explanations scored, this run's and earlier ones'
+            _OUT.say("\n" + RESULTS_CAPTION + "\n" + results_table(rows))
         if failed:
+            where_to_look(preset, figures, _PROGRESS.line(), done=False)
             step = "explanation" if any("/" in a or a == "baselines" for a, _ in failed) else "summary"
             fail(failed, step, preset, run_conditions, conditions is not None)
     where_to_look(preset, figures if explain else [], _PROGRESS.line())
@@ -314,6 +378,11 @@ def main(argv: list[str] | None = None) -> None:
     p_run = sub.add_parser("run", help="materialize the main lineage of a preset")
     p_run.add_argument("--preset", help=f"preset name (default: ${PRESET_ENV} or 'embedded')")
     p_run.add_argument("--force", action="store_true", help="rebuild stages that already exist")
+    p_run.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="stream every log line and Dagster event (default: one line per stage; the whole log "
+        "goes to a file whose path is printed)",
+    )
     p_run.add_argument(
         "--no-explain", action="store_true", help="stop after records (skip explanations and scores)"
     )
@@ -370,7 +439,8 @@ def main(argv: list[str] | None = None) -> None:
     p_scores.add_argument("--preset")
     p_scores.add_argument("--explanations", action="store_true", help="print each explanation under its row")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.command != "run":  # `run` sends its log to a file (terminal.py)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         from featureinterp.preflight import parse_conditions, parse_features, parse_layers
         from featureinterp.presets.files import is_preset_file
@@ -393,6 +463,7 @@ def main(argv: list[str] | None = None) -> None:
                 layers=parse_layers(args.layers) if args.layers is not None else None,
                 standin=args.standin,
                 whole_grid=args.whole_grid,
+                verbose=args.verbose,
             )
         elif args.command == "plan":
             plan(

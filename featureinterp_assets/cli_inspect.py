@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -18,20 +17,7 @@ from featureinterp.config import models_dir
 from featureinterp.errors import CorruptFileError
 from featureinterp.names import SYNTHETIC_KEY
 from featureinterp.presets import get_preset
-
-if TYPE_CHECKING:
-    from featureinterp.config import Preset
-    from featureinterp_assets.io_managers import StorageIOManager
-
-
-def storage_of(preset: Preset | str) -> StorageIOManager:
-    """A preset's asset storage (a preset or its name), as the Definitions configure it (read
-    outside a run)."""
-    from featureinterp.config import data_home
-    from featureinterp_assets.io_managers import StorageIOManager
-
-    name = preset if isinstance(preset, str) else preset.name
-    return StorageIOManager(base_dir=str(data_home() / "storage" / name))
+from featureinterp_assets.io_managers import storage_of
 
 
 def simulate(preset_name: str | None, layer: str, feature: str, text: str, structured: bool) -> None:
@@ -66,7 +52,8 @@ def simulate(preset_name: str | None, layer: str, feature: str, text: str, struc
 
 def scores(preset_name: str | None, show_explanations: bool) -> None:
     """Print every stored test score of a preset: one row per (layer, feature), one column per
-    condition, then per-layer means; a partition without a score shows `-`."""
+    condition (a partition without a score shows `-`), then the results table `featureinterp run`
+    ends with (per layer x condition: mean, spread, null baseline, counts)."""
     import math
 
     from featureinterp.config import parse_feature_key
@@ -89,19 +76,14 @@ def scores(preset_name: str | None, show_explanations: bool) -> None:
     )
     print(f"{'layer':6s} {'feature':8s} " + " ".join(f"{c:>12s}" for c in [*conditions, "null"]))
     for layer in preset.layer_keys:
-        per_cond: dict[str, list[float]] = {c: [] for c in [*conditions, "null"]}
         for feature in preset.feature_keys:
             row = []
             for c in conditions:
                 v = load("scores", c, layer, feature)
                 score = None if v is None else v["score"]
-                if score is not None and not math.isnan(score):
-                    per_cond[c].append(score)
                 row.append("-" if v is None else f"{score:.3f}" if score is not None else "nan")
             base = storage.stored(dg.AssetKey("baselines"), f"{feature}|{layer}")
             null = (base or {}).get("null", {}).get("score")
-            if null is not None and not math.isnan(null):
-                per_cond["null"].append(null)
             row.append("-" if base is None else "nan" if null is None or math.isnan(null) else f"{null:.3f}")
             print(f"{layer:6s} {feature:8s} " + " ".join(f"{x:>12s}" for x in row))
             if show_explanations:
@@ -112,8 +94,10 @@ def scores(preset_name: str | None, show_explanations: bool) -> None:
                     e = load("explanations", c, layer, feature)
                     if e is not None:
                         print(f"{'':15s} {c}: {Explanation.from_record(e['explanation'])}")
-        means = [f"{sum(v) / len(v):.3f} ({len(v)})" if v else "-" for v in per_cond.values()]
-        print(f"{layer:6s} {'mean':8s} " + " ".join(f"{x:>12s}" for x in means))
+    from featureinterp.simulate.summary import results_table
+    from featureinterp_assets.summaries import RESULTS_CAPTION, results
+
+    print("\n" + RESULTS_CAPTION + "\n" + results_table(results(preset)))  # as at the end of a run
 
 
 def plan(

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import dagster as dg
 
+from featureinterp.config import Preset
 from featureinterp.errors import CorruptFileError
 from featureinterp.storage import (
     ArrayBundle,
@@ -166,4 +167,13 @@ def _read(path: Path) -> StoredValue:
         raise StoredValueCorrupt(str(err)) from err.__cause__
 
 
-__all__ = ["StorageIOManager", "StoredValueCorrupt", "single"]
+__all__ = ["StorageIOManager", "StoredValueCorrupt", "single", "storage_of"]
+
+
+def storage_of(preset: Preset | str) -> StorageIOManager:
+    """A preset's asset storage (a preset or its name), as the Definitions configure it (read
+    outside a run: `featureinterp scores`, the results table)."""
+    from featureinterp.config import data_home
+
+    name = preset if isinstance(preset, str) else preset.name
+    return StorageIOManager(base_dir=str(data_home() / "storage" / name))

@@ -98,13 +98,14 @@ def fail(
     )
 
 
-def where_to_look(preset: Preset, figures: list[str], progress: str) -> None:
+def where_to_look(preset: Preset, figures: list[str], progress: str, done: bool = True) -> None:
     """The run's last lines (after ``progress``, the elapsed time): where the figures are and how
-    to open the UI."""
+    to open the UI. ``done``: the run materialized everything (else the failures follow)."""
     from featureinterp.config import data_home
 
     folder = data_home() / "storage" / preset.name / "figures"
-    print(f"{progress} done: {preset.name} lineage materialized")
+    if done:
+        print(f"{progress} done: {preset.name} lineage materialized")
     if figures:
         pngs = sorted(folder.glob("*.png")) if folder.is_dir() else []
         print(f"figures ({len(pngs)} PNG files) in {folder}:")

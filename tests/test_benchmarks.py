@@ -1,6 +1,6 @@
 """benchmarks/__main__.py: every benchmark module is registered, an incomplete JSON line is refused,
-the README table is generated between its markers, and (slow) the quick run of the benchmarks
-finishes with complete JSON."""
+the table in docs/benchmarks.md is generated between its markers, and (slow) the quick run of the
+benchmarks finishes with complete JSON."""
 
 from __future__ import annotations
 
@@ -33,23 +33,31 @@ def test_incomplete_json_is_refused_with_the_reason():
     assert "not JSON" in runner.complete(bench, "Traceback (most recent call last):")[1]
 
 
-def test_publish_regenerates_the_readme_table_and_keeps_other_results(tmp_path, monkeypatch):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{runner.BEGIN}\nold table\n{runner.END}\n\nafter\n")
-    monkeypatch.setattr(runner, "README", readme)
+def test_the_table_page_is_the_docs_benchmarks_page_and_holds_the_markers_once():
+    assert runner.TABLE_PAGE == ROOT / "docs" / "benchmarks.md"
+    text = runner.TABLE_PAGE.read_text()
+    assert text.count(runner.BEGIN) == 1 and text.count(runner.END) == 1
+    assert text.index(runner.BEGIN) < text.index(runner.END)
+    assert runner.BEGIN not in (ROOT / "README.md").read_text()
+
+
+def test_publish_regenerates_the_table_and_keeps_other_results(tmp_path, monkeypatch):
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"# x\n\n{runner.BEGIN}\nold table\n{runner.END}\n\nafter\n")
+    monkeypatch.setattr(runner, "TABLE_PAGE", page)
     monkeypatch.setattr(runner, "RESULTS", tmp_path / "results.json")
     result = {
         "ratios": {"speedup": 2.5}, "checks": {"work": {"paper": {"rows_x_layers": 960}}},
         "date": "2026-12-06", "machine": {"cpu": "Test CPU", "cores": 2, "threads": 2}, "wall_s": 12.0,
     }  # fmt: skip
     runner.publish({"activations": result})
-    text = readme.read_text()
+    text = page.read_text()
     assert "old table" not in text and text.endswith("after\n")
     row = next(line for line in text.splitlines() if line.startswith("| `activations`"))
     assert "`speedup` 2.5" in row and "rows_x_layers" in row and "2026-12-06, Test CPU, 2 cores" in row
     assert "| `simulator` |" in text and "not measured yet" in text
     assert json.loads((tmp_path / "results.json").read_text()) == {"activations": result}
-    readme.write_text("no markers\n")
+    page.write_text("no markers\n")
     with pytest.raises(SystemExit, match="markers"):
         runner.publish({})
 

@@ -3,7 +3,7 @@
 glibc gives each thread that allocates its own malloc arena (up to 8 per core); the explain stage
 runs features, tree children and simulations on several threads, and memory freed in one arena is
 not reused by another, so the process's resident size grows with the thread count rather than
-with what it holds. Measured on the embedded default (2 cores, README "Benchmarks"): peak RSS
+with what it holds. Measured on the embedded default (2 cores, docs/benchmarks.md, `end_to_end`): peak RSS
 3.34 GiB with glibc's default, 3.06 GiB with this cap applied at start-up, 2.84 GiB with
 ``MALLOC_ARENA_MAX=2`` exported before the process starts (it also covers what imports allocate).
 So the ``featureinterp`` console script sets the variable and re-executes itself before anything

@@ -80,7 +80,7 @@ _EMBEDDED_LARGE = Preset(
 
 _EMBEDDED = _EMBEDDED_LARGE.replace(
     name="embedded",
-    # Sized to ~15 minutes on 2 CPU cores with every figure complete (README "Set-up"): 2 layers x
+    # Sized to ~15 minutes on 2 CPU cores with every figure complete (docs/operations.md): 2 layers x
     # 2 features, each explained under all 12 conditions (the 2 synthetic features under one-shot
     # and tree), on 16-token rows (a simulated record costs ~4 forward tokens per row token),
     # 3 records per split, a tree of one root and its revision on the root's counterexamples

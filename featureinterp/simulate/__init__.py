@@ -6,6 +6,7 @@ how well.
 - ``evaluate``: one explanation's test-time evaluation, per complementary source.
 - ``baselines``: the null and true-rule reference scores every score is read against.
 - ``synthetic``: synthetic features with a known rule, ground truth for the simulator.
+- ``summary``: the results table per layer x condition (mean, spread, null, counts).
 - ``previews``: a small picture of one score, token by token.
 - ``scorers/``: the cheap second opinions (detection, fuzzing, embedding) and their agreement.
 """

@@ -163,7 +163,7 @@ class SimulatorPrompt:
 
 
 DEFAULT_PROMPT = SimulatorPrompt(placeholder="0")
-"""Tuned on the synthetic features with SmolLM2-135M (see the README's simulator notes)."""
+"""Tuned on the synthetic features with SmolLM2-135M (see docs/scores.md, "Simulator notes")."""
 PAPER_PROMPT = SimulatorPrompt(
     instructions=(
         "We study features of a language model. Each feature looks for something particular in a short "

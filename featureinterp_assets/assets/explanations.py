@@ -33,6 +33,7 @@ from featureinterp_assets.automation import PER_PARTITION
 from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, StepEvent, each_partition
 from featureinterp_assets.constants import GROUP_EXPLANATIONS, POOL_GPU, STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
+from featureinterp_assets.metadata import explanation_markdown, source_table, usage_table
 from featureinterp_assets.resources import LLMResource, PresetResource
 
 if TYPE_CHECKING:
@@ -231,11 +232,11 @@ def _explained(
     ]
     metadata = {
         "explanation": str(result.explanation),
-        "rules": dg.MetadataValue.json(result.explanation.to_record()["rules"]),
+        "rules": dg.MetadataValue.md(explanation_markdown(result.explanation.to_record()["rules"], path)),
         "train_score": result.train_score,
         "valid_score": result.valid_score,
         "tree_path": dg.MetadataValue.json(path),
-        "usage": dg.MetadataValue.json(result.usage),
+        "usage": usage_table(result.usage),
         "explainer": explainer,
         "request_modes": dg.MetadataValue.json(request_modes(result.completions)),
         "simulations": result.simulations,
@@ -347,7 +348,7 @@ def _score_metadata(
         "score": ev.score,
         "reason": ev.reason or "",
         "explanation": str(explanation),
-        "per_source": dg.MetadataValue.json(ev.per_source),
+        "per_source": source_table(ev.per_source),
         "complexity": mean_complexity(complexities),
         "simulator": dg.MetadataValue.json(simulator.describe()),
         "simulator_tokens": simulator_tokens,

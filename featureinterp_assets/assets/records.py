@@ -20,6 +20,7 @@ from featureinterp_assets.automation import PER_PARTITION
 from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, StepEvent, each_partition
 from featureinterp_assets.constants import GROUP_RECORDS, POOL_GPU, STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
+from featureinterp_assets.metadata import counts_table
 from featureinterp_assets.resources import LanceDBResource, PresetResource, shared_embedder
 
 if TYPE_CHECKING:
@@ -271,10 +272,10 @@ def _records_of(
     )
     meta, sel = built.meta, built.selection
     metadata = {
-        "counts": dg.MetadataValue.json(built.counts),
+        "counts": counts_table(built.counts),
         "max_act": meta["max_act"],
         "dead": sel.dead,
-        "short_sources": dg.MetadataValue.json(sel.short),
+        "short_sources": counts_table(sel.short),
         "preview": dg.MetadataValue.md(records_preview(built.frame, meta["max_act"])),
     }
     checks = [

@@ -28,6 +28,7 @@ from featureinterp_assets.automation import PER_PARTITION
 from featureinterp_assets.batch import BATCH_POLICY, PartitionResult, Produced, each_partition
 from featureinterp_assets.constants import GROUP_EXPLANATIONS, POOL_GPU, STORAGE_IO
 from featureinterp_assets.io_managers import StorageIOManager
+from featureinterp_assets.metadata import source_table
 from featureinterp_assets.resources import LanceDBResource, LLMResource, PresetResource, shared_embedder
 
 __all__ = ["SCORER_DESCRIPTIONS", "build_scorer_assets"]
@@ -58,7 +59,7 @@ def _produced(cond: Condition, expl: dict, result: dict) -> Produced:
     metadata = {
         "score": result["score"],
         "scorer_model": result["scorer_model"],
-        "per_source": dg.MetadataValue.json(result["per_source"]),
+        "per_source": source_table(result["per_source"]),
     }
     return Produced(value, metadata)
 

@@ -174,7 +174,7 @@ def test_free_text_explanations_keep_every_line_by_default():
 
 def test_a_rule_list_after_bracketed_prose_is_found():
     # the paper's greedy [ ... ] span starts at '[this]' and fails (then pads a dummy, §11.12);
-    # ours finds the rule list: a kept difference, listed in the README
+    # ours finds the rule list: a kept difference, listed in docs/differences.md
     reply = 'I think [this] is it: [{"activates_on": "cat", "strength": 5}]'
     assert parse_explanation(reply, True, 5).rules == (Rule("cat", 5),)
 

@@ -2,7 +2,7 @@
 
 Every input is built by hand and small; the rows each rule gives are worked out by hand in the
 comments, from the paper's rule, not from our code's output. Each test checks that
-``RecordParams(faithful=True)`` gives the paper's rows and that the default (our fixes, README
+``RecordParams(faithful=True)`` gives the paper's rows and that the default (our fixes, docs/differences.md,
 "Differences from the paper code") still gives ours.
 """
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.end_to_end import stage_seconds
+from benchmarks.end_to_end import run_log, stage_seconds
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -66,10 +66,12 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
         active = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING]
         assert instance.get_runs(filters=dg.RunsFilter(statuses=active)) == []
         assert instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
-    assert "materializing corpus_tokens" not in run.stdout  # resumed: tokens already there
-    assert "materializing sae, sae_activations" not in run.stdout  # finished before the kill
-    assert "holistic_activations" not in run.stdout  # no condition of this run prompts with them
-    stages = stage_seconds(run.stdout)  # what benchmarks.end_to_end reports per stage
+    _check_quiet(run, storage)
+    log = run_log(run.stdout)  # quiet: the per-run lines are in the log file
+    assert "materializing corpus_tokens" not in log  # resumed: tokens already there
+    assert "materializing sae, sae_activations" not in log  # finished before the kill
+    assert "holistic_activations" not in log  # no condition of this run prompts with them
+    stages = stage_seconds(log)  # what benchmarks.end_to_end reports per stage
     explain = "explanations/one_shot, scores/one_shot, baselines"
     assert {"records", explain, "fig3, fig4, fig5, fig_calibration"} <= set(stages), stages
     assert stages[explain] > 0
@@ -85,7 +87,7 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
     assert "figures (" in run.stdout and "dagster dev" in run.stdout  # where to look, at the end
     assert {"embedding/one_shot, detection/one_shot, fuzzing/one_shot", "export", "export_all"} <= set(stages)
     _check_export(tmp_path / "home", storage)
-    stage_lines = [line for line in run.stdout.splitlines() if "--> materializing" in line]
+    stage_lines = [line for line in log.splitlines() if "--> materializing" in line]
     assert all("ETA " in line for line in stage_lines)  # every stage line carries elapsed time and ETA
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     event = instance.get_latest_materialization_event(dg.AssetKey(["scores", "one_shot"]))
@@ -93,8 +95,9 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
     assert strip.startswith("![true vs simulated](data:image/png;base64,")
     instance.dispose()
 
-    again = _run([BIN / "featureinterp", "run", "--conditions", "one_shot"], env)
+    again = _run([BIN / "featureinterp", "run", "--conditions", "one_shot", "--verbose"], env)
     assert again.returncode == 0 and "materializing" not in again.stdout  # nothing left to do
+    assert "log: " in again.stdout
 
     table = _run([BIN / "featureinterp", "scores", "--explanations"], env, timeout=300)
     assert table.returncode == 0, table.stderr[-3000:]
@@ -130,6 +133,30 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
         env,
     )
     assert one.returncode == 0, one.stderr[-3000:]
+
+
+def _check_quiet(run, storage) -> None:
+    """Issue 31: a quiet run prints one line per stage (stdout is a pipe here: no bar redraws), the
+    log file's path, the results table and where to look; no Dagster DEBUG event, no migration
+    line. The log file holds the whole event log."""
+    out = run.stdout.splitlines()
+    assert len(out) < 40, run.stdout
+    assert "DEBUG" not in run.stdout + run.stderr and "alembic" not in run.stdout + run.stderr
+    stages = {line.split(":")[0]: line for line in out if " partitions" in line and " in " in line}
+    assert {"records", "explanations + scores", "secondary scores"} <= set(stages), out
+    explain = stages["explanations + scores"]  # e.g. "explanations + scores: 6/6 partitions in 80.1 s, ..."
+    done, total = explain.split(": ", 1)[1].split()[0].split("/")
+    assert done == total and int(total) == 6, explain  # 2 layers + SYN x 2 features
+    header = next(i for i, line in enumerate(out) if line.startswith("layer ") and "test score" in line)
+    table = out[header + 2 : header + 5]
+    stored = json.loads((storage / "scores" / "one_shot" / "F0000" / "SYN" / "value.json").read_text())
+    other = json.loads((storage / "scores" / "one_shot" / "F0001" / "SYN" / "value.json").read_text())
+    syn = next(line for line in table if line.startswith("SYN    one_shot"))
+    mean = (stored["score"] + other["score"]) / 2
+    assert syn.split()[2] == f"{mean:.3f}" and syn.split()[-4] == "2", syn  # mean, explained
+    log = Path(next(line for line in out if line.startswith("log: ")).split("log: ", 1)[1])
+    text = log.read_text()
+    assert "STEP_SUCCESS" in text and "ASSET_MATERIALIZATION" in text and "--> materializing" in text
 
 
 SCREENSHOTS = REPO / ".cache" / "tests" / "screenshots"

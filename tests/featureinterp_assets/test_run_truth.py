@@ -58,8 +58,9 @@ secondary_conditions = []
 
 
 def _run(args, env, timeout=900):
+    """`featureinterp run --verbose`: the per-run "--> materializing" lines on stdout."""
     return subprocess.run(
-        [BIN / "featureinterp", "run", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+        [BIN / "featureinterp", "run", "--verbose", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
     )
 
 
