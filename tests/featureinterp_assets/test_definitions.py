@@ -138,3 +138,19 @@ def test_the_newcomer_run_skips_the_llm_scorers_its_model_cannot_do():
     keys = {k.to_user_string() for k in build_definitions(preset).resolve_asset_graph().get_all_asset_keys()}
     assert {f"embedding/{c}" for c in preset.explain.conditions} <= keys
     assert not any(k.startswith(("detection/", "fuzzing/")) for k in keys)
+
+
+@pytest.mark.parametrize("name", ["embedded", "gemma-2-9b"])
+def test_every_asset_says_what_it_is(name, tmp_path):
+    """Issue 31: the UI shows each asset's description; none may be missing or a placeholder."""
+    defs = build_definitions(get_preset(name), home=tmp_path, models=tmp_path)
+    graph = defs.resolve_asset_graph()
+    missing = []
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        if not node.is_materializable:
+            continue
+        text = (node.description or "").strip()
+        if len(text) < 30:
+            missing.append(key.to_user_string())
+    assert missing == [], missing
