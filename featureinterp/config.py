@@ -119,7 +119,7 @@ class ExplainSettings:
     """``tiny``: few-shot header tuned for ~100M models (placeholder ``0``); ``paper``: ``unknown``."""
     simulator_batch: int = 8
     """Records per simulator forward pass; 0: as many as the free accelerator memory holds
-    (``simulator.batch_size_for_memory``; 2, the paper's value, where no CUDA device is used)."""
+    (``simulate.memory.batch_size_for_memory``; 2, the paper's value, where no CUDA device is used)."""
     explainer: ModelSpec | ApiSpec | None = None
     """None: the simulator model as a local explainer with grammar-constrained JSON."""
     conditions: tuple[str, ...] = ("one_shot", "tree")

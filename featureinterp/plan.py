@@ -13,10 +13,14 @@ are those of gemma-2-27b-it on the same prompt layout) and whose explainer promp
 records; its explainer *replies* come from a random model, so completion tokens are an upper
 bound (every rule written to the schema's length limit).
 
-GPU time is a FLOP projection, ``2 x parameters x forward tokens / (peak x utilisation)``, plus
-model loads at a given read throughput. It ignores attention FLOPs (the simulator's prompts are
-~1-2k tokens, where the MLPs dominate), queueing, the API explainer's latency (it runs
-concurrently with GPU work) and Python overhead; ``utilisation`` is the knob for everything else.
+GPU time is a FLOP projection, ``2 x parameters x forward tokens / rate``, plus model loads at a
+given read throughput. Without a calibration the rate is ``peak x utilisation``, an *assumption*
+that ignores attention FLOPs, padding, queueing and Python overhead. With one (``featureinterp plan
+--calibration FILE``, the JSON ``scripts/gpu-check`` writes) each stage's rate is what was measured
+on full-size models on that GPU (``featureinterp.throughput.Calibration``: simulator forward
+tokens, activation rows and holistic rows per second, as effective FLOP/s so other model sizes
+scale by parameters), and everything the assumption ignored is in the measurement. The API
+explainer's latency is left out either way (it runs concurrently with GPU work).
 """
 
 from __future__ import annotations
@@ -25,11 +29,15 @@ import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from featureinterp.config import ApiSpec, Preset
 from featureinterp.explain.conditions import get_condition
 from featureinterp.names import SYNTHETIC_KEY
 from featureinterp.presets.scope import PresetScope
+
+if TYPE_CHECKING:  # throughput imports torch; planning loads no model
+    from featureinterp.throughput import Calibration
 
 __all__ = [
     "GpuSpec",
@@ -171,15 +179,22 @@ class PresetPlan:
                 + ", ".join(f"{k} {v:,.1f}" for k, v in self.gpu_hours.items())
                 + f" (dominated by {self.dominant})"
             )
+            if self.assumptions.get("rates") == "measured":
+                lines.append(f"rates: measured by scripts/gpu-check, {self.assumptions['calibration']}")
+            else:
+                lines.append(
+                    f"rates: {self.assumptions.get('rates', 'assumed')} (no measurement; "
+                    "`featureinterp plan --calibration FILE` uses what scripts/gpu-check measured)"
+                )
         for name, fig in self.figures.items():
             g = fig["grid"]
-            hours = fig["gpu_hours"].get("featureinterp run: 1x H100 SXM")
+            hours = next((v for k, v in fig["gpu_hours"].items() if k.startswith("featureinterp run: 1x")), None)
             lines.append(
                 f"paper {name}: {len(g['layers'])} layers x {len(g['features'])} features x "
                 f"{len(g['conditions'])} conditions, explainer {g['explainer']}"
                 + (f", tree depth {g['tree']['depth']} width {g['tree']['width']}" if g["tree"] else "")
                 + (
-                    f"; {hours:,.1f} H100 hours (featureinterp run) for its measured conditions "
+                    f"; {hours:,.1f} GPU hours (featureinterp run) for its measured conditions "
                     f"({', '.join(fig['measured_conditions'])})"
                     if hours is not None
                     else ""
@@ -189,13 +204,22 @@ class PresetPlan:
 
 
 def plan_preset(
-    preset: Preset, readers: Sequence[Stored] = (), gpu: GpuSpec | None = None, scoped: bool = True
+    preset: Preset,
+    readers: Sequence[Stored] = (),
+    gpu: GpuSpec | None = None,
+    scoped: bool = True,
+    calibration: Calibration | None = None,
 ) -> PresetPlan:
     """Partitions, runs, model loads, measured tokens and projected GPU hours of ``preset``;
     ``readers`` give the stored values token counts are measured from (see ``measured_costs``).
     ``scoped``: each paper condition on its figures' partitions only, as ``featureinterp run``
-    runs it (False: ``--whole-grid``, every condition everywhere)."""
+    runs it (False: ``--whole-grid``, every condition everywhere). ``calibration``: measured rates
+    (``scripts/gpu-check``) instead of ``gpu``'s assumed utilisation."""
     gpu = gpu or GpuSpec()
+    if calibration is not None:
+        import dataclasses
+
+        gpu = dataclasses.replace(gpu, name=calibration.device)
     conditions = list(preset.explain.conditions)
     n_layers, n_feat = len(preset.layer_keys), len(preset.features)
     lf = n_layers * n_feat
@@ -279,21 +303,27 @@ def plan_preset(
     sim_params = MODEL_PARAMS.get(simulator.name)
     subj_params = MODEL_PARAMS.get(preset.model.name)
     if measured and sim_params and subj_params:
-        rate = gpu.peak_flops * gpu.utilisation
+        assumed = gpu.peak_flops * gpu.utilisation
+        rates = {
+            "simulator forward passes": calibration.simulator_flops if calibration else assumed,
+            "subject activation pass": calibration.activation_flops if calibration else assumed,
+            "holistic corpus sweep": calibration.holistic_flops if calibration else assumed,
+        }
         sim_tokens = sum(m.simulator_tokens * counts[c] for c, m in measured.items())
         # A load reads the bf16 weights (2 bytes per parameter; the simulator is quantized to 4-bit
         # after reading them).
         params = {names["subject"]: subj_params, names["simulator"]: sim_params}
         compute = {
-            "simulator forward passes": 2 * sim_params * sim_tokens / rate,
-            "subject activation pass": 2 * subj_params * preset.n_rows * preset.row_len / rate,
+            "simulator forward passes": 2 * sim_params * sim_tokens,
+            "subject activation pass": 2 * subj_params * preset.n_rows * preset.row_len,
         }
         if holistic and preset.explain.holistic_scale == "corpus":
             # the paper's holistic scale: a drop-one-token sweep of every row per layer (the
             # variant dropping token d recomputes its T - d suffix tokens: ~T(T+1)/2 per row)
             hol_layers = len({k.split("|")[1] for k in holistic_keys} - {SYNTHETIC_KEY})
             per_row = preset.row_len * (preset.row_len + 1) / 2
-            compute["holistic corpus sweep"] = 2 * subj_params * preset.n_rows * per_row * hol_layers / rate
+            compute["holistic corpus sweep"] = 2 * subj_params * preset.n_rows * per_row * hol_layers
+        compute = {k: flops / rates[k] for k, flops in compute.items()}  # FLOPs -> seconds
         for way, counts in loads.items():
             load_s = sum(n * 2 * params.get(name, 0.0) for name, n in counts.items()) / (gpu.load_gbps * 1e9)
             parts = compute | {"model loads": load_s}
@@ -316,7 +346,12 @@ def plan_preset(
         explainer=explainer,
         gpu_hours={k: round(v, 2) for k, v in gpu_hours.items() if math.isfinite(v)},
         dominant=dominant,
-        assumptions=asdict(gpu),
+        assumptions=asdict(gpu)
+        | (
+            {"rates": "measured", "calibration": calibration.describe()}
+            if calibration
+            else {"rates": f"assumed: {gpu.utilisation:g} of {gpu.name} peak"}
+        ),
     )
 
 
@@ -362,7 +397,10 @@ def paper_grid(preset: Preset) -> Preset:
 
 
 def figure_plans(
-    preset: Preset, readers: Sequence[Stored] = (), gpu: GpuSpec | None = None
+    preset: Preset,
+    readers: Sequence[Stored] = (),
+    gpu: GpuSpec | None = None,
+    calibration: Calibration | None = None,
 ) -> dict[str, dict]:
     """Each paper figure's grid (featureinterp.figures.grids) with what that grid alone costs."""
     import dataclasses
@@ -376,7 +414,7 @@ def figure_plans(
             features=grid.features,
             explain=dataclasses.replace(preset.explain, conditions=grid.conditions, synthetic=False),
         )
-        cost = plan_preset(sub, readers, gpu)
+        cost = plan_preset(sub, readers, gpu, calibration=calibration)
         out[name] = {
             "grid": grid.to_dict(),
             "partitions_per_condition": len(grid.layers) * len(grid.features),

@@ -409,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.json,
                 args.paper_grid,
                 args.whole_grid,
+                args.calibration,
             )
         elif args.command == "presets":
             presets(args.presets_command, getattr(args, "name", None), getattr(args, "format", "toml"))

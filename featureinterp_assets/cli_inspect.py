@@ -106,13 +106,20 @@ def plan(
     as_json: bool,
     grid: bool = False,
     whole_grid: bool = False,
+    calibration: str | None = None,
 ) -> None:
     """Print what the preset costs (no model is loaded); see featureinterp/plan.py. ``grid``: the
     paper's 8 layers x 30 features instead of the whole preset; ``whole_grid``: every condition
-    on every partition (``featureinterp run --whole-grid``)."""
+    on every partition (``featureinterp run --whole-grid``); ``calibration``: a scripts/gpu-check
+    JSON file whose measured rates replace the assumed utilisation."""
     from featureinterp.explain.conditions import get_condition
     from featureinterp.plan import paper_grid, plan_preset
 
+    cal = None
+    if calibration is not None:
+        from featureinterp.throughput import load_calibration
+
+        cal = load_calibration(calibration)  # a missing or foreign file fails before any work
     preset = get_preset(preset_name)
     if grid:
         preset = paper_grid(preset)
@@ -131,8 +138,8 @@ def plan(
     from featureinterp.plan import figure_plans
 
     stored = [lambda key, part, r=r: r(dg.AssetKey(list(key)), part) for r in readers]
-    result = plan_preset(preset, stored, scoped=not whole_grid)
-    result.figures = {} if grid else figure_plans(get_preset(preset_name), stored)
+    result = plan_preset(preset, stored, scoped=not whole_grid, calibration=cal)
+    result.figures = {} if grid else figure_plans(get_preset(preset_name), stored, calibration=cal)
     print(result.to_json() if as_json else result.text())
 
 

@@ -57,6 +57,12 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p_plan.add_argument(
         "--whole-grid", action="store_true", help="every condition on every partition (as `run --whole-grid`)"
     )
+    p_plan.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="project GPU hours from the rates scripts/gpu-check measured (its JSON file) instead of an "
+        "assumed utilisation",
+    )
     p_presets = sub.add_parser("presets", help="list the built-in presets, or print one as a file")
     presets_sub = p_presets.add_subparsers(dest="presets_command", required=True)
     presets_sub.add_parser("list", help="the built-in preset names")

@@ -233,17 +233,12 @@ class LanceDBResource(dg.ConfigurableResource):
 
 
 def _batch_from_memory(simulator: LocalSimulator) -> int:
-    """The simulator batch that the free CUDA memory holds for paper-sized prompts (header + rule
-    + a 64-token record); the paper's 2 on other devices."""
-    from featureinterp.simulate.simulator import batch_size_for_memory
+    """The simulator batch that the free CUDA memory holds (the paper's 2 on other devices)."""
+    from featureinterp.simulate.memory import batch_for_free_memory
 
-    device = simulator.device
-    if device.type != "cuda":
-        return 2
-    free, _ = torch.cuda.mem_get_info(device)
-    rule = 64  # tokens of a rule turn, generous
-    size = batch_size_for_memory(simulator.model.config, free, len(simulator.header_ids) + rule, 64 * 4)
-    dg.get_dagster_logger().info(f"simulator batch {size} from {free / 2**30:.1f} GiB free on {device}")
+    size, free = batch_for_free_memory(simulator)
+    if simulator.device.type == "cuda":
+        dg.get_dagster_logger().info(f"simulator batch {size} from {free:.1f} GiB free on {simulator.device}")
     return size
 
 

@@ -62,10 +62,15 @@ def _not_ours_to_fix(record: logging.LogRecord) -> bool:
 
 
 def _quiet_libraries() -> None:
-    """No per-model "Loading weights" bars from transformers, no Rust INFO/WARN lines from LanceDB
+    """No per-model "Loading weights" bars from transformers, no tqdm bars, no Rust INFO/WARN lines from LanceDB
     ("No existing dataset ... will be created"): the stage lines say what runs."""
     import os
 
+    # third-party tqdm bars (transformers' one-time GGUF conversion of SmolLM2) redraw one line per
+    # tick into a log that is not a terminal; tqdm reads its defaults from TQDM_* variables
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    # lancedb's own Rust logger reads LANCEDB_LOG (its wheel's env_logger); pylance's reads LANCE_LOG
+    os.environ.setdefault("LANCEDB_LOG", "error")
     os.environ.setdefault("LANCE_LOG", "error")
     try:
         from transformers.utils import logging as hf_logging

@@ -178,9 +178,16 @@ def _softcaps_attention(name: str) -> bool:
 
 
 def load_subject_model(
-    spec: ModelSpec, cache_dir: Path, device: str = "auto"
+    spec: ModelSpec,
+    cache_dir: Path,
+    device: str = "auto",
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Return ``(model, tokenizer)`` in eval mode on ``device``."""
+    """Return ``(model, tokenizer)`` in eval mode on ``device``.
+
+    ``state_dict``: weights to load instead of the folder's files (the folder then needs only
+    config.json and the tokenizer), through the same ``from_pretrained`` call, dtype and
+    quantization: how ``scripts/gpu-check`` loads full-size random models without writing 54 GB."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = resolve_dtype(spec.dtype, device)
@@ -204,7 +211,16 @@ def load_subject_model(
             kwargs["device_map"] = resolve_device(device)
         try:
             tok = AutoTokenizer.from_pretrained(spec.name)
-            model = AutoModelForCausalLM.from_pretrained(spec.name, **kwargs)
+            if state_dict is None:
+                model = AutoModelForCausalLM.from_pretrained(spec.name, **kwargs)
+            else:  # transformers takes a state dict only with no name (and through the concrete
+                # class: the Auto class wants a name): the config comes from the folder
+                from transformers import AutoConfig
+                from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+                config = AutoConfig.from_pretrained(spec.name)
+                cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+                model = cls.from_pretrained(None, config=config, state_dict=state_dict, **kwargs)
         except OSError as err:
             raise UnavailableError(
                 f"cannot load model {spec.name!r}: {err.__class__.__name__}. This preset needs the "

@@ -53,6 +53,7 @@ from featureinterp.storage import atomic_dir
 __all__ = [
     "GEMMA_CHAT_TEMPLATE",
     "STANDINS",
+    "STANDIN_DTYPES_ENV",
     "STANDIN_KEY_ENV",
     "STANDIN_URL_ENV",
     "StandinPlan",
@@ -70,6 +71,10 @@ STANDIN_URL_ENV = "FEATUREINTERP_STANDIN_API"
 STANDIN_KEY_ENV = "FEATUREINTERP_STANDIN_KEY"
 """The key the stand-in server checks (random per run; exercises the API-key path)."""
 DEFAULT_URL = "http://127.0.0.1:8765/v1"
+STANDIN_DTYPES_ENV = "FEATUREINTERP_STANDIN_DTYPES"
+"""``float32`` (default): the stand-in models load in float32 and unquantized (CPU exactness);
+``preset``: in the paper preset's own dtypes and quantization (bfloat16 subject, 4-bit NF4
+simulator), as ``scripts/gpu-check`` runs them on CUDA (on a CPU, quantization is ignored)."""
 
 MEANINGLESS = (
     "stand-in run: tiny random-weight models of the preset's architectures; every score and figure "
@@ -143,11 +148,18 @@ def standin_preset(base: Preset | str) -> Preset:
     _plan(preset.name)
     root = standin_dir(preset.name)
     explain = preset.explain
+    dtypes = os.environ.get(STANDIN_DTYPES_ENV, "float32")
+    if dtypes not in ("float32", "preset"):
+        raise ConfigError(f"{STANDIN_DTYPES_ENV}={dtypes!r}: use 'float32' (the default) or 'preset'")
+    own = dtypes == "preset"
+    base_sim = explain.simulator or preset.model
+    subject_dtype = preset.model.dtype if own else "float32"
+    sim_dtype, sim_quant = (base_sim.dtype, base_sim.quantization) if own else ("float32", None)
     api = explain.explainer if isinstance(explain.explainer, ApiSpec) else ApiSpec(model="standin")
     return preset.replace(
         name=preset.name + SUFFIX,
         model=ModelSpec(
-            name=str(root / "subject"), source="hf", dtype="float32", bos_token=preset.model.bos_token
+            name=str(root / "subject"), source="hf", dtype=subject_dtype, bos_token=preset.model.bos_token
         ),
         sae=SaeSpec(source="disk", path_format=str(root / "saes" / "L{layer:02d}")),
         corpus=CorpusSpec(source="debian", max_documents=4_000),
@@ -158,7 +170,7 @@ def standin_preset(base: Preset | str) -> Preset:
         explain=dataclasses.replace(
             explain,
             simulator=ModelSpec(
-                name=str(root / "simulator"), source="hf", dtype="float32", quantization=None
+                name=str(root / "simulator"), source="hf", dtype=sim_dtype, quantization=sim_quant
             ),
             simulator_batch=8,
             explainer=dataclasses.replace(

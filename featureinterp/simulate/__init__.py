@@ -2,6 +2,7 @@
 how well.
 
 - ``simulator``: all-at-once simulation of an explanation with a local causal LM.
+- ``memory``: records per simulator forward pass, from the free accelerator memory.
 - ``scoring``: simulated vs true activations (pooled Pearson and the other metrics).
 - ``evaluate``: one explanation's test-time evaluation, per complementary source.
 - ``baselines``: the null and true-rule reference scores every score is read against.

@@ -25,6 +25,19 @@ StripRecord = tuple[str, Sequence[str], Sequence[float] | np.ndarray, Sequence[f
 """(label, tokens, true 0..5, simulated 0..5) of one record."""
 
 
+LABEL_CHARS = 12
+"""Longest tick label; longer tokens are cut with an ellipsis."""
+
+
+def _label(token: str) -> str:
+    """A token as a tick label: newlines, tabs and other control characters written as escapes
+    (the fonts have no glyph for them, and matplotlib warns on every missing glyph)."""
+    named = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    text = "".join(named.get(c, f"\\x{ord(c):02x}" if ord(c) < 32 else c) for c in token)
+    # a long token (a run of spaces, a URL) would need more height than its row has
+    return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…"
+
+
 def activation_strip(records: Sequence[StripRecord], title: str = "", dpi: int = 80) -> bytes:
     """PNG bytes: one row per record, each token a column; the upper cell is the true activation,
     the lower the simulated one (both 0..5, white to dark red), the token printed underneath."""
@@ -45,7 +58,7 @@ def activation_strip(records: Sequence[StripRecord], title: str = "", dpi: int =
         grid[1, : len(simulated)] = np.asarray(simulated, dtype=float)
         ax.imshow(grid, cmap="Reds", vmin=0, vmax=5, aspect="auto")
         ax.set_yticks([0, 1], ["true", "sim."], fontsize=7)
-        ax.set_xticks(range(len(tokens)), [t.replace("\n", "\\n") for t in tokens], fontsize=6, rotation=60)
+        ax.set_xticks(range(len(tokens)), [_label(t) for t in tokens], fontsize=6, rotation=60)
         ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
         for x in range(len(tokens)):
             for y, row in enumerate((true, simulated)):

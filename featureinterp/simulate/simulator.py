@@ -35,7 +35,7 @@ from featureinterp.llm.backend import Message, assistant, system, user
 from featureinterp.records.formatting import MAX_VALUE, UNKNOWN, escape_token
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedConfig, PreTrainedModel
+    from transformers import PreTrainedModel
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -414,29 +414,3 @@ class LocalSimulator:
         self._count(x.numel())
         idx = torch.tensor([len(prefix) + p for p in positions], device=self.device, dtype=torch.long)
         return expected_values(self._digit_logits(hidden[idx])).cpu().numpy()
-
-
-def batch_size_for_memory(
-    config: PreTrainedConfig, free_bytes: int, prefix_tokens: int, record_tokens: int,
-    bytes_per_value: int = 2, cap: int = 64,
-) -> int:
-    """Records per forward pass that fit in ``free_bytes`` of accelerator memory (half of it, for
-    fragmentation and the allocator's reserve).
-
-    Per record a pass holds the new tokens' keys and values in every layer (the shared prefix is a
-    view, not copied), one layer's MLP activations, and one layer's attention scores in float32
-    (eager attention, as soft-capped Gemma models need) over prefix + record. ``config`` is the
-    simulator's transformers config; weights are already resident and not counted.
-    """
-    text = getattr(config, "text_config", config)
-    layers = text.num_hidden_layers
-    heads = text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    inter = getattr(text, "intermediate_size", None) or 4 * text.hidden_size
-    t, total = record_tokens, prefix_tokens + record_tokens
-    kv = layers * 2 * kv_heads * head_dim * t * bytes_per_value
-    mlp = 3 * inter * t * bytes_per_value
-    scores = heads * t * total * 4
-    per_record = kv + mlp + scores
-    return int(max(1, min(cap, (free_bytes // 2) // per_record)))

@@ -92,9 +92,11 @@ def summarize(
 
 
 def results_table(rows: Sequence[ConditionSummary]) -> str:
-    """Fixed-width text: one line per layer x condition."""
+    """Fixed-width text: one line per layer x condition (the condition column as wide as the
+    longest name, so every row's numbers stay under their headers)."""
+    width = max([len("condition"), *(len(r.condition) for r in rows)])
     header = (
-        f"{'layer':6s} {'condition':28s} {'test score':>15s} {'null':>7s} "
+        f"{'layer':6s} {'condition':{width}s} {'test score':>15s} {'null':>7s} "
         f"{'explained':>9s} {'failed':>6s} {'dead':>4s} {'not run':>7s}"
     )
     lines = [header, "-" * len(header)]
@@ -103,7 +105,7 @@ def results_table(rows: Sequence[ConditionSummary]) -> str:
         null = f"{r.null_mean:.3f}" if r.null else "-"
         explained = f"{len(r.scores)}" + (f"+{r.undefined}nan" if r.undefined else "")
         lines.append(
-            f"{r.layer:6s} {r.condition:28s} {score:>15s} {null:>7s} "
+            f"{r.layer:6s} {r.condition:{width}s} {score:>15s} {null:>7s} "
             f"{explained:>9s} {len(r.failed):>6d} {r.dead:>4d} {len(r.not_run):>7d}"
         )
     return "\n".join(lines)

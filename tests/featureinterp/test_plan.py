@@ -113,6 +113,70 @@ def test_projection_counts_the_holistic_corpus_sweep_of_the_papers_scale(tmp_pat
     assert "of which holistic corpus sweep" not in plan_with("records").gpu_hours
 
 
+def _calibration(path, tokens_per_s: float, rows_per_s: float = 500.0, **over) -> None:
+    """A made-up scripts/gpu-check report: the fields `plan --calibration` reads."""
+    report = {
+        "device": "Test GPU 80GB",
+        "measured_on": "2026-12-06",
+        "small": False,
+        "simulator": {"params": 27.2e9, "cached": {"tokens_per_s": tokens_per_s}, "load_s": 30.0},
+        "subject": {
+            "params": 9.24e9,
+            "layers": 42,
+            "activation_rows_per_s": rows_per_s,
+            "holistic_rows_per_s": rows_per_s / 20,
+            "row_len": 33,
+            "sae_layer": 20,
+            "load_s": 10.0,
+        },
+    } | over
+    path.write_text(json.dumps(report))
+
+
+def test_calibration_moves_the_projection_as_the_measured_rates_say(tmp_path):
+    from featureinterp.throughput import load_calibration
+
+    base = get_preset("gemma-2-9b")
+    preset = base.replace(explain=dataclasses.replace(base.explain, conditions=("one_shot",)))
+    usage = {"requests": 2, "prompt_tokens": 1000, "completion_tokens": 100}
+    _store(tmp_path, "gemma-2-9b", "one_shot", "F0000", "L05", usage, 20_000, 10_000)
+    readers = _readers(tmp_path, "gemma-2-9b")
+    _calibration(tmp_path / "slow.json", tokens_per_s=2_000.0)
+    _calibration(tmp_path / "fast.json", tokens_per_s=8_000.0, rows_per_s=1000.0)
+    slow = plan_preset(preset, readers, calibration=load_calibration(tmp_path / "slow.json"))
+    fast = plan_preset(preset, readers, calibration=load_calibration(tmp_path / "fast.json"))
+    assumed = plan_preset(preset, readers)
+    key = "of which simulator forward passes"
+    lf = 8 * 30 + 50
+    # the same simulator as measured: hours = tokens / measured tokens per second
+    assert slow.gpu_hours[key] == pytest.approx(30_000 * lf / 2_000 / 3600, abs=0.01)
+    assert fast.gpu_hours[key] == pytest.approx(slow.gpu_hours[key] / 4, abs=0.01)
+    subject = "of which subject activation pass"
+    assert fast.gpu_hours[subject] < slow.gpu_hours[subject]
+    assert slow.gpu_hours[key] != assumed.gpu_hours[key]
+    assert "featureinterp run: 1x Test GPU 80GB" in slow.gpu_hours
+    assert "measured by scripts/gpu-check" in slow.text() and "Test GPU 80GB, 2026-12-06" in slow.text()
+    assert "assumed: 0.25 of H100 SXM peak" in assumed.text()
+    assert slow.assumptions["rates"] == "measured"
+
+
+def test_a_bad_calibration_file_is_named_with_the_fix(tmp_path):
+    from featureinterp.errors import ConfigError
+    from featureinterp.throughput import load_calibration
+
+    with pytest.raises(ConfigError, match="does not exist: run scripts/gpu-check"):
+        load_calibration(tmp_path / "none.json")
+    (tmp_path / "text.json").write_text("tokens: 5")
+    with pytest.raises(ConfigError, match="is not JSON"):
+        load_calibration(tmp_path / "text.json")
+    (tmp_path / "partial.json").write_text(json.dumps({"device": "x", "measured_on": "y"}))
+    with pytest.raises(ConfigError, match="lacks 'simulator'"):
+        load_calibration(tmp_path / "partial.json")
+    _calibration(tmp_path / "zero.json", tokens_per_s=0.0)
+    with pytest.raises(ConfigError, match="simulator_tokens_per_s"):
+        load_calibration(tmp_path / "zero.json")
+
+
 def test_plan_command_prints_json_without_loading_a_model(tmp_path):
     import os
     import subprocess

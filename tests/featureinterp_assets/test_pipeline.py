@@ -140,7 +140,8 @@ def test_records_partition_has_every_source_and_passing_checks(recorded):
     blocking = ("negatives_non_activating", "no_positive_leak", "splits_disjoint")
     assert all(checks[name] for name in blocking) and checks["feature_alive"]
     md = instance.get_latest_materialization_event(dg.AssetKey("records")).asset_materialization.metadata
-    assert "**" in md["preview"].value and md["counts"].value["positive"] == 3 * PRESET.per_split
+    shown = {r.data["source"]: r.data["records"] for r in md["counts"].records}  # a table in the UI (issue 31)
+    assert "**" in md["preview"].value and shown["positive"] == 3 * PRESET.per_split
     # the activations stored with the records are the feature's own (BOS dropped)
     acts, _ = load_arrays(storage / "sae_activations" / "L03")
     first = table.frame.filter(pl.col("source") == "positive").row(0, named=True)

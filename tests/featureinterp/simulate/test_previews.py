@@ -50,3 +50,18 @@ def test_score_strip_takes_test_positives_and_similar_negatives_in_rank_order(mo
     assert labels == ["pos 8", "pos 18", "pos 28", "sim. neg 16", "sim. neg 26"]
     assert list(seen[0][2]) == [0, 5, 1]  # quantized truth (4.0 of max 4 -> 5)
     assert np.allclose(seen[3][3], [1, 1, 1])
+
+
+def test_tick_labels_escape_control_characters_and_stay_short():
+    """No glyph is missing (matplotlib warns per missing glyph) and no label outgrows its row."""
+    import warnings
+
+    from featureinterp.simulate.previews import LABEL_CHARS, _label, activation_strip
+
+    assert _label("a\tb\nc\x01") == "a\\tb\\nc\\x01"
+    assert len(_label(" " * 40)) == LABEL_CHARS and _label(" " * 40).endswith("…")
+    tokens = ["\t", "\n\n", "x" * 60, " not", "\r"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a glyph or tight-layout warning fails the test
+        png = activation_strip([("r1", tokens, [0, 1, 5, 2, 0], [0, 0, 4, 3, 1])] * 3)
+    assert png.startswith(b"\x89PNG")

@@ -146,24 +146,6 @@ def test_paper_prompt_under_a_gemma_2_template(gemma3_tokenizer):
     assert max(np.abs(a - b).max() for a, b in zip(cached, uncached, strict=True)) <= 1e-4
 
 
-def test_batch_size_follows_free_memory_and_the_models_shape():
-    from transformers import Gemma2Config
-
-    from featureinterp.simulate.simulator import batch_size_for_memory
-
-    # gemma-2-27b's shape: 46 layers, 32 heads (16 kv) of 128, MLP 36864
-    cfg = Gemma2Config(
-        num_hidden_layers=46, num_attention_heads=32, num_key_value_heads=16, head_dim=128,
-        hidden_size=4608, intermediate_size=36864,
-    )  # fmt: skip
-    per_record = 46 * 2 * 16 * 128 * 256 * 2 + 3 * 36864 * 256 * 2 + 32 * 256 * (1500 + 256) * 4
-    gib = 2**30
-    assert batch_size_for_memory(cfg, 20 * gib, 1500, 256) == (10 * gib) // per_record
-    assert batch_size_for_memory(cfg, 40 * gib, 1500, 256) > batch_size_for_memory(cfg, 20 * gib, 1500, 256)
-    assert batch_size_for_memory(cfg, 1, 1500, 256) == 1  # never zero
-    assert batch_size_for_memory(cfg, 10**15, 1500, 256) == 64  # capped
-
-
 def test_per_thread_token_counts_do_not_depend_on_who_came_first(tiny_sim):
     """Features explained at once share the simulator: each thread's count is its own passes,
     the header prefilled once per simulator is in the total only."""
