@@ -191,6 +191,14 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         raise
 
 
+def _remove(path: Path) -> None:
+    """Remove ``path`` whatever it is (folder, file, link), or nothing when it is absent."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_dir(path: Path | str, manifest: bool = False) -> Iterator[Path]:
     """Yield a temp directory beside ``path``; it replaces ``path`` only if the block succeeds.
@@ -205,12 +213,12 @@ def atomic_dir(path: Path | str, manifest: bool = False) -> Iterator[Path]:
         yield tmp
         if manifest:
             write_manifest(tmp)
-        if path.exists():
+        if path.exists() or path.is_symlink():
             old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)  # a leftover of an interrupted write (a folder, or a file in the way)
             os.replace(path, old)
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         else:
             os.replace(tmp, path)
     finally:

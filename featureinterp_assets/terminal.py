@@ -102,7 +102,10 @@ class Terminal:
     @property
     def dagster_level(self) -> str:
         """The console log level of Dagster's runs (their events all go to the instance and the file)."""
-        return "DEBUG" if self.verbose else "WARNING"
+        # quiet: nothing live from Dagster's console logger (a failure would print its stack trace
+        # twice); the run's own warnings are echoed one line each after it (append_run_log) and each
+        # failure as one line with its reason, the traces being in the log file
+        return "DEBUG" if self.verbose else "CRITICAL"
 
     def run_config(self) -> dict:
         """``run_config`` of every ``dg.materialize`` of the invocation: Dagster's console logger
@@ -143,7 +146,9 @@ class Terminal:
         logging.captureWarnings(False)
 
     def append_run_log(self, instance: dg.DagsterInstance, run_id: str) -> None:
-        """Every event of run ``run_id`` (as stored in the instance) into the log file, in order."""
+        """Every event of run ``run_id`` (as stored in the instance) into the log file, in order;
+        quiet, the warnings our assets logged are also said on the console, one line each."""
+        warnings = []
         with self.log_path.open("a", encoding="utf-8") as out:
             out.write(f"---- run {run_id}\n")
             for entry in instance.all_logs(run_id):
@@ -151,6 +156,11 @@ class Terminal:
                 event = entry.dagster_event.event_type_value if entry.dagster_event else "LOG"
                 level = logging.getLevelName(entry.level)
                 out.write(f"{when} {level} {entry.step_key or '-'} {event} {entry.user_message}\n")
+                if entry.dagster_event is None and entry.level == logging.WARNING:
+                    warnings.append(f"warning ({entry.step_key or 'run'}): {entry.user_message}")
+        if not self.verbose:
+            for line in warnings:
+                self.say(line)
 
     def note(self, text: str) -> None:
         """A detail line (which run materializes what, how long it took): the log file always,

@@ -32,7 +32,7 @@ class ConditionSummary:
     undefined: int
     """Explained features whose score is undefined (NaN: e.g. a constant simulation)."""
     failed: tuple[str, ...]
-    """Feature keys this run tried and failed (no stored score)."""
+    """Feature keys this run tried and failed (an older stored score may still count as explained)."""
     not_run: tuple[str, ...]
     """Feature keys in scope with no stored score that this run did not try (another slice)."""
 
@@ -86,7 +86,7 @@ def summarize(
         tuple(null),
         dead,
         undefined,
-        tuple(f for f in missing if f in tried),
+        tuple(f for f in expected if f in tried),  # a failure is never hidden by an older value
         tuple(f for f in missing if f not in tried),
     )
 

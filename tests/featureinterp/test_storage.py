@@ -40,6 +40,22 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
     assert sorted(load_arrays(target)[0]) == ["y"], "a rewrite replaces the whole directory"
 
 
+def test_a_file_in_the_way_or_left_by_an_interrupted_write_never_blocks_a_value(tmp_path):
+    """A file where a value's folder belongs (or a `.old` leftover, file or folder) is replaced:
+    found on the embedded default, where a leftover `.L05.old` file made every later write fail."""
+    target = tmp_path / "L05"
+    target.write_text("a file where the folder was")
+    save_arrays(target, {"x": np.ones(2)})
+    assert target.is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["L05"]
+    (tmp_path / ".L05.old").write_text("left by an earlier write")
+    save_arrays(target, {"y": np.zeros(1)})
+    assert sorted(load_arrays(target)[0]) == ["y"] and sorted(p.name for p in tmp_path.iterdir()) == ["L05"]
+    (tmp_path / ".L05.old").mkdir()
+    (tmp_path / ".L05.old" / "x.npy").write_bytes(b"stale")
+    save_arrays(target, {"z": np.zeros(1)})
+    assert sorted(load_arrays(target)[0]) == ["z"] and sorted(p.name for p in tmp_path.iterdir()) == ["L05"]
+
+
 def test_npy_stream_writes_row_blocks_and_is_moved_into_place(tmp_path):
     full = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)
     stream = NpyStream(tmp_path / "staging" / "acts.npy", full.shape, np.float32)

@@ -204,7 +204,8 @@ def _check_export(home, storage) -> None:
 
 def _check_ui(env) -> None:
     """`dagster dev` as a person uses it: headless Chromium (Debian's, via playwright) opens the
-    asset list, a records partition and fig5; screenshots land in .cache/tests/screenshots."""
+    asset list, a records partition, one partition's score and explanation, and fig5;
+    screenshots land in .cache/tests/screenshots."""
     import signal
     import socket
     import time
@@ -280,6 +281,16 @@ def _check_ui(env) -> None:
                 body = visit(f"/assets/{key}", key.replace("/", "_"), [text])
                 assert "No description" not in body, key
             visit("/assets/scores/one_shot", "scores", ["activations"])  # the strip's metadata entry
+            # one partition as a person reads it (issue 31): per-source scores and false-positive
+            # rates, and token usage, as rendered tables; the rules as a table with strengths and
+            # the search path as a list (Markdown), not JSON blobs
+            part = "view=partitions&partition=F0000%7CSYN"
+            body = visit(f"/assets/scores/one_shot?{part}", "scores_partition", ["per_source"])
+            assert "similar_negative" in body and "fp_rate" in body and "n_records" in body, body[-3000:]
+            assert '"fp_rate"' not in body  # rendered as a table, not a JSON value
+            body = visit(f"/assets/explanations/one_shot?{part}", "explanations_partition", ["rules"])
+            assert "activates on" in body and "strength" in body and "search path" in body, body[-3000:]
+            assert '"activates_on"' not in body and "prompt_tokens" in body
             visit("/assets/fig5", "fig5", ["caption"])
             page.get_by_text("[Show Markdown]").first.click()  # the `image` metadata entry
             image = page.locator('img[src^="data:image/png;base64,"]').first

@@ -9,7 +9,7 @@ from featureinterp_assets.terminal import Terminal, partition_finished
 def test_plain_output_is_one_line_per_stage_counting_the_partitions_the_steps_report(tmp_path):
     out = io.StringIO()  # not a terminal: no bar redraws
     term = Terminal(tmp_path / "logs" / "run.log", stream=out)
-    assert not term.interactive and term.dagster_level == "WARNING"
+    assert not term.interactive and term.dagster_level == "CRITICAL"  # failures: one line each, by us
     term.start_logging()
     with term.session():
         with term.stage("explanations + scores", 3):
@@ -51,3 +51,25 @@ def test_verbose_streams_the_detail_lines_and_dagster_debug(tmp_path):
         with term.stage("records", 1):
             term.run_finished(1)
     assert out.getvalue().splitlines() == ["--> materializing x"]  # no stage line: the run lines say it
+
+
+def test_a_quiet_run_says_its_warnings_one_line_each_and_files_every_event(tmp_path):
+    """Dagster's console logger is silent when quiet (a failure would print its trace twice); what
+    an asset warns about is still said, once, after its run, and every event is in the file."""
+    import dagster as dg
+
+    @dg.asset
+    def warns(context: dg.AssetExecutionContext) -> int:
+        context.log.warning("feature 3 never fires: nothing to explain")
+        context.log.info("an info line")
+        return 1
+
+    out = io.StringIO()
+    term = Terminal(tmp_path / "run.log", stream=out)
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize([warns], instance=instance, run_config=term.run_config())
+        with term.session():
+            term.append_run_log(instance, result.run_id)
+    assert out.getvalue().splitlines() == ["warning (warns): feature 3 never fires: nothing to explain"]
+    text = (tmp_path / "run.log").read_text()
+    assert "an info line" in text and "STEP_SUCCESS" in text

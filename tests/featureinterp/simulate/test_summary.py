@@ -30,3 +30,17 @@ def test_a_row_with_nothing_explained_shows_dashes_not_zeros():
     row = summarize("L03", "tree", {}, {}, ["F0000"])
     assert math.isnan(row.mean) and row.not_run == ("F0000",)
     assert results_table([row]).splitlines()[2].split()[2:4] == ["-", "-"]
+
+
+def test_a_failure_is_counted_even_where_an_older_score_is_stored():
+    """This run failed F0000, whose score from an earlier run is still stored: the row says both
+    (explained from the stored value, failed by this run), never "failed 0"."""
+    row = summarize("L05", "one_shot", {"F0000": {"score": 0.2}}, {}, ["F0000"], failed=["F0000"])
+    assert row.scores == (0.2,) and row.failed == ("F0000",) and row.not_run == ()
+
+
+def test_long_condition_names_keep_the_columns_aligned():
+    rows = [summarize("L05", c, {"F0000": {"score": 0.1}}, {}, ["F0000"]) for c in ("tree", "one_shot_structured_train_negatives")]
+    header, _, *lines = results_table(rows).splitlines()
+    at = header.index("test score") + len("test score")  # right-aligned under its header
+    assert all(line[:at].endswith("0.100 ± 0.000") for line in lines), lines
