@@ -219,7 +219,10 @@ def load_subject_model(
                 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
                 config = AutoConfig.from_pretrained(spec.name)
-                cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+                found = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+                # the mapping's stub types its values as a (class, fast class) pair, as for
+                # tokenizers; for models it holds the class itself
+                cls: Any = next(c for c in found if c) if isinstance(found, tuple) else found
                 model = cls.from_pretrained(None, config=config, state_dict=state_dict, **kwargs)
         except OSError as err:
             raise UnavailableError(

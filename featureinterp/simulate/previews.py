@@ -29,11 +29,16 @@ LABEL_CHARS = 12
 """Longest tick label; longer tokens are cut with an ellipsis."""
 
 
-def _label(token: str) -> str:
-    """A token as a tick label: newlines, tabs and other control characters written as escapes
-    (the fonts have no glyph for them, and matplotlib warns on every missing glyph)."""
+def _escape(text: str) -> str:
+    """Newlines, tabs and other control characters written as escapes (the fonts have no glyph
+    for them, and matplotlib warns on every missing glyph)."""
     named = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
-    text = "".join(named.get(c, f"\\x{ord(c):02x}" if ord(c) < 32 else c) for c in token)
+    return "".join(named.get(c, f"\\x{ord(c):02x}" if ord(c) < 32 else c) for c in text)
+
+
+def _label(token: str) -> str:
+    """A token as a tick label: escaped (``_escape``) and cut to ``LABEL_CHARS``."""
+    text = _escape(token)
     # a long token (a run of spaces, a URL) would need more height than its row has
     return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…"
 
@@ -59,13 +64,13 @@ def activation_strip(records: Sequence[StripRecord], title: str = "", dpi: int =
         ax.imshow(grid, cmap="Reds", vmin=0, vmax=5, aspect="auto")
         ax.set_yticks([0, 1], ["true", "sim."], fontsize=7)
         ax.set_xticks(range(len(tokens)), [_label(t) for t in tokens], fontsize=6, rotation=60)
-        ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+        ax.set_ylabel(_escape(label), fontsize=7, rotation=0, ha="right", va="center")
         for x in range(len(tokens)):
             for y, row in enumerate((true, simulated)):
                 if x < len(row) and row[x] >= 0.5:
                     ax.text(x, y, f"{row[x]:.0f}", ha="center", va="center", fontsize=6)
-    if title:
-        fig.suptitle(title, fontsize=8)
+    if title:  # an explanation: an explainer may write a tab or newline into it
+        fig.suptitle(_escape(title), fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)

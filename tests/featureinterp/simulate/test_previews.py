@@ -63,5 +63,5 @@ def test_tick_labels_escape_control_characters_and_stay_short():
     tokens = ["\t", "\n\n", "x" * 60, " not", "\r"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a glyph or tight-layout warning fails the test
-        png = activation_strip([("r1", tokens, [0, 1, 5, 2, 0], [0, 0, 4, 3, 1])] * 3)
+        png = activation_strip([("r1", tokens, [0, 1, 5, 2, 0], [0, 0, 4, 3, 1])] * 3, title="rule\twith a tab")
     assert png.startswith(b"\x89PNG")

@@ -42,3 +42,33 @@ def test_perfect_prediction_and_too_few_tokens():
     assert math.isnan(one.r_squared) and one.reason == "fewer than two tokens" and one.n_tokens == 1
     with pytest.raises(ValueError, match="unknown score metrics"):
         score([[1.0, 2.0]], [[1.0, 2.0]], "centred")  # type: ignore[arg-type]
+
+
+def test_bootstrap_interval_covers_the_score_and_narrows_with_more_records():
+    """Groundwork for issue 33's error bars: resampling records within groups, from token sums."""
+    from featureinterp.simulate.scoring import bootstrap_interval
+
+    gen = np.random.default_rng(0)
+
+    def records(n):
+        true = [gen.gamma(1.0, 1.0, 16) * (gen.random(16) < 0.3) for _ in range(n)]
+        pred = [t + gen.normal(0, 0.8, 16) for t in true]
+        return true, pred
+
+    true, pred = records(20)
+    point = score(true, pred).correlation
+    low, high, undefined = bootstrap_interval(true, pred, [0] * 10 + [1] * 10, np.random.default_rng(1))
+    assert low < point < high and undefined == 0.0
+    again = bootstrap_interval(true, pred, [0] * 10 + [1] * 10, np.random.default_rng(1))
+    assert again == (low, high, undefined)  # the caller's generator decides, nothing global
+    # the slow way agrees: pooled correlation of explicitly resampled records
+    rng, slow = np.random.default_rng(1), []
+    for _ in range(1000):
+        picks = np.concatenate([rng.integers(0, 10, 10), 10 + rng.integers(0, 10, 10)])
+        slow.append(score([true[i] for i in picks], [pred[i] for i in picks]).correlation)
+    assert np.percentile(slow, [2.5, 97.5]) == pytest.approx([low, high], abs=0.03)
+    big_true, big_pred = records(200)
+    narrow = bootstrap_interval(big_true, big_pred, [0] * 100 + [1] * 100, np.random.default_rng(1))
+    assert narrow[1] - narrow[0] < (high - low) / 2  # ~1/sqrt(10) as wide with 10x the records
+    flat = bootstrap_interval([np.zeros(4)] * 3, [np.ones(4)] * 3, [0, 0, 0], np.random.default_rng(0))
+    assert np.isnan(flat[0]) and flat[2] == 1.0  # constant truth: every resample undefined
