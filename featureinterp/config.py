@@ -190,10 +190,20 @@ class ScoreSettings:
     """``all`` (the paper): false positives / every complementary token of the test split, so
     x 32 is false positives per 32-token sentence (Figure 3); ``quiet``: / the quiet tokens only,
     the share of quiet tokens the simulation wrongly lights up."""
+    interval_resamples: int = 1000
+    """Bootstrap resamples of each score's confidence interval over its test records (ours: the
+    paper reports point scores only; 0 turns intervals off). Resampling is within positives and
+    within the complementary source, so each resample keeps the test set's composition."""
+    interval_level: float = 0.95
+    """Coverage of that interval (percentile bootstrap)."""
 
     def __post_init__(self) -> None:
+        if self.interval_resamples < 0 or not 0 < self.interval_level < 1:
+            raise ConfigError(
+                f"scores.interval_resamples = {self.interval_resamples}, scores.interval_level = "
+                f"{self.interval_level}: resamples must be >= 0 (0: no intervals) and the level in (0, 1)"
+            )
         for name, allowed in (
-            ("metrics", ("paper", "rescaled")),
             ("fp_quiet", ("absolute", "relative")),
             ("fp_denominator", ("all", "quiet")),
         ):
@@ -208,7 +218,8 @@ class ScoreSettings:
             else f"activation < {self.fp_quiet_fraction:g} x max"
         )
         per = "all complementary tokens" if self.fp_denominator == "all" else "quiet tokens"
-        paper = self == ScoreSettings(metrics=self.metrics)
+        fp_fields = ("fp_quiet", "fp_quiet_below", "fp_quiet_fraction", "fp_predicted_above", "fp_denominator")
+        paper = all(getattr(self, f) == getattr(ScoreSettings(), f) for f in fp_fields)
         return f"FP: {quiet} and predicted > {self.fp_predicted_above:g}, per {per}" + (" (paper)" if paper else "")
 
 

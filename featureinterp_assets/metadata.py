@@ -19,6 +19,8 @@ __all__ = ["counts_table", "explanation_markdown", "source_table", "usage_table"
 
 _SOURCE_COLUMNS = (
     ("score", "float", "Pearson r of simulated vs true activations on this source's test records"),
+    ("ci_low", "float", "bootstrap interval of the score over test records: low end"),
+    ("ci_high", "float", "bootstrap interval of the score over test records: high end"),
     ("fp_rate", "float", "false-positive rate: quiet tokens the simulation predicts above the threshold"),
     ("n_records", "int", "test records"),
     ("n_fp", "int", "false-positive tokens"),
@@ -41,7 +43,7 @@ def source_table(scores: Mapping[str, Mapping[str, Any] | float]) -> dg.TableMet
         k: v if isinstance(v, Mapping) else {"score": v} for k, v in scores.items()
     }
     present = [(name, kind, doc) for name, kind, doc in _SOURCE_COLUMNS if any(name in v for v in per_source.values())]
-    known = {name for name, _, _ in _SOURCE_COLUMNS}
+    known = {name for name, _, _ in _SOURCE_COLUMNS} | {"ci_undefined", "ci_level"}
     present += [  # a scorer's own numbers (detection: precision, recall, ...), in the order they come
         (name, "float", "")
         for name in dict.fromkeys(k for v in per_source.values() for k in v)

@@ -22,7 +22,8 @@ from featureinterp_assets.outcome import not_drawn
 
 RESULTS_CAPTION = (
     "results: mean test score ± its spread over features (Pearson r of simulated vs true activations "
-    "on positives + similar non-activating rows), beside the null baseline (the empty explanation)"
+    "on positives + similar non-activating rows); records ±: half-width of the mean's 95% bootstrap "
+    "interval over test records; null: the empty explanation's score"
 )
 
 Failures = dict[tuple[str, str | None], str]

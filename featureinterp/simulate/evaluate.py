@@ -3,13 +3,16 @@
 The explanation is simulated once over every test record (positives and the six complementary
 sources), and each figure's subset is scored from that one simulation, instead of re-simulating
 the shared positives once per source as the paper's Figure 3 script does. False positives are
-counted per source as ``ScoreSettings`` defines them.
+counted per source as ``ScoreSettings`` defines them. Each score carries a bootstrap interval
+over its test records (ours; ``ScoreSettings.interval_resamples``), from a generator seeded per
+feature and source, so an interval never depends on which sources or features ran with it.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,13 +20,13 @@ import numpy as np
 from featureinterp.config import ScoreSettings
 from featureinterp.explanations.rules import Explanation
 from featureinterp.names import COMPLEMENTARY_SOURCES, POSITIVE_SOURCE, PRIMARY_SOURCE
-from featureinterp.records.sources import split_records
-from featureinterp.simulate.scoring import score
+from featureinterp.records.sources import Record, split_records
+from featureinterp.simulate.scoring import bootstrap_interval, score
 
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["Evaluation", "evaluate", "false_positives"]
+__all__ = ["INTERVAL_KEYS", "Evaluation", "evaluate", "false_positives", "source_interval"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,9 @@ class Evaluation:
     activation below 10 that the simulation predicts above 1, over every complementary token)."""
     predictions: dict[str, list[list[float]]]
     """source -> per-record simulated values of the complementary records, and ``positive``."""
+    interval: dict[str, float] = field(default_factory=dict)
+    """The primary score's bootstrap interval: {ci_low, ci_high, ci_undefined (share of resamples
+    with an undefined correlation), ci_level}; empty when intervals are off or not seeded."""
 
 
 def false_positives(
@@ -61,9 +67,11 @@ def evaluate(
     frame: pl.DataFrame,
     max_act: float,
     settings: ScoreSettings | None = None,
+    interval_seed: int | None = None,
 ) -> Evaluation:
     """Score ``explanation`` on the test split, per complementary source, with one simulation;
-    ``settings``: the score and false-positive definitions (None: the paper's)."""
+    ``settings``: the score and false-positive definitions (None: the paper's); ``interval_seed``:
+    the feature's seed for the bootstrap intervals (None: no intervals)."""
     settings = settings or ScoreSettings()
     pos = split_records(frame, POSITIVE_SOURCE, "test", None)
     comp = {s: split_records(frame, s, "test", None) for s in COMPLEMENTARY_SOURCES}
@@ -87,9 +95,39 @@ def evaluate(
             "n_fp": n_fp,
             "n_quiet": n_quiet,
             "n_tokens": len(true),
-        }
+        } | source_interval(pos, pos_pred, recs, sp, source, settings, interval_seed)
         if source == PRIMARY_SOURCE:
             primary = (s.correlation, s.reason)
-    return Evaluation(primary[0], primary[1], per_source, predictions)
+    interval = {k: per_source[PRIMARY_SOURCE][k] for k in INTERVAL_KEYS if k in per_source.get(PRIMARY_SOURCE, {})}
+    return Evaluation(primary[0], primary[1], per_source, predictions, interval)
+
+
+INTERVAL_KEYS = ("ci_low", "ci_high", "ci_undefined", "ci_level")
+
+
+def source_interval(
+    pos: list[Record],
+    pos_pred: list[np.ndarray],
+    recs: list[Record],
+    rec_pred: list[np.ndarray],
+    source: str,
+    settings: ScoreSettings,
+    interval_seed: int | None,
+) -> dict[str, float]:
+    """The bootstrap interval of one source's score (positives + that source's records), keyed by
+    ``INTERVAL_KEYS``; empty when intervals are off. The generator is seeded by the feature's seed
+    and the source's name (crc32), so adding a source leaves every other interval as it was."""
+    if interval_seed is None or not settings.interval_resamples or not pos + recs:
+        return {}
+    rng = np.random.default_rng([interval_seed, zlib.crc32(source.encode())])
+    low, high, undefined = bootstrap_interval(
+        [r.acts for r in pos + recs],
+        [*pos_pred, *rec_pred],
+        [0] * len(pos) + [1] * len(recs),
+        rng,
+        settings.interval_resamples,
+        settings.interval_level,
+    )
+    return {"ci_low": low, "ci_high": high, "ci_undefined": undefined, "ci_level": settings.interval_level}
 
 

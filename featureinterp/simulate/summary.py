@@ -35,6 +35,18 @@ class ConditionSummary:
     """Feature keys this run tried and failed (an older stored score may still count as explained)."""
     not_run: tuple[str, ...]
     """Feature keys in scope with no stored score that this run did not try (another slice)."""
+    half_widths: tuple[float, ...] = ()
+    """Half-widths of the explained features' bootstrap intervals over test records (where
+    stored and defined)."""
+
+    @property
+    def record_halfwidth(self) -> float:
+        """Half-width of the mean's interval from test-record sampling alone: the features'
+        intervals are independent, so sqrt(sum of squared half-widths) / n (NaN when none are
+        stored). ``spread`` is the other uncertainty: which features were drawn."""
+        if not self.half_widths:
+            return math.nan
+        return math.sqrt(sum(h * h for h in self.half_widths)) / len(self.half_widths)
 
     @property
     def mean(self) -> float:
@@ -61,7 +73,7 @@ def summarize(
     """``scores`` / ``baselines``: feature key -> stored value (None or absent: not stored);
     ``expected``: the feature keys the condition runs on in this layer; ``failed``: those this run
     failed."""
-    values, null, dead, undefined, missing = [], [], 0, 0, []
+    values, null, dead, undefined, missing, half = [], [], 0, 0, [], []
     for feature in expected:
         value = scores.get(feature)
         if value is None:
@@ -75,6 +87,9 @@ def summarize(
             undefined += 1
             continue
         values.append(float(score))
+        low, high = value.get("ci_low"), value.get("ci_high")
+        if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+            half.append((float(high) - float(low)) / 2)
         base = (baselines.get(feature) or {}).get("null", {}).get("score")
         if base is not None and not math.isnan(float(base)):
             null.append(float(base))
@@ -88,24 +103,28 @@ def summarize(
         undefined,
         tuple(f for f in expected if f in tried),  # a failure is never hidden by an older value
         tuple(f for f in missing if f not in tried),
+        tuple(half),
     )
 
 
 def results_table(rows: Sequence[ConditionSummary]) -> str:
     """Fixed-width text: one line per layer x condition (the condition column as wide as the
-    longest name, so every row's numbers stay under their headers)."""
+    longest name, so every row's numbers stay under their headers). ``test score``: mean ± the
+    spread over features; ``records ±``: the half-width of the mean's bootstrap interval over
+    test records (how much the mean would move with other test records of the same features)."""
     width = max([len("condition"), *(len(r.condition) for r in rows)])
     header = (
-        f"{'layer':6s} {'condition':{width}s} {'test score':>15s} {'null':>7s} "
+        f"{'layer':6s} {'condition':{width}s} {'test score':>15s} {'records ±':>9s} {'null':>7s} "
         f"{'explained':>9s} {'failed':>6s} {'dead':>4s} {'not run':>7s}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         score = f"{r.mean:.3f} ± {r.spread:.3f}" if r.scores else "-"
         null = f"{r.null_mean:.3f}" if r.null else "-"
+        rec = f"{r.record_halfwidth:.3f}" if r.half_widths else "-"
         explained = f"{len(r.scores)}" + (f"+{r.undefined}nan" if r.undefined else "")
         lines.append(
-            f"{r.layer:6s} {r.condition:{width}s} {score:>15s} {null:>7s} "
+            f"{r.layer:6s} {r.condition:{width}s} {score:>15s} {rec:>9s} {null:>7s} "
             f"{explained:>9s} {len(r.failed):>6d} {r.dead:>4d} {len(r.not_run):>7d}"
         )
     return "\n".join(lines)

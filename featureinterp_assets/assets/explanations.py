@@ -279,6 +279,21 @@ def stored_explanation(storage: StorageIOManager, condition: str, key: str) -> d
     return expl
 
 
+def score_seed(spec: Preset, condition: str, layer: int, feature: int) -> int:
+    """The seed of one score's bootstrap intervals: per preset, condition, layer and feature (the
+    explanation's seed salted), so rescoring one partition reproduces its intervals exactly."""
+    return explain_seed(spec.seed, spec.name, f"{condition}/scores", layer, feature)
+
+
+def interval_text(interval: dict) -> str:
+    """``[low, high] (95%)`` with the share of undefined resamples when there are any."""
+    if "ci_low" not in interval:
+        return "off"
+    low, high, undefined = interval["ci_low"], interval["ci_high"], interval["ci_undefined"]
+    text = f"[{low:.3f}, {high:.3f}] ({interval['ci_level']:.0%} bootstrap over test records)"
+    return text + (f", {undefined:.0%} of resamples undefined" if undefined else "")
+
+
 def score_base(cond: Condition, expl: dict) -> dict:
     """The fields every score row carries; ``rule_cap`` is the cap the explanation ran with (read
     from the stored explanation; None for an uncapped free-text one), never the condition's
@@ -307,6 +322,7 @@ def _score(llm: LLMResource, cond: Condition, expl: dict, rec: TableBundle, spec
         rec.frame,
         expl["max_act"],
         spec.scores,
+        interval_seed=score_seed(spec, cond.name, expl["layer"], expl["feature"]),
     )
     simulator_tokens = simulator.thread_tokens() - tokens_before
     from featureinterp.simulate.simulator import alignment_stats  # torch: only in the step that scores
@@ -321,6 +337,7 @@ def _score(llm: LLMResource, cond: Condition, expl: dict, rec: TableBundle, spec
     value = base | {
         "score": ev.score,
         "reason": ev.reason,
+        **ev.interval,
         "per_source": ev.per_source,
         "complexities": complexities,
         "complexity": mean_complexity(complexities),
@@ -347,6 +364,7 @@ def _score_metadata(
     return {
         "score": ev.score,
         "reason": ev.reason or "",
+        "score_interval": interval_text(ev.interval),
         "explanation": str(explanation),
         "per_source": source_table(ev.per_source),
         "complexity": mean_complexity(complexities),

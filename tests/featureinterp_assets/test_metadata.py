@@ -14,6 +14,9 @@ def test_per_source_scores_become_a_table_with_one_row_per_source():
             "similar_negative": {"score": 0.1, "fp_rate": 0.02, "n_records": 10},
         }
     )
+    with_interval = source_table({"similar_negative": {"score": 0.1, "ci_low": -0.1, "ci_high": 0.3, "ci_level": 0.95}})
+    # the interval's ends are columns beside the score; its level is the same for every row (not a column)
+    assert [c.name for c in with_interval.schema.columns] == ["source", "score", "ci_low", "ci_high"]
     assert isinstance(table, dg.TableMetadataValue)
     assert [c.name for c in table.schema.columns] == ["source", "score", "fp_rate", "n_records"]
     rows = [r.data for r in table.records]

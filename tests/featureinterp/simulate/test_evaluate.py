@@ -53,3 +53,49 @@ def test_false_positives_by_the_papers_rule_and_ours():
     rate, n_fp, n_quiet = false_positives(true, guess, 20.0, ours)
     assert (rate, n_fp, n_quiet) == (pytest.approx(1 / 2), 1, 2)
     assert np.isnan(false_positives(np.zeros(0), np.zeros(0), 1.0, ScoreSettings())[0])
+
+
+def _noisy_frame(n: int = 10) -> pl.DataFrame:
+    """``n`` positive and ``n`` records per complementary source, with varied activations, so a
+    resample of the test records moves the score."""
+    rng = np.random.default_rng(0)
+    rows = [("positive", "test", r, ["a", "x", "b"], list(rng.uniform(0, 8, 3))) for r in range(n)]
+    for source in COMPLEMENTARY_SOURCES:
+        rows += [(source, "test", r, ["x", "b", "c"], list(rng.uniform(0, 2, 3))) for r in range(n)]
+    return pl.DataFrame(
+        [
+            {"source": s, "split": sp, "rank": r, "tokens": t, "acts": a, "row": i}
+            for i, (s, sp, r, t, a) in enumerate(rows)
+        ]
+    )
+
+
+def _noisy_simulate(explanation, records):
+    return [np.array([4.0 if t == "x" else float(len(t) % 2) for t in r]) for r in records]
+
+
+def test_every_score_carries_a_bootstrap_interval_reproducible_per_source():
+    frame, expl = _noisy_frame(), Explanation((Rule("x", 5),))
+    ev = evaluate(_noisy_simulate, expl, frame, max_act=8.0, interval_seed=7)
+    for source, s in ev.per_source.items():
+        assert s["ci_low"] <= s["score"] <= s["ci_high"], (source, s)
+        assert s["ci_high"] - s["ci_low"] > 0.01  # the records vary: a real interval, not a point
+        assert s["ci_level"] == 0.95
+    assert ev.interval["ci_low"] == ev.per_source[PRIMARY_SOURCE]["ci_low"]
+    again = evaluate(_noisy_simulate, expl, frame, max_act=8.0, interval_seed=7)
+    assert again.per_source == ev.per_source  # the same seed: the same intervals
+    other = evaluate(_noisy_simulate, expl, frame, max_act=8.0, interval_seed=8)
+    assert other.per_source[PRIMARY_SOURCE]["ci_low"] != ev.per_source[PRIMARY_SOURCE]["ci_low"]
+    # one source's interval does not depend on which other sources are in the frame
+    only = frame.filter(pl.col("source").is_in([POSITIVE_SOURCE, PRIMARY_SOURCE]))
+    alone = evaluate(_noisy_simulate, expl, only, max_act=8.0, interval_seed=7)
+    assert alone.per_source[PRIMARY_SOURCE]["ci_low"] == ev.per_source[PRIMARY_SOURCE]["ci_low"]
+
+
+def test_intervals_are_off_without_a_seed_or_with_zero_resamples():
+    frame, expl = _noisy_frame(), Explanation((Rule("x", 5),))
+    assert evaluate(_noisy_simulate, expl, frame, max_act=8.0).interval == {}
+    settings = ScoreSettings(interval_resamples=0)
+    ev = evaluate(_noisy_simulate, expl, frame, max_act=8.0, settings=settings, interval_seed=7)
+    assert ev.interval == {} and "ci_low" not in ev.per_source[PRIMARY_SOURCE]
+    assert settings.fp_definition().endswith("(paper)")  # interval settings do not change the FP rule
