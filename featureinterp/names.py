@@ -17,6 +17,7 @@ __all__ = [
     "check_preset_name",
     "COMPLEMENTARY_SOURCES",
     "DEFAULT_RULE_CAP",
+    "GENERATED_SOURCE",
     "NEGATIVE_SOURCES",
     "POSITIVE_SOURCE",
     "PRIMARY_SOURCE",
@@ -45,6 +46,10 @@ NEGATIVE_SOURCES = ("random_negative", "similar_negative", "similar_negative_pro
 """The complementary sources restricted to non-activating records."""
 PRIMARY_SOURCE = "similar_negative"
 """The source of the primary score (positives + similar non-activating records)."""
+
+GENERATED_SOURCE = "generated"
+"""The seventh complementary source (ours): candidates the explainer writes from an explanation,
+with their true activations (featureinterp/records/generated.py); its own asset, not in records."""
 
 DEFAULT_RULE_CAP = 5
 """Rules per structured explanation unless a condition says otherwise (the paper's cap)."""

@@ -68,13 +68,16 @@ def evaluate(
     max_act: float,
     settings: ScoreSettings | None = None,
     interval_seed: int | None = None,
+    sources: tuple[str, ...] = COMPLEMENTARY_SOURCES,
 ) -> Evaluation:
     """Score ``explanation`` on the test split, per complementary source, with one simulation;
     ``settings``: the score and false-positive definitions (None: the paper's); ``interval_seed``:
-    the feature's seed for the bootstrap intervals (None: no intervals)."""
+    the feature's seed for the bootstrap intervals (None: no intervals); ``sources``: the
+    complementary sources to score (the ``generated`` source is scored by the same code on a
+    frame of positives + candidates)."""
     settings = settings or ScoreSettings()
     pos = split_records(frame, POSITIVE_SOURCE, "test", None)
-    comp = {s: split_records(frame, s, "test", None) for s in COMPLEMENTARY_SOURCES}
+    comp = {s: split_records(frame, s, "test", None) for s in sources}
     everything = pos + [r for recs in comp.values() for r in recs]
     preds = simulate(explanation, [list(r.tokens) for r in everything]) if everything else []
     pos_pred, at = preds[: len(pos)], len(pos)
