@@ -223,6 +223,43 @@ class ScoreSettings:
         return f"FP: {quiet} and predicted > {self.fp_predicted_above:g}, per {per}" + (" (paper)" if paper else "")
 
 
+@dataclass(frozen=True)
+class GeneratedSettings:
+    """The ``generated`` source of a preset (``Preset.generated``)."""
+
+    condition: str | None = None
+    """The condition whose explanation the candidates are written from and test (None: no
+    generated source; the asset is not defined)."""
+    features: int | None = 2
+    """Features per layer that get the source (the first ones of the preset; None: all). A slice:
+    two requests and a forward pass per feature are cheap, but not free at paper scale."""
+    n_fire: int = 5
+    """Sentences requested that the explanation predicts should fire."""
+    n_edits: int = 5
+    """Edits of top records requested that the explanation predicts should stay silent."""
+    top_records: int = 5
+    """Top-activating train records shown to the explainer (the edits start from them)."""
+    fires_above: float = 0.1
+    """A candidate fires when its largest activation exceeds this fraction of the feature's
+    maximum (over the corpus)."""
+    temperature: float = 1.0
+    max_tokens: int = 600
+    attempts: int = 3
+    """Requests at most, while replies hold no usable candidate."""
+
+    def __post_init__(self) -> None:
+        if self.n_fire < 0 or self.n_edits < 0 or self.n_fire + self.n_edits == 0:
+            raise ConfigError(
+                f"generated.n_fire = {self.n_fire}, generated.n_edits = {self.n_edits}: ask for at "
+                "least one candidate (or set generated.condition to None to turn the source off)"
+            )
+        if not 0 <= self.fires_above < 1:
+            raise ConfigError(f"generated.fires_above = {self.fires_above}: a fraction of the maximum in [0, 1)")
+        if self.attempts < 1 or self.top_records < 1 or (self.features is not None and self.features < 1):
+            raise ConfigError("generated.attempts, top_records and features must be at least 1")
+
+
+
 PAPER_EXPLAIN_OPTIONS: dict[str, Any] = {
     "tree_stop_on_roots": False,
     "holistic_scale": "corpus",
@@ -350,6 +387,9 @@ class Preset:
     """True where model/SAE/corpus come from the Hugging Face hub."""
     explain: ExplainSettings = field(default_factory=ExplainSettings)
     scores: ScoreSettings = field(default_factory=ScoreSettings)
+    generated: GeneratedSettings = field(default_factory=GeneratedSettings)
+    """The generated counterexample source (ours; on where ``generated.condition`` is one of
+    ``explain.conditions``: ``generated_condition``)."""
     faithful: bool = False
     """Reproduce the paper code where we fixed a bug (paper-method.md §11), to measure each fix
     (docs/differences.md, "Faithful mode"): prefix-scan retrieval, validation = the train
@@ -372,6 +412,13 @@ class Preset:
 
     def replace(self, **changes) -> Preset:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def generated_condition(self) -> str | None:
+        """The condition the generated source writes from, when this preset explains it (a
+        preset narrowed to other conditions, e.g. one figure's grid, has no generated source)."""
+        condition = self.generated.condition
+        return condition if condition in self.explain.conditions else None
 
     @property
     def row_len(self) -> int:

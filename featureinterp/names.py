@@ -49,7 +49,7 @@ PRIMARY_SOURCE = "similar_negative"
 
 GENERATED_SOURCE = "generated"
 """The seventh complementary source (ours): candidates the explainer writes from an explanation,
-with their true activations (featureinterp/records/generated.py); its own asset, not in records."""
+with their true activations (featureinterp/explain/generated.py); its own asset, not in records."""
 
 DEFAULT_RULE_CAP = 5
 """Rules per structured explanation unless a condition says otherwise (the paper's cap)."""

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from featureinterp.config import ApiSpec, Preset
 from featureinterp.explain.conditions import get_condition
-from featureinterp.names import SYNTHETIC_KEY
+from featureinterp.names import GENERATED_SOURCE, SYNTHETIC_KEY
 from featureinterp.presets.scope import PresetScope
 
 if TYPE_CHECKING:  # throughput imports torch; planning loads no model
@@ -44,6 +44,7 @@ __all__ = [
     "MeasuredCost",
     "PresetPlan",
     "measured_costs",
+    "measured_generated",
     "paper_tree_tokens",
     "plan_preset",
     "MODEL_PARAMS",
@@ -125,6 +126,24 @@ def measured_costs(
     return out
 
 
+def measured_generated(readers: Sequence[Stored], partitions: Sequence[str]) -> MeasuredCost | None:
+    """Per-feature costs of the ``generated`` source (its request(s) and the simulation of its
+    candidates), averaged over the ``partitions`` with a stored value, from the first reader that
+    has any; None when none does."""
+    for stored in readers:
+        rows = []
+        for key in partitions:
+            value = stored((GENERATED_SOURCE,), key)
+            meta = getattr(value, "meta", value)  # a table: its accounting is in the metadata
+            if not isinstance(meta, dict) or "usage" not in meta:
+                continue
+            usage = meta["usage"]
+            rows.append((usage.get("requests", 0), usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), 0, meta.get("simulator_tokens", 0)))
+        if rows:
+            return MeasuredCost(len(rows), *(sum(column) / len(rows) for column in zip(*rows, strict=True)))
+    return None
+
+
 @dataclass
 class PresetPlan:
     preset: str
@@ -141,6 +160,10 @@ class PresetPlan:
     assumptions: dict = field(default_factory=dict)
     figures: dict = field(default_factory=dict)
     """Each paper figure's grid and its own cost (``figure_plans``), for a paper preset."""
+    generated: dict = field(default_factory=dict)
+    """The generated counterexample source (ours): partitions, requests (at least one per
+    partition, at most ``attempts``), candidates and the subject model's forward tokens on them,
+    and the measured per-feature costs where a run stored some."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)
@@ -165,6 +188,20 @@ class PresetPlan:
                 f"{m['explainer_prompt_tokens']:,.0f} prompt + {m['explainer_completion_tokens']:,.0f} "
                 f"completion tokens; simulator {m['simulator_tokens']:,.0f} forward tokens "
                 f"(measured on {m['partitions']} stand-in partitions)"
+            )
+        if self.generated:
+            g, gm = self.generated, self.generated.get("measured")
+            lines.append(
+                f"generated counterexamples ({g['condition']}): {g['partitions']:,} partitions, "
+                f"{g['requests_min']:,}-{g['requests_max']:,} explainer requests, {g['candidates']:,} "
+                f"candidates, {g['subject_forward_tokens']:,} subject forward tokens"
+                + (
+                    f"; per feature {gm['explainer_requests']:.1f} requests, {gm['explainer_prompt_tokens']:,.0f} "
+                    f"prompt + {gm['explainer_completion_tokens']:,.0f} completion tokens, simulator "
+                    f"{gm['simulator_tokens']:,.0f} forward tokens (measured on {gm['partitions']} partitions)"
+                    if gm
+                    else "; tokens not measured yet"
+                )
             )
         if self.explainer:
             lines.append(
@@ -273,12 +310,32 @@ def plan_preset(
         "a run per partition": per_run(len(explained), len(explained)),
     }
     measured = measured_costs(readers, sorted(scope.every), conditions)
+    generated: dict = {}
+    gen_measured = measured_generated(readers, sorted(scope.generated)) if scope.generated else None
+    if scope.generated:
+        settings, n_gen = preset.generated, len(scope.generated)
+        partitions[GENERATED_SOURCE] = n_gen
+        n_candidates = n_gen * (settings.n_fire + settings.n_edits)
+        generated = {
+            "condition": settings.condition,
+            "partitions": n_gen,
+            "requests_min": n_gen,
+            "requests_max": n_gen * settings.attempts,
+            "candidates": n_candidates,
+            "subject_forward_tokens": n_candidates * preset.row_len,  # at most: candidates are cut to seq_len
+            "measured": asdict(gen_measured) | {"simulator_tokens": gen_measured.simulator_tokens}
+            if gen_measured
+            else None,
+        }
     explainer: dict = {}
     if isinstance(preset.explain.explainer, ApiSpec) and measured:
         api = preset.explain.explainer
         req = pt = ct = cost = 0.0
-        for cond, m in measured.items():
-            n, route = counts[cond], api.served(get_condition(cond).explainer_model)
+        costs = [(cond, counts[cond], m) for cond, m in measured.items()]
+        if gen_measured and preset.generated_condition is not None:  # its requests go to the condition's route
+            costs.append((preset.generated_condition, len(scope.generated), gen_measured))
+        for cond, n, m in costs:
+            route = api.served(get_condition(cond).explainer_model)
             req += m.explainer_requests * n
             pt += m.explainer_prompt_tokens * n
             ct += m.explainer_completion_tokens * n
@@ -310,12 +367,14 @@ def plan_preset(
             "holistic corpus sweep": calibration.holistic_flops if calibration else assumed,
         }
         sim_tokens = sum(m.simulator_tokens * counts[c] for c, m in measured.items())
+        if gen_measured:
+            sim_tokens += gen_measured.simulator_tokens * len(scope.generated)
         # A load reads the bf16 weights (2 bytes per parameter; the simulator is quantized to 4-bit
         # after reading them).
         params = {names["subject"]: subj_params, names["simulator"]: sim_params}
         compute = {
             "simulator forward passes": 2 * sim_params * sim_tokens,
-            "subject activation pass": 2 * subj_params * preset.n_rows * preset.row_len,
+            "subject activation pass": 2 * subj_params * (preset.n_rows * preset.row_len + generated.get("subject_forward_tokens", 0)),
         }
         if holistic and preset.explain.holistic_scale == "corpus":
             # the paper's holistic scale: a drop-one-token sweep of every row per layer (the
@@ -346,6 +405,7 @@ def plan_preset(
         explainer=explainer,
         gpu_hours={k: round(v, 2) for k, v in gpu_hours.items() if math.isfinite(v)},
         dominant=dominant,
+        generated=generated,
         assumptions=asdict(gpu)
         | (
             {"rates": "measured", "calibration": calibration.describe()}

@@ -35,11 +35,13 @@ STAGES = (
     "holistic_activations",
     "explanations",
     "scores",
+    "generated",
     "summaries",
 )
 """Stages with a fingerprint; ``scores`` covers every value computed from an explanation
-(simulation scores, baselines, the embedding / detection / fuzzing scorers), ``summaries`` the
-layer tables, figures and exports."""
+(simulation scores, baselines, the embedding / detection / fuzzing scorers), ``generated`` the
+counterexamples written from one condition's explanations, ``summaries`` the layer tables,
+figures and exports."""
 
 _EXPLAIN_BATCHING = ("simulator_batch", "scorer_batch", "features_at_once")
 """How many things run at once: no result may depend on it."""
@@ -101,9 +103,10 @@ def fingerprints(preset: Preset) -> dict[str, str]:
     embeddings = _digest("corpus_embeddings", tokens, preset.embedding_model)
     records = _digest("records", activations, embeddings, preset.per_split, preset.seed, preset.faithful)
     holistic = _digest("holistic_activations", records, preset.explain.holistic_scale)
-    explanations = _digest(
-        "explanations", records, _explain_fields(preset.explain), preset.scores, preset.faithful
-    )
+    # the explainer scores its candidates with the metrics, never with the test intervals: an
+    # interval setting (or its arrival in an upgrade) leaves every explanation current
+    explain_scores = {k: v for k, v in _plain(preset.scores).items() if not k.startswith("interval_")}
+    explanations = _digest("explanations", records, _explain_fields(preset.explain), explain_scores, preset.faithful)
     scores = _digest("scores", explanations, preset.scores)
     return {
         "corpus_tokens": tokens,
@@ -114,7 +117,8 @@ def fingerprints(preset: Preset) -> dict[str, str]:
         "holistic_activations": holistic,
         "explanations": explanations,
         "scores": scores,
-        "summaries": _digest("summaries", scores, holistic),
+        "generated": _digest("generated", scores, preset.generated),
+        "summaries": _digest("summaries", scores, holistic, preset.generated),
     }
 
 
@@ -126,7 +130,7 @@ def asset_fingerprint(preset: Preset, asset_path: list[str] | tuple[str, ...]) -
 
     prints = fingerprints(preset)
     head = asset_path[0]
-    stage = head if head in STAGES else "scores" if head in _SCORE_KINDS else "summaries"
+    stage = head if head in prints else "scores" if head in _SCORE_KINDS else "summaries"
     if stage in ("explanations", "scores") and len(asset_path) > 1 and get_condition(asset_path[1]).holistic:
         return _digest(prints[stage], prints["holistic_activations"])
     return prints[stage]

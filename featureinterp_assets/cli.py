@@ -24,7 +24,7 @@ from featureinterp.activations.models import load_tokenizer
 from featureinterp.config import PRESET_ENV, Preset, feature_key, models_dir
 from featureinterp.errors import ConfigError, CorruptFileError, UnavailableError
 from featureinterp.llm.memory import release_free_memory
-from featureinterp.names import SYNTHETIC_KEY
+from featureinterp.names import GENERATED_SOURCE, SYNTHETIC_KEY
 from featureinterp.presets import get_preset
 from featureinterp.presets.scope import PresetScope
 from featureinterp.simulate.summary import results_table
@@ -293,6 +293,8 @@ def _run_lineage(
     scorers = [f"embedding/{c}" for c in run_conditions] + [
         f"{s}/{c}" for c in covers.secondary if c in run_conditions for s in ("detection", "fuzzing")
     ]
+    if preset.generated_condition in run_conditions:  # counterexamples written from its explanations
+        scorers.append(GENERATED_SOURCE)
     # the whole run's work, estimated up front, so every stage line carries an ETA
     sae_seconds = estimate("sae", preset.n_rows * len([k for k in todo if k != SYNTHETIC_KEY]))
     _PROGRESS.plan("corpus_tokens", estimate("corpus_tokens", preset.n_rows) if need_tokens else 0)
@@ -343,7 +345,13 @@ def _run_lineage(
         # recomputation just failed (its old value is still stored)
         every = {f"{f}|{x}" for x in layer_keys for f in feature_keys}
         broken = {(a.split("/")[1], k) for a, k in failed if "/" in a}
-        scorer_scope = {a: frozenset(k for k in scope.get(a, every) if (a.split("/")[1], k) not in broken) for a in scorers}
+
+        def condition_of(asset: str) -> str | None:
+            return preset.generated_condition if asset == GENERATED_SOURCE else asset.split("/")[1]
+
+        scorer_scope = {
+            a: frozenset(k for k in scope.get(a, every) if (condition_of(a), k) not in broken) for a in scorers
+        }
         _, failed_scores = _per_feature_stage(
             defs, fresh, scorers, layer_keys, feature_keys, force, scope | scorer_scope, "secondary scores"
         )

@@ -22,6 +22,7 @@ from featureinterp_assets.assets.corpus import corpus_tokens
 from featureinterp_assets.assets.explanations import build_explanation_assets
 from featureinterp_assets.assets.export import build_export_assets
 from featureinterp_assets.assets.figures import build_figure_assets
+from featureinterp_assets.assets.generated import build_generated_asset
 from featureinterp_assets.assets.records import build_records_assets, corpus_embeddings
 from featureinterp_assets.assets.scorers import build_scorer_assets
 from featureinterp_assets.automation import automation_sensor
@@ -56,12 +57,14 @@ def build_definitions(preset: Preset, home: Path | None = None, models: Path | N
         *build_scorer_assets(
             layer_x_feature, list(preset.explain.conditions), secondary, automate
         ),
+        *build_generated_asset(layer_x_feature, preset),
         *build_figure_assets(
             layers,
             feature_partitions(preset),
             list(preset.explain.conditions),
             preset.explain.synthetic,
             secondary,
+            preset.generated_condition,
         ),
     ]
     assets = [_with_fingerprint(a, preset) if isinstance(a, dg.AssetsDefinition) else a for a in assets]

@@ -40,6 +40,7 @@ SECONDS_PER_UNIT = {
     "detection": 4.0,  # per (partition, condition): batched yes/no labels from the local LLM
     "fuzzing": 4.0,  # per (partition, condition)
     "embedding": 0.1,  # per (partition, condition): no LLM
+    "generated": 15.0,  # per partition: one candidate request, a forward pass, a simulation (estimate)
     "layer_results": 0.5,  # per layer
     "export": 0.5,  # per layer, and once for the whole preset
     "figures": 1.0,  # per figure
@@ -138,7 +139,7 @@ def stage_kind(selection: list[str]) -> str:
     first = selection[0]
     if first.startswith(("explanations/", "scores/")):
         return "explain"
-    if first.startswith(("detection/", "fuzzing/", "embedding/")):
+    if first.startswith(("detection/", "fuzzing/", "embedding/")) or first == "generated":
         return "scorers"
     if first.startswith("fig"):
         return "figures"
@@ -157,6 +158,6 @@ def block_seconds(n_partitions: int, assets: list[str]) -> float:
             per_partition += estimate("explain", condition_weight(c.method, c.structured))
         elif asset.split("/", 1)[0] in ("detection", "fuzzing", "embedding"):
             per_partition += estimate(asset.split("/", 1)[0], 1.0)
-        elif asset in ("records", "holistic_activations", "baselines"):
+        elif asset in ("records", "holistic_activations", "baselines", "generated"):
             per_partition += estimate(asset, 1.0)
     return n_partitions * per_partition

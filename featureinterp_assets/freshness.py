@@ -54,6 +54,7 @@ class Freshness:
     """Checks a stored value's files; None: trust them."""
     notes: list[str] = field(default_factory=list)
     """One line per value found stale or damaged (printed by the command once each)."""
+    _versions_said: set[tuple[str, str | None, str | None]] = field(default_factory=set)
 
     @classmethod
     def of(cls, defs: dg.Definitions, instance: dg.DagsterInstance, problem: Problem | None = None) -> Freshness:
@@ -93,10 +94,23 @@ class Freshness:
         want = self.versions.get(asset)
         where = f"{asset}{' ' + partition if partition else ''}"
         if want is not None and stored_version != want:
-            self._note(
+            # one line per asset family and version change: an upgrade or an edited preset can
+            # make hundreds of partitions stale for one reason (every value is in ``notes``)
+            family = asset.split("/")[0] + ("/*" if "/" in asset else "")
+            said = (family, stored_version, want)
+            line = (
                 f"{where}: stored by code/settings version {stored_version}, now {want} (the preset "
                 "or the code changed); computing it again"
             )
+            if said in self._versions_said:
+                self.notes.append(line)
+            else:
+                self._versions_said.add(said)
+                first = f" (first: {partition})" if partition else ""
+                self._note(
+                    f"{family}: stored by code/settings version {stored_version}, now {want} (the preset "
+                    f"or the code changed); computing those values again{first}"
+                )
             return False
         if self.problem is not None:
             problem = self.problem(asset_key(asset), partition)

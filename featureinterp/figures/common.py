@@ -27,7 +27,7 @@ import matplotlib
 import polars as pl
 from matplotlib.figure import Figure
 
-from featureinterp.names import COMPLEMENTARY_SOURCES
+from featureinterp.names import COMPLEMENTARY_SOURCES, GENERATED_SOURCE
 from featureinterp.storage import atomic_write
 
 if TYPE_CHECKING:
@@ -140,12 +140,15 @@ RESULT_SCHEMA: dict[str, Any] = {
     "n_rules": pl.Int64,
     "source": pl.String,
     "score": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
     "fp_rate": pl.Float64,
     **{f"{kind}_score": pl.Float64 for kind in BASELINE_KINDS},
     **{column: pl.Float64 for column in SECONDARY_COLUMNS},
 }
 """The figures' input table: one row per layer x feature x condition x test source. ``rule_cap``
-is the cap the explainer ran with (null: uncapped, a free-text explanation); the secondary
+is the cap the explainer ran with (null: uncapped, a free-text explanation); ``ci_low`` /
+``ci_high`` the score's bootstrap interval over its test records (NaN: not stored); the secondary
 columns are each scorer's metric on the positives plus that source (NaN: not scored)."""
 
 
@@ -180,6 +183,7 @@ def result_rows(
     return [
         base
         | {"source": source, "score": float(v["score"]), "fp_rate": float(v["fp_rate"])}
+        | {k: float(v.get(k, math.nan)) for k in ("ci_low", "ci_high")}
         | {f"{kind}_score": _reference(baseline, kind, source) for kind in BASELINE_KINDS}
         | {column: _secondary(secondary, column, source) for column in SECONDARY_COLUMNS}
         for source, v in score.get("per_source", {}).items()
@@ -356,7 +360,11 @@ def _style(sns: ModuleType) -> Iterator[None]:
 
 
 def _source_style(source: str) -> dict:
-    """Paper style: the non-activating variant solid and strong, the unfiltered one dashed and faint."""
+    """Paper style: the non-activating variant solid and strong, the unfiltered one dashed and faint;
+    the generated source (ours) black and dotted, apart from the paper's six."""
+    if source == GENERATED_SOURCE:
+        return {"color": "black", "linestyle": ":", "alpha": 0.9, "linewidth": 2.0, "marker": "s",
+                "markersize": 3, "label": "generated (ours)"}  # fmt: skip
     negative = "_negative" in source  # similar_negative, similar_negative_projected, ...
     base = source.replace("_negative", "")
     color = (

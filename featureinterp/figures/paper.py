@@ -63,7 +63,7 @@ from featureinterp.figures.common import (
     prepare,
     t_quantile,
 )
-from featureinterp.names import PRIMARY_SOURCE
+from featureinterp.names import GENERATED_SOURCE, PRIMARY_SOURCE
 
 __all__ = [
     "ALL_LAYERS",
@@ -122,7 +122,17 @@ def fig3(
         "layer": _layers(frame["layer"]),
     }
     summary = _grid(frame.group_by(keys).agg(aggs), levels, expected, ("n", "n_nan", "n_fp_nan"))
-    caption, incomplete = _coverage(summary, expected, "method x source x layer")
+    # the generated source (ours) runs on a slice of features of one condition: completeness is
+    # judged on the paper's six sources, and the caption says how many features it covers
+    paper_sources = summary.filter(pl.col("source") != GENERATED_SOURCE)
+    caption, incomplete = _coverage(paper_sources, expected, "method x source x layer")
+    generated = summary.filter(pl.col("source") == GENERATED_SOURCE)
+    if generated.height:
+        counts = [n for n in generated["n"].to_list() if n]
+        caption += (
+            f"; generated counterexamples (ours, dotted): {min(counts, default=0)}-{max(counts, default=0)} "
+            f"features per cell, {len(counts)} cells"
+        )
     caption += f"; {int(summary['n_nan'].sum())} undefined scores dropped" + (f"; {grid}" if grid else "")
     caption += f"; {definitions}" if definitions else ""
 
@@ -184,7 +194,9 @@ def fig4(
         raise ValueError(f"{name}: confidence must lie strictly between 0 and 1, got {confidence}")
     required = ("layer", "feature", "method", "condition", "rule_cap", "source", "score")
     frame = _select_cap(
-        prepare(df, name, required, ("null_score",), {"source": source}, expected), name, rule_cap
+        prepare(df, name, required, ("null_score", "ci_low", "ci_high"), {"source": source}, expected),
+        name,
+        rule_cap,
     )
     _check_unique(frame, ("method", "condition", "layer", "feature"), name)
     # the empty explanation's score per layer (the simulator's prior), drawn as a reference line
@@ -199,11 +211,19 @@ def fig4(
             null[ALL_LAYERS] = cast(float, per_feature["null_score"].mean())  # Float64, not empty
 
     frame = frame.with_columns(pl.when(pl.col("score").is_nan()).then(0.0).otherwise("score").alias("score0"))
+    if "ci_low" not in frame.columns:  # a table from before intervals were stored
+        frame = frame.with_columns(ci_low=pl.lit(math.nan), ci_high=pl.lit(math.nan))
+    # each feature's test-record interval as a half-width (NaN: not stored or undefined)
+    frame = frame.with_columns(_hw=(pl.col("ci_high") - pl.col("ci_low")) / 2)
+    finite_hw = pl.col("_hw").filter(pl.col("_hw").is_finite())
     aggs = [
         pl.len().alias("n"),
         pl.col("score").is_nan().sum().alias("n_nan"),
         pl.col("score0").mean().alias("mean_score"),
         pl.col("score0").std(ddof=1).alias("_sd"),
+        # the mean's half-width from test-record sampling alone: features' intervals are
+        # independent, so sqrt(sum of squared half-widths) / n (the summary's record_halfwidth)
+        ((finite_hw**2).sum().sqrt() / finite_hw.len()).alias("record_halfwidth"),
     ]
     methods = _order(frame["method"], METHODS)
     conditions = _order(frame["condition"], CONDITIONS)
@@ -235,6 +255,7 @@ def fig4(
     summary = summary.with_columns(
         null_score=pl.col("layer").replace_strict(null, default=math.nan, return_dtype=pl.Float64)
     )
+    comparisons = _fig4_comparisons(summary)
     caption, incomplete = _coverage(per_layer, expected, "method x condition x layer")
     caption += f"; {int(per_layer['n_nan'].sum())} undefined scores counted as 0" + (
         f"; {grid}" if grid else ""
@@ -243,6 +264,13 @@ def fig4(
     if null:
         caption += (
             f"; dashed: empty explanation (simulator prior), {null.get(ALL_LAYERS, math.nan):.2f} pooled"
+        )
+    judged = comparisons.filter(pl.col("overlap").is_not_null())
+    if judged.height:
+        caption += (
+            f"; grey: 95% test-record bootstrap of each mean; {int(judged['overlap'].sum())} of {judged.height} "
+            "comparisons (tree vs one-shot per condition; each condition vs structured) lie within "
+            "those intervals (marked ≈ for tree vs one-shot): not separable on these test records"
         )
 
     sns = _seaborn()
@@ -274,8 +302,19 @@ def fig4(
                 edgecolor="black",
                 linewidth=0.5,
             )
+            rec = np.array([by_layer[g]["record_halfwidth"] for g in groups], dtype=float)
+            shown = np.isfinite(rec) & np.isfinite(mean)
+            ax.errorbar(x[shown], mean[shown], yerr=rec[shown], fmt="none", ecolor="grey", elinewidth=3.5, alpha=0.6)
             ok = np.isfinite(ci) & np.isfinite(mean)  # no error bar rather than a misleading zero-width one
             ax.errorbar(x[ok], mean[ok], yerr=ci[ok], fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+            if method == "tree":  # ≈: within test-record intervals of one-shot under this condition
+                same = comparisons.filter(
+                    (pl.col("kind") == "tree vs one-shot") & (pl.col("b_condition") == condition) & pl.col("overlap").fill_null(False)
+                )
+                for i, g in enumerate(groups):
+                    if g in set(same["layer"].to_list()) and np.isfinite(mean[i]):
+                        top = mean[i] + max(rec[i] if np.isfinite(rec[i]) else 0.0, ci[i] if np.isfinite(ci[i]) else 0.0)
+                        ax.text(x[i], top + 0.01, "≈", ha="center", va="bottom", fontsize=8)
         ax.axhline(0, color="black", linewidth=0.6)
         for i, group in enumerate(groups):
             if group in null:
@@ -310,7 +349,40 @@ def fig4(
             caption,
             incomplete,
         )
-    return _write(name, fig, summary, {}, out_dir, caption, incomplete)
+    return _write(name, fig, summary, {"comparisons": comparisons}, out_dir, caption, incomplete)
+
+
+def _fig4_comparisons(summary: pl.DataFrame) -> pl.DataFrame:
+    """Figure 4's comparisons per layer (and pooled): tree vs one-shot under each condition, and
+    each condition vs structured under each method, with the difference of means and whether the
+    two means' test-record intervals overlap (|difference| <= the sum of half-widths; null when
+    either half-width is unknown). An overlap says the comparison is not separable on these test
+    records; no overlap is necessary, not sufficient, for a real difference (features vary too:
+    ``ci_halfwidth``)."""
+    cells = {(r["method"], r["condition"], r["layer"]): r for r in summary.iter_rows(named=True) if r["n"]}
+    pairs = [("tree vs one-shot", ("one_shot", c), ("tree", c)) for c in CONDITIONS]
+    pairs += [(f"{c} vs structured", (m, "structured"), (m, c)) for m in METHODS for c in CONDITIONS if c != "structured"]
+    rows = []
+    for layer in dict.fromkeys(summary["layer"].to_list()):
+        for kind, a, b in pairs:
+            ra, rb = cells.get((*a, layer)), cells.get((*b, layer))
+            if ra is None or rb is None:
+                continue
+            diff = rb["mean_score"] - ra["mean_score"]
+            reach = ra["record_halfwidth"] + rb["record_halfwidth"]
+            rows.append(
+                {
+                    "layer": layer, "kind": kind, "a_method": a[0], "a_condition": a[1], "b_method": b[0],
+                    "b_condition": b[1], "difference": diff, "reach": reach,
+                    "overlap": bool(abs(diff) <= reach) if math.isfinite(reach) else None,
+                }
+            )  # fmt: skip
+    schema = {
+        "layer": pl.String, "kind": pl.String, "a_method": pl.String, "a_condition": pl.String,
+        "b_method": pl.String, "b_condition": pl.String, "difference": pl.Float64, "reach": pl.Float64,
+        "overlap": pl.Boolean,
+    }  # fmt: skip
+    return pl.DataFrame(rows, schema=schema)
 
 
 def fig5(

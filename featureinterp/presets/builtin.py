@@ -14,6 +14,7 @@ from featureinterp.config import (
     ApiSpec,
     CorpusSpec,
     ExplainSettings,
+    GeneratedSettings,
     ModelSpec,
     Preset,
     SaeSpec,
@@ -110,6 +111,9 @@ _EMBEDDED = _EMBEDDED_LARGE.replace(
         # minutes to say nothing; the embedding score still runs for every condition
         secondary_conditions=(),
     ),
+    # counterexamples written from the one-shot explanations, on one feature per layer (SYN
+    # included): the 135M explainer writes poor candidates, but every step of the stage is real
+    generated=GeneratedSettings(condition="one_shot", features=1, n_fire=3, n_edits=3, top_records=3, max_tokens=240),
 )
 
 # The paper's simulator (4-bit on CUDA) and explainer (OpenRouter), shared by the three GPU presets.
@@ -131,6 +135,10 @@ _PAPER_EXPLAIN = ExplainSettings(
     tree_width=2,
     synthetic=True,
 )
+
+_PAPER_GENERATED = GeneratedSettings(condition="one_shot", features=5)
+"""Counterexamples (ours, issue 33) written by the paper explainer from the structured one-shot
+explanations of Figure 4's grid, on its first 5 features per layer: 10 candidates each."""
 
 PRESETS: dict[str, Preset] = {
     "embedded": _EMBEDDED,
@@ -171,6 +179,7 @@ PRESETS: dict[str, Preset] = {
         layers=tuple(range(12)),
         n_rows=100_000,
         explain=_PAPER_EXPLAIN,
+        generated=_PAPER_GENERATED,
     ),
     "gemma-2-9b": Preset(
         name="gemma-2-9b",
@@ -185,6 +194,7 @@ PRESETS: dict[str, Preset] = {
         n_rows=100_000,
         batch_size=12,
         explain=_PAPER_EXPLAIN,
+        generated=_PAPER_GENERATED,
     ),
     "llama-3.1-8b": Preset(
         name="llama-3.1-8b",
@@ -195,5 +205,6 @@ PRESETS: dict[str, Preset] = {
         n_rows=100_000,
         batch_size=12,
         explain=_PAPER_EXPLAIN,
+        generated=_PAPER_GENERATED,
     ),
 }

@@ -215,6 +215,9 @@ def preset_from_dict(data: dict, source: str = "preset data") -> Preset:
         raise ConfigError(f"{source}: field {field_name} {message}") from None
     from featureinterp.explain.conditions import CONDITIONS
 
+    generated = preset.generated.condition
+    if generated is not None and generated not in CONDITIONS:
+        raise ConfigError(f"{source}: field generated.condition {generated!r} is not a condition; allowed: {', '.join(CONDITIONS)}")
     unknown = [c for c in preset.explain.conditions if c not in CONDITIONS]
     if unknown:
         raise ConfigError(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from featureinterp.config import Preset
 from featureinterp.explain.conditions import get_condition
 from featureinterp.figures.grids import condition_scope, secondary_conditions
-from featureinterp.names import SYNTHETIC_KEY
+from featureinterp.names import GENERATED_SOURCE, SYNTHETIC_KEY
 
 __all__ = ["PER_CONDITION_ASSETS", "PresetScope"]
 
@@ -47,6 +47,9 @@ class PresetScope:
     figures by Dagster automation alone (a scope that only keeps conditions off SYN still does)."""
     synthetic_only: tuple[str, ...] | None
     """``ExplainSettings.synthetic_conditions``: the only conditions SYN runs (None: all)."""
+    generated: frozenset[str] = frozenset()
+    """Partition keys of the ``generated`` source: per layer, the first ``generated.features``
+    features (in the preset's order) where its condition runs; empty when the source is off."""
 
     @classmethod
     def of(cls, preset: Preset, whole_grid: bool = False) -> PresetScope:
@@ -59,6 +62,17 @@ class PresetScope:
         by_condition = {c: frozenset(restricted.get(c, every)) for c in conditions}
         holistic_conditions = tuple(c for c in conditions if get_condition(c).holistic)
         holistic = frozenset().union(*(by_condition[c] for c in holistic_conditions))
+        generated: set[str] = set()
+        source, condition = preset.generated, preset.generated_condition
+        if condition is not None:
+            for layer in preset.layer_keys:
+                synthetic_off = preset.explain.synthetic_conditions is not None and (
+                    condition not in preset.explain.synthetic_conditions
+                )
+                if layer == SYNTHETIC_KEY and synthetic_off:
+                    continue
+                keys = [f"{f}|{layer}" for f in preset.feature_keys if f"{f}|{layer}" in by_condition[condition]]
+                generated.update(keys[: source.features])  # features None: every one
         return cls(
             conditions=conditions,
             every=every,
@@ -70,16 +84,18 @@ class PresetScope:
             holistic=holistic,
             automate=all(own <= keys for keys in restricted.values()),
             synthetic_only=preset.explain.synthetic_conditions,
+            generated=frozenset(generated),
         )
 
     def assets(self) -> dict[str, frozenset[str]]:
-        """Per-feature asset key -> the partitions it is materialized on; {} when nothing is scoped
-        (every asset everywhere). A condition's secondary scores run where its explanations do;
+        """Per-feature asset key -> the partitions it is materialized on; absent: every partition
+        (nothing is scoped but the ``generated`` source, which always runs on a slice). A condition's secondary scores run where its explanations do;
         every explained partition keeps its null baseline (the figures' reference line), and
         holistic values are computed where a holistic condition runs."""
+        own = {GENERATED_SOURCE: self.generated} if self.generated else {}  # always a slice
         if not self.scoped:
-            return {}
-        out = {f"{kind}/{c}": keys for c, keys in self.by_condition.items() for kind in PER_CONDITION_ASSETS}
+            return own
+        out = own | {f"{kind}/{c}": keys for c, keys in self.by_condition.items() for kind in PER_CONDITION_ASSETS}
         out["baselines"] = (
             frozenset().union(*self.by_condition.values()) if self.synthetic_only is None else self.every
         )

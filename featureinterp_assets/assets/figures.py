@@ -20,7 +20,7 @@ from featureinterp.figures import paper as figures
 from featureinterp.figures.common import FigureResult, definitions_note, result_frame, result_rows
 from featureinterp.figures.detection import fig3_detection
 from featureinterp.figures.grids import figure_conditions, figure_grids, select_grid
-from featureinterp.names import PRIMARY_SOURCE, SYNTHETIC_KEY
+from featureinterp.names import GENERATED_SOURCE, PRIMARY_SOURCE, SYNTHETIC_KEY
 from featureinterp.presets.scope import PresetScope
 from featureinterp.simulate.scorers.agreement import layer_agreement
 from featureinterp.storage import TableBundle
@@ -51,9 +51,11 @@ def build_figure_assets(
     conditions: list[str],
     synthetic: bool = True,
     judged: list[str] | None = None,
+    generated: str | None = None,
 ) -> list[dg.AssetsDefinition]:
     """``layer_results`` (reading every condition's scores and secondary scores; ``judged``: the
-    conditions with detection and fuzzing) and the figures over it."""
+    conditions with detection and fuzzing; ``generated``: the condition whose explanations the
+    ``generated`` source tests, added to its sources) and the figures over it."""
     by_layer = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="layer")
     ins = {
         f"scores_{c}": dg.AssetIn(["scores", c], partition_mapping=by_layer, metadata=ALLOW_MISSING)
@@ -67,6 +69,8 @@ def build_figure_assets(
         f"{scorer}__{c}": dg.AssetIn([scorer, c], partition_mapping=by_layer, metadata=ALLOW_MISSING)
         for scorer, c in secondary
     }
+    if generated is not None:
+        ins[GENERATED_SOURCE] = dg.AssetIn(GENERATED_SOURCE, partition_mapping=by_layer, metadata=ALLOW_MISSING)
 
     @dg.asset(
         partitions_def=layers,
@@ -93,6 +97,7 @@ def build_figure_assets(
         missing: dict[str, list[str]] = {}
         refs = {int(v["feature"]): v for v in baselines.values()}
         extra = _secondary_by_partition({k: v for k, v in scores.items() if "__" in k})
+        candidates = {k: v.meta for k, v in scores.pop(GENERATED_SOURCE, {}).items() if not v.meta.get("skipped")}
         for name, values in scores.items():
             if "__" in name:
                 continue
@@ -103,6 +108,8 @@ def build_figure_assets(
                 f for f in expected if f not in have and (runs_on is None or f"{f}|{layer}" in runs_on)
             ]
             for key, value in values.items():
+                if cond == generated and key in candidates and value.get("per_source"):
+                    value = value | {"per_source": value["per_source"] | candidates[key]["per_source"]}
                 rows.extend(
                     result_rows(
                         value | {"layer_key": layer}, refs.get(int(value["feature"])), extra.get((cond, key))

@@ -319,3 +319,38 @@ def test_a_figure_keeps_only_the_rows_of_its_paper_grid():
     old = table.drop("experiment")
     with pytest.raises(ValueError, match="rematerialize layer_results"):
         select_grid(old, None, present, "fig4")
+
+
+def test_the_generated_source_is_counted_and_its_measured_requests_priced(tmp_path):
+    """gemma-2-9b writes counterexamples on the first 5 features of each one-shot layer: its
+    requests, candidates and subject tokens are counted, and once a run stored some, its measured
+    requests join the explainer's bill and its simulator tokens the GPU projection."""
+    import polars as pl
+
+    from featureinterp.storage import save_table
+
+    base = get_preset("gemma-2-9b")
+    preset = base.replace(explain=dataclasses.replace(base.explain, conditions=("one_shot",)))
+    bare = plan_preset(preset, _readers(tmp_path, "gemma-2-9b"))
+    n = (8 + 1) * 5  # Figure 4's 8 layers and SYN, 5 features each
+    g = bare.generated
+    assert (g["partitions"], g["requests_min"], g["requests_max"], g["candidates"]) == (n, n, 3 * n, 10 * n)
+    assert g["subject_forward_tokens"] == 10 * n * 33 and g["measured"] is None
+    assert bare.partitions["generated"] == n and "generated counterexamples (one_shot)" in bare.text()
+
+    usage = {"requests": 2, "prompt_tokens": 1000, "completion_tokens": 100}
+    _store(tmp_path, "gemma-2-9b", "one_shot", "F0000", "L00", usage, 20_000, 10_000)
+    before = plan_preset(preset, _readers(tmp_path, "gemma-2-9b"))
+    root = tmp_path / "storage" / "gemma-2-9b-standin" / "generated"
+    for feature, requests in (("F0000", 1), ("F0001", 3)):
+        meta = {"usage": {"requests": requests, "prompt_tokens": 800, "completion_tokens": 300}, "simulator_tokens": 5_000}
+        save_table(root / feature / "L00", pl.DataFrame({"text": ["a"]}), meta)
+    after = plan_preset(preset, _readers(tmp_path, "gemma-2-9b"))
+    m = after.generated["measured"]
+    assert m["partitions"] == 2 and m["explainer_requests"] == 2 and m["simulator_tokens"] == 5_000
+    assert after.explainer["requests"] == pytest.approx(before.explainer["requests"] + 2 * n)
+    api = preset.explain.explainer
+    extra = n * (800 * api.price_in_per_mtok + 300 * api.price_out_per_mtok) / 1e6
+    assert after.explainer["cost_usd"] == pytest.approx(before.explainer["cost_usd"] + extra)
+    more = after.gpu_hours["of which simulator forward passes"] - before.gpu_hours["of which simulator forward passes"]
+    assert more == pytest.approx(2 * MODEL_PARAMS["google/gemma-2-27b-it"] * 5_000 * n / (989e12 * 0.25) / 3600, abs=0.01)

@@ -21,9 +21,15 @@ def test_a_changed_field_reaches_exactly_the_stages_downstream_of_it():
     model = dataclasses.replace(preset.model, dtype="bfloat16")
     assert _changed(preset, preset.replace(model=model)) == every - {"corpus_tokens", "corpus_embeddings"}
     explain = dataclasses.replace(preset.explain, temperature=0.3)
-    assert _changed(preset, preset.replace(explain=explain)) == {"explanations", "scores", "summaries"}
+    downstream = {"explanations", "scores", "generated", "summaries"}
+    assert _changed(preset, preset.replace(explain=explain)) == downstream
     scores = dataclasses.replace(preset.scores, fp_denominator="quiet")
-    assert _changed(preset, preset.replace(scores=scores)) == {"explanations", "scores", "summaries"}
+    assert _changed(preset, preset.replace(scores=scores)) == downstream
+    # the test intervals never reach the explanations (an upgrade that adds them keeps every one)
+    intervals = dataclasses.replace(preset.scores, interval_resamples=200)
+    assert _changed(preset, preset.replace(scores=intervals)) == {"scores", "generated", "summaries"}
+    generated = dataclasses.replace(preset.generated, condition="one_shot", n_fire=2)
+    assert _changed(preset, preset.replace(generated=generated)) == {"generated", "summaries"}
     holistic = dataclasses.replace(preset.explain, holistic_scale="corpus")
     assert _changed(preset, preset.replace(explain=holistic)) == {"holistic_activations", "summaries"}
 

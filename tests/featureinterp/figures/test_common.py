@@ -62,6 +62,7 @@ def test_result_rows_one_row_per_test_source_with_its_baselines() -> None:
         "complexity": 2.5,
         "n_rules": 3,
     } | {column: math.nan for column in SECONDARY_COLUMNS}  # no secondary scores given
+    common |= {"ci_low": math.nan, "ci_high": math.nan}  # a score stored without its interval
     assert [r["source"] for r in rows] == ["similar_negative", "random"]
     assert rows[0] == pytest.approx(
         common | {"source": "similar_negative", "score": 0.25, "fp_rate": 0.125, "null_score": 0.0,

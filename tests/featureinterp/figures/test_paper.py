@@ -230,6 +230,34 @@ def test_fig5_reports_missing_caps_and_features(tmp_path):
     assert res.summary["layer"].unique(maintain_order=True).to_list() == ["L00", "L03", "L12"]
 
 
+def test_fig4_draws_test_record_intervals_and_marks_comparisons_they_cannot_separate(tmp_path):
+    """Two features per cell with stored intervals: tree beats one-shot by 0.3 under structured,
+    with half-widths 0.1 each (the means' half-widths sqrt(2 x 0.1²) / 2 ≈ 0.071, reach 0.14):
+    separable; under unstructured by 0.05: not. The comparison table and the caption say so."""
+
+    def rows(method, condition, score, hw):
+        return [row("L00", f, method, condition, score=score) | {"ci_low": score - hw, "ci_high": score + hw} for f in (0, 1)]
+
+    df = pl.DataFrame(
+        rows("one_shot", "structured", 0.2, 0.1) + rows("tree", "structured", 0.5, 0.1)
+        + rows("one_shot", "unstructured", 0.2, 0.1) + rows("tree", "unstructured", 0.25, 0.1)
+    )  # fmt: skip
+    res = fig4(df, tmp_path)
+    cell = res.summary.filter(layer="L00", method="tree", condition="structured")
+    assert cell["record_halfwidth"].item() == pytest.approx(math.sqrt(2 * 0.1**2) / 2)
+    comp = res.tables["comparisons"].filter(layer="L00", kind="tree vs one-shot")
+    by_condition = dict(zip(comp["b_condition"], comp["overlap"], strict=True))
+    assert by_condition == {"structured": False, "unstructured": True}
+    assert comp.filter(b_condition="structured")["difference"].item() == pytest.approx(0.3)
+    # the unstructured vs structured comparison of one-shot: equal means, overlapping
+    assert res.tables["comparisons"].filter(layer="L00", kind="unstructured vs structured", b_method="one_shot")["overlap"].item()
+    assert "comparisons" in res.caption and "lie within those intervals" in res.caption
+    # a table from before intervals were stored: no interval, no verdict, no caption claim
+    old = fig4(df.drop("ci_low", "ci_high"), tmp_path / "old")
+    assert old.tables["comparisons"]["overlap"].null_count() == old.tables["comparisons"].height
+    assert "lie within" not in old.caption
+
+
 # ---------------------------------------------------------------- files and errors
 
 
@@ -239,7 +267,7 @@ def test_files_are_replaced_atomically_without_leftovers(tmp_path):
     second = fig4(df.with_columns(score=pl.lit(0.25)), tmp_path)
     assert first.png == second.png
     assert pl.read_parquet(second.files["summary"])["mean_score"].to_list() == pytest.approx([0.25] * 16)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig4.parquet", "fig4.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig4.parquet", "fig4.png", "fig4_comparisons.parquet"]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The generated source (featureinterp/records/generated.py): candidates written from an
+"""The generated source (featureinterp/explain/generated.py): candidates written from an
 explanation, measured on a real (tiny) subject model through a hand-made SAE, and the
 counterexamples among them."""
 
@@ -11,16 +11,17 @@ import torch
 
 from featureinterp.activations.latents import sae_activations
 from featureinterp.activations.sae import LoadedSae
-from featureinterp.explanations.rules import Explanation, Rule
-from featureinterp.llm.backend import BackendError, ChatBackend, Completion, Usage
-from featureinterp.names import GENERATED_SOURCE, POSITIVE_SOURCE
-from featureinterp.records.generated import (
-    GeneratedSettings,
+from featureinterp.config import GeneratedSettings
+from featureinterp.errors import ConfigError
+from featureinterp.explain.generated import (
     GenerationFailed,
     build_generated,
     parse_candidates,
     write_candidates,
 )
+from featureinterp.explanations.rules import Explanation, Rule
+from featureinterp.llm.backend import BackendError, ChatBackend, Completion, Usage
+from featureinterp.names import GENERATED_SOURCE, POSITIVE_SOURCE
 from featureinterp.records.sources import Record
 from featureinterp.simulate.evaluate import evaluate
 from featureinterp.simulate.scoring import score
@@ -146,5 +147,5 @@ def test_parsing_keeps_at_most_the_asked_counts_without_duplicates():
     assert [(c.kind, c.text, c.origin) for c in got] == [
         ("fire", "a b", None), ("fire", "c", None), ("fire", "d", None), ("edit", "f", 0), ("edit", "g", 1)
     ]  # fmt: skip
-    with pytest.raises(ValueError, match="at least one candidate"):
+    with pytest.raises(ConfigError, match="at least one candidate"):
         GeneratedSettings(n_fire=0, n_edits=0)

@@ -14,6 +14,10 @@ the explanation says it should not, or stays silent where it says it should, is 
 counterexample. Candidates are then scored like any complementary source: positives plus the
 candidates, one pooled correlation, false positives on their quiet tokens.
 
+It lives with the explainer, not with ``records``, because it needs an explanation (the stage
+packages are layered in pipeline order, and records come before explanations); the tree search can
+use the same functions to feed a generated counterexample back.
+
 Requests go through the explainer backend (its response cache, retries and fault handling); a
 reply with no usable candidate is re-requested a bounded number of times and then fails with the
 completions for audit. Nothing here makes up a sentence.
@@ -28,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from featureinterp.config import GeneratedSettings
 from featureinterp.explanations.replies import ReplyError, json_candidates, split_reasoning
 from featureinterp.explanations.rules import Explanation
 from featureinterp.llm.backend import (
@@ -59,42 +64,6 @@ __all__ = [
 MAX_CANDIDATE_CHARS = 300
 """Longest candidate kept (characters): a record is ``seq_len`` tokens, a longer reply is cut there
 anyway, and a runaway one is not a sentence."""
-
-
-@dataclass(frozen=True)
-class GeneratedSettings:
-    """The ``generated`` source of a preset (``Preset.generated``)."""
-
-    condition: str | None = None
-    """The condition whose explanation the candidates are written from and test (None: no
-    generated source; the asset is not defined)."""
-    features: int | None = 2
-    """Features per layer that get the source (the first ones of the preset; None: all). A slice:
-    two requests and a forward pass per feature are cheap, but not free at paper scale."""
-    n_fire: int = 5
-    """Sentences requested that the explanation predicts should fire."""
-    n_edits: int = 5
-    """Edits of top records requested that the explanation predicts should stay silent."""
-    top_records: int = 5
-    """Top-activating train records shown to the explainer (the edits start from them)."""
-    fires_above: float = 0.1
-    """A candidate fires when its largest activation exceeds this fraction of the feature's
-    maximum (over the corpus)."""
-    temperature: float = 1.0
-    max_tokens: int = 600
-    attempts: int = 3
-    """Requests at most, while replies hold no usable candidate."""
-
-    def __post_init__(self) -> None:
-        if self.n_fire < 0 or self.n_edits < 0 or self.n_fire + self.n_edits == 0:
-            raise ValueError(
-                f"generated.n_fire = {self.n_fire}, generated.n_edits = {self.n_edits}: ask for at "
-                "least one candidate (or set generated.condition to None to turn the source off)"
-            )
-        if not 0 <= self.fires_above < 1:
-            raise ValueError(f"generated.fires_above = {self.fires_above}: a fraction of the maximum in [0, 1)")
-        if self.attempts < 1 or self.top_records < 1 or (self.features is not None and self.features < 1):
-            raise ValueError("generated.attempts, top_records and features must be at least 1")
 
 
 @dataclass(frozen=True)
