@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from featureinterp.preflight import parse_conditions, parse_features, parse_layers
         from featureinterp.presets.files import is_preset_file
-        from featureinterp_assets.cli_inspect import plan, presets, scores, simulate
+        from featureinterp_assets.cli_inspect import plan, presets, reseed, scores, simulate
 
         # flag values are parsed here, so a typo stops with one line before anything is loaded
         conditions = getattr(args, "conditions", None)
@@ -423,6 +423,15 @@ def main(argv: list[str] | None = None) -> None:
             presets(args.presets_command, getattr(args, "name", None), getattr(args, "format", "toml"))
         elif args.command == "scores":
             scores(args.preset, args.explanations)
+        elif args.command == "reseed":
+            reseed(
+                args.preset,
+                args.seeds,
+                conditions,
+                parse_layers(args.layers) if args.layers is not None else None,
+                parse_features(args.features) if args.features is not None else None,
+                args.json,
+            )
         elif args.command == "simulate":
             simulate(args.preset, args.layer, args.feature, args.explanation, args.structured)
         else:

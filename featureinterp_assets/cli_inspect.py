@@ -154,3 +154,88 @@ def presets(command: str, name: str | None, fmt: str) -> None:
             print(f"{key:16s} {preset.model.name}, layers {','.join(map(str, preset.layers))}")
         return
     print(dump_preset(get_preset(name), fmt), end="")
+
+
+def reseed(
+    preset_name: str | None,
+    seeds: int,
+    conditions: list[str] | None,
+    layers: list[str] | None,
+    features: list[int] | None,
+    as_json: bool,
+) -> None:
+    """Re-explain a slice with ``seeds - 1`` more seeds and print, per condition, each seed's mean
+    test score, the between-seed spread and the test-record half-width beside it; the stored
+    explanations stay as they are (the report goes to ``exports/reseed.json``)."""
+    import json
+    import os
+
+    import numpy as np
+
+    from featureinterp.config import ApiSpec, data_home, feature_key, parse_feature_key, parse_layer_key
+    from featureinterp.errors import ConfigError
+    from featureinterp.explain.conditions import get_condition
+    from featureinterp.explain.reseed import reseed as reseed_one
+    from featureinterp.explain.reseed import seed_spread, stored_seed_score
+    from featureinterp.explanations.rules import Explanation
+    from featureinterp.presets.files import preset_to_json
+    from featureinterp.storage import atomic_write
+    from featureinterp_assets.assets.explanations import score_seed
+    from featureinterp_assets.resources import LLMResource
+
+    if seeds < 2:
+        raise ConfigError(f"--seeds {seeds}: give at least 2 (the stored explanation is seed 0)")
+    preset = get_preset(preset_name)
+    storage = storage_of(preset)
+    conditions = conditions or list(preset.explain.conditions)
+    layer_keys = [k for k in (layers or preset.layer_keys)]
+    feature_keys = [feature_key(f) for f in features] if features is not None else preset.feature_keys
+    api = preset.explain.explainer
+    llm = LLMResource(
+        preset=preset.name, preset_json=preset_to_json(preset), home=str(data_home()), models_dir=str(models_dir()),
+        device=os.environ.get("FEATUREINTERP_DEVICE", "auto"),
+        api_key=os.environ.get(api.api_key_env) if isinstance(api, ApiSpec) else None,
+    )  # fmt: skip
+    runs, skipped = [], []
+    for name in conditions:
+        cond = get_condition(name)
+        for layer in layer_keys:
+            for feature in feature_keys:
+                key = f"{feature}|{layer}"
+                stored = storage.stored(dg.AssetKey(["scores", name]), key)
+                expl = storage.stored(dg.AssetKey(["explanations", name]), key)
+                rec = storage.stored(dg.AssetKey("records"), key)
+                if not stored or not expl or not rec or expl.get("skipped") or not np.isfinite(stored.get("score", np.nan)):
+                    skipped.append(f"{name} {key}")
+                    continue
+                runs.append(stored_seed_score(stored, str(Explanation.from_record(expl["explanation"]))))
+                hol = None
+                if cond.holistic:
+                    value = storage.stored(dg.AssetKey("holistic_activations"), key)
+                    rows = np.asarray(value["rows"])
+                    values = np.asarray(value["holistic"], dtype=np.float32)
+                    hol = ({int(r): values[i, 1:] for i, r in enumerate(rows)}, float(value.meta["max_holistic"]))
+                lay, feat = parse_layer_key(layer), parse_feature_key(feature)
+                simulator = llm.simulator()
+                runs += reseed_one(
+                    preset, cond, llm.explainer(cond.explainer_model), simulator.simulate_explanation, lay, feat,
+                    rec.frame, float(expl["max_act"]), seeds, score_seed(preset, name, lay, feat), hol,
+                )  # fmt: skip
+                print(f"  {name} {key}: seeds 1-{seeds - 1} explained and scored", flush=True)
+    spread = seed_spread(runs)
+    report = {
+        "preset": preset.name, "seeds": seeds, "layers": layer_keys, "features": feature_keys,
+        "skipped (no stored score)": skipped, "conditions": spread,
+        "runs": [dataclasses.asdict(r) for r in runs],
+    }  # fmt: skip
+    out = data_home() / "exports" / preset.name / "reseed.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda p: p.write_text(json.dumps(report, indent=1, default=str)))
+    if as_json:
+        print(json.dumps(report, default=str))
+        return
+    print(f"{preset.name}: {seeds} seeds per feature (seed 0: the stored explanation); report: {out}")
+    print(f"{'condition':36s} {'features':>8s} {'seed means':>28s} {'between-seed sd':>15s} {'records ±':>9s}")
+    for name, s in spread.items():
+        means = " ".join(f"{m:.3f}" for m in s["means"].values()) or "-"
+        print(f"{name:36s} {s['features']:>8d} {means:>28s} {s['between_seed_sd']:>15.3f} {s['record_halfwidth']:>9.3f}")

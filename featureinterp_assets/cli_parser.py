@@ -84,4 +84,15 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     )
     p_scores.add_argument("--preset")
     p_scores.add_argument("--explanations", action="store_true", help="print each explanation under its row")
+    p_reseed = sub.add_parser(
+        "reseed",
+        help="re-explain a slice with more seeds: each condition's between-seed spread next to its "
+        "test-record interval (stored explanations stay as they are)",
+    )
+    p_reseed.add_argument("--seeds", type=int, default=3, help="seeds per feature, the stored one included (default 3)")
+    p_reseed.add_argument("--preset")
+    p_reseed.add_argument("--conditions", help="comma-separated conditions (default: the preset's)")
+    p_reseed.add_argument("--layers", help="comma-separated layer keys, e.g. L05,SYN (default: all)")
+    p_reseed.add_argument("--features", help="comma-separated feature indices (default: all)")
+    p_reseed.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
