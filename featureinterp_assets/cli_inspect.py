@@ -98,6 +98,24 @@ def scores(preset_name: str | None, show_explanations: bool) -> None:
     from featureinterp_assets.summaries import RESULTS_CAPTION, results
 
     print("\n" + RESULTS_CAPTION + "\n" + results_table(results(preset)))  # as at the end of a run
+    generated_lines = []
+    for layer in preset.layer_keys:
+        for feature in preset.feature_keys:
+            g = storage.stored(dg.AssetKey("generated"), f"{feature}|{layer}")
+            if g is None or g.meta.get("skipped"):
+                continue
+            src = g.meta["per_source"]["generated"]
+            generated_lines.append(
+                f"{layer:6s} {feature:8s} {g.meta['candidates']:>10d} {g.meta['counterexamples']:>15d} "
+                f"{src['score']:>7.3f} [{src.get('ci_low', math.nan):.3f}, {src.get('ci_high', math.nan):.3f}]"
+            )
+    if generated_lines:
+        print(
+            f"\ngenerated counterexamples, written from the {preset.generated.condition} explanations "
+            "(score: positives + candidates, with its test-record interval)"
+        )
+        print(f"{'layer':6s} {'feature':8s} {'candidates':>10s} {'counterexamples':>15s} {'score':>7s} interval")
+        print("\n".join(generated_lines))
 
 
 def plan(

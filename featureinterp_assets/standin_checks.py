@@ -118,6 +118,16 @@ def check_standin_run(preset: str, root: Path, proc: subprocess.CompletedProcess
         )
         for name in ("fig3", "fig4", "fig5"):
             _require((storage / "figures" / f"{name}.png").stat().st_size > 10_000, f"{name}.png is empty")
+        # the generated source (one_shot's explanations, the first features of each layer): real
+        # candidates with true activations, scored like any source, requests through the API route
+        for feature in FEATURES:
+            gen = storage / "generated" / feature / LAYER / "meta.json"
+            meta = json.loads(gen.read_text()) if gen.exists() else {}
+            _require(
+                meta.get("candidates", 0) >= 1 and "generated" in meta.get("per_source", {})
+                and meta.get("usage", {}).get("requests", 0) >= 1 and str(meta.get("explainer", "")).startswith("standin/"),
+                f"generated {feature}: {({k: meta.get(k) for k in ('candidates', 'per_source', 'usage', 'explainer')})}",
+            )  # fmt: skip
         if "one_shot_structured_holistic" in conditions:  # the paper's scale: the whole corpus's maximum
             for feature in FEATURES:
                 hol = storage / "holistic_activations" / feature / LAYER

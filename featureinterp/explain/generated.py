@@ -104,8 +104,10 @@ def candidate_schema(settings: GeneratedSettings) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {
-            "fire": {"type": "array", "items": text, "maxItems": settings.n_fire},
-            "edits": {"type": "array", "items": edit, "maxItems": settings.n_edits},
+            # at least one of each asked for: a grammar-constrained model otherwise often closes
+            # the list at once
+            "fire": {"type": "array", "items": text, "minItems": min(1, settings.n_fire), "maxItems": settings.n_fire},
+            "edits": {"type": "array", "items": edit, "minItems": min(1, settings.n_edits), "maxItems": settings.n_edits},
         },
         "required": ["fire", "edits"],
         "additionalProperties": False,

@@ -166,6 +166,8 @@ PRESETS: dict[str, Preset] = {
             tree_width=2,
             holistic_scale=EMBEDDED_HOLISTIC_SCALE,
         ),
+        # the generated source on one feature per layer, so the CLI test exercises it
+        generated=GeneratedSettings(condition="one_shot", features=1, n_fire=2, n_edits=2, top_records=3, max_tokens=200),
     ),
     "gpt2-small": Preset(
         name="gpt2-small",

@@ -85,7 +85,13 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
         assert (storage / "scores" / "one_shot" / key / "value.json").exists()
     assert (storage / "figures" / "fig5.png").exists()
     assert "figures (" in run.stdout and "dagster dev" in run.stdout  # where to look, at the end
-    assert {"embedding/one_shot, detection/one_shot, fuzzing/one_shot", "export", "export_all"} <= set(stages)
+    assert {"embedding/one_shot, detection/one_shot, fuzzing/one_shot, generated", "export", "export_all"} <= set(stages)
+    # the generated source on its slice (the first feature of each layer): candidates with true
+    # activations, the explanation's score on them, the completions kept for audit
+    for key in ("F0000/L03", "F0000/L06", "F0000/SYN"):
+        meta = json.loads((storage / "generated" / key / "meta.json").read_text())
+        assert meta["candidates"] >= 1 and meta["completions"] and "score" in meta["per_source"]["generated"]
+    assert not (storage / "generated" / "F0001").exists()  # outside the slice
     _check_export(tmp_path / "home", storage)
     stage_lines = [line for line in log.splitlines() if "--> materializing" in line]
     assert all("ETA " in line for line in stage_lines)  # every stage line carries elapsed time and ETA
@@ -107,6 +113,8 @@ def test_dagster_cli_then_featureinterp_run_resumes(env, tmp_path):
     null = json.loads((storage / "baselines" / "F0000" / "SYN" / "value.json").read_text())["null"]
     assert row.split()[3] == f"{null['score']:.3f}"
     assert "truth: negation words" in table.stdout and "one_shot: " in table.stdout
+    assert "generated counterexamples, written from the one_shot explanations" in table.stdout
+    assert "records ±" in table.stdout  # the results table's test-record half-width column
 
     sim = _run(
         [BIN / "featureinterp", "simulate", "SYN", "F0000", "negation words such as not, no, never"], env

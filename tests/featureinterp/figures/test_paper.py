@@ -171,6 +171,18 @@ def test_fig3_means_match_numpy_on_random_results(tmp_path):
     assert_png(res.png)
 
 
+def test_fig3_draws_the_generated_source_on_its_slice_without_calling_the_figure_incomplete(tmp_path):
+    """The generated source runs on one feature per layer of one method: Figure 3 draws it as a
+    seventh line, judges completeness on the paper's six sources, and says what it covers."""
+    df = results(np.random.default_rng(3))
+    extra = [row(layer, 0, "one_shot", source="generated", score=0.3, fp_rate=0.1) for layer in ("L00", "L03", "L12")]
+    res = fig3(pl.concat([df, pl.DataFrame(extra)], how="diagonal_relaxed"), tmp_path, expected=5)
+    gen = res.summary.filter(source="generated", method="one_shot")
+    assert gen["n"].to_list() == [1, 1, 1] and gen["mean_score"].to_list() == pytest.approx([0.3] * 3)
+    assert not res.incomplete and "generated counterexamples (ours, dotted): 1-1 features per cell, 3 cells" in res.caption
+    assert_png(res.png)
+
+
 # ---------------------------------------------------------------- fig5
 
 
