@@ -97,8 +97,8 @@ def _token_counts(root: Path, keys: list[str]) -> tuple[dict, int, int]:
     from featureinterp.activations.models import load_subject_model
     from featureinterp.config import ModelSpec, models_dir
     from featureinterp.explain.conditions import feature_records, get_condition
+    from featureinterp.explain.tree import paper_tree_tokens
     from featureinterp.explanations.rules import Explanation
-    from featureinterp.plan import paper_tree_tokens
     from featureinterp.presets import get_preset
     from featureinterp.presets.standin import build_standin
     from featureinterp.simulate.simulator import LocalSimulator, prompt_for

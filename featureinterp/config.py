@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from featureinterp.errors import ConfigError
-from featureinterp.names import SYNTHETIC_KEY, SYNTHETIC_LAYER, check_preset_name
+from featureinterp.names import (  # the partition-key helpers are re-exported here
+    SYNTHETIC_KEY,
+    SYNTHETIC_LAYER,
+    check_preset_name,
+    feature_key,
+    layer_key,
+    parse_feature_key,
+    parse_layer_key,
+)
 
 __all__ = [
     "SYNTHETIC_LAYER",
@@ -244,8 +252,7 @@ class GeneratedSettings:
     maximum (over the corpus)."""
     temperature: float = 1.0
     max_tokens: int = 600
-    attempts: int = 3
-    """Requests at most, while replies hold no usable candidate."""
+    attempts: int = 3  # requests at most, while replies hold no usable candidate
 
     def __post_init__(self) -> None:
         if self.n_fire < 0 or self.n_edits < 0 or self.n_fire + self.n_edits == 0:
@@ -253,11 +260,8 @@ class GeneratedSettings:
                 f"generated.n_fire = {self.n_fire}, generated.n_edits = {self.n_edits}: ask for at "
                 "least one candidate (or set generated.condition to None to turn the source off)"
             )
-        if not 0 <= self.fires_above < 1:
-            raise ConfigError(f"generated.fires_above = {self.fires_above}: a fraction of the maximum in [0, 1)")
-        if self.attempts < 1 or self.top_records < 1 or (self.features is not None and self.features < 1):
-            raise ConfigError("generated.attempts, top_records and features must be at least 1")
-
+        if not 0 <= self.fires_above < 1 or min(self.attempts, self.top_records, 1 if self.features is None else self.features) < 1:
+            raise ConfigError("generated.fires_above must be in [0, 1); attempts, top_records, features >= 1")
 
 
 PAPER_EXPLAIN_OPTIONS: dict[str, Any] = {
@@ -432,31 +436,6 @@ class Preset:
     @property
     def feature_keys(self) -> list[str]:
         return [feature_key(f) for f in self.features]
-
-
-def layer_key(layer: int) -> str:
-    """Partition key of a layer; zero-padded so lexicographic order is numeric order."""
-    if layer == SYNTHETIC_LAYER:
-        return SYNTHETIC_KEY
-    return f"L{layer:02d}"
-
-
-def feature_key(feature: int) -> str:
-    return f"F{feature:04d}"
-
-
-def parse_layer_key(key: str) -> int:
-    if key == SYNTHETIC_KEY:
-        return SYNTHETIC_LAYER
-    if len(key) < 2 or key[0] != "L" or not key[1:].isdigit():
-        raise ConfigError(f"bad layer key {key!r}: expected 'L' followed by digits, e.g. 'L06'")
-    return int(key[1:])
-
-
-def parse_feature_key(key: str) -> int:
-    if len(key) < 2 or key[0] != "F" or not key[1:].isdigit():
-        raise ConfigError(f"bad feature key {key!r}: expected 'F' followed by digits, e.g. 'F0007'")
-    return int(key[1:])
 
 
 def models_dir() -> Path:

@@ -23,6 +23,10 @@ __all__ = [
     "PRIMARY_SOURCE",
     "SYNTHETIC_KEY",
     "SYNTHETIC_LAYER",
+    "feature_key",
+    "layer_key",
+    "parse_feature_key",
+    "parse_layer_key",
 ]
 
 SYNTHETIC_LAYER = -1
@@ -77,3 +81,28 @@ def check_preset_name(name: str) -> None:
         f'no \'..\'; rename it, e.g. name = "{suggestion}" (a preset file without a name field is named '
         "after the file)"
     )
+
+
+def layer_key(layer: int) -> str:
+    """Partition key of a layer; zero-padded so lexicographic order is numeric order."""
+    if layer == SYNTHETIC_LAYER:
+        return SYNTHETIC_KEY
+    return f"L{layer:02d}"
+
+
+def feature_key(feature: int) -> str:
+    return f"F{feature:04d}"
+
+
+def parse_layer_key(key: str) -> int:
+    if key == SYNTHETIC_KEY:
+        return SYNTHETIC_LAYER
+    if len(key) < 2 or key[0] != "L" or not key[1:].isdigit():
+        raise ConfigError(f"bad layer key {key!r}: expected 'L' followed by digits, e.g. 'L06'")
+    return int(key[1:])
+
+
+def parse_feature_key(key: str) -> int:
+    if len(key) < 2 or key[0] != "F" or not key[1:].isdigit():
+        raise ConfigError(f"bad feature key {key!r}: expected 'F' followed by digits, e.g. 'F0007'")
+    return int(key[1:])

@@ -45,7 +45,6 @@ __all__ = [
     "PresetPlan",
     "measured_costs",
     "measured_generated",
-    "paper_tree_tokens",
     "plan_preset",
     "MODEL_PARAMS",
 ]
@@ -412,47 +411,6 @@ def plan_preset(
             if calibration
             else {"rates": f"assumed: {gpu.utilisation:g} of {gpu.name} peak"}
         ),
-    )
-
-
-def paper_tree_tokens(
-    rule_tokens: Callable[[str], int],
-    record_tokens: Sequence[int],
-    n_train: int,
-    node_rules: Sequence[Sequence[str]],
-    batch_size: int,
-) -> int:
-    """Simulator forward tokens the paper code's tree loop spends scoring these nodes
-    (paper-method.md 4.6-4.7 and 5.5), for comparison with ours on the same explanations.
-
-    Each scored node simulates every rule of its explanation on the train records and then on the
-    valid records: the rule message is appended to a copy of the header cache, then the records run
-    in chunks of ``batch_size``, each chunk padded to its longest record and the last one filled up
-    with copies. Nothing is shared between nodes, so a rule kept by a child is simulated again.
-    ``record_tokens`` are the prompt lengths of the train records then the valid ones (the first
-    ``n_train``); ``node_rules`` the rule texts of each node.
-    """
-
-    def chunks(lengths: Sequence[int]) -> int:
-        return sum(
-            batch_size * max(lengths[lo : lo + batch_size]) for lo in range(0, len(lengths), batch_size)
-        )
-
-    per_records = chunks(record_tokens[:n_train]) + chunks(record_tokens[n_train:])
-    return sum(rule_tokens(rule) + per_records for rules in node_rules for rule in rules)
-
-
-def paper_grid(preset: Preset) -> Preset:
-    """The grid the paper's Figure 4 and 5 scripts ran (paper-method.md 9.2-9.3): the 8 layers
-    ``round(linspace(0, L-1, 8))`` of the model and features 0..29, without synthetic features."""
-    import dataclasses
-
-    from featureinterp.figures.grids import paper_layers
-
-    return preset.replace(
-        layers=paper_layers(max(preset.layers) + 1),
-        features=tuple(range(30)),
-        explain=dataclasses.replace(preset.explain, synthetic=False),
     )
 
 

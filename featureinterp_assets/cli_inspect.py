@@ -131,7 +131,8 @@ def plan(
     on every partition (``featureinterp run --whole-grid``); ``calibration``: a scripts/gpu-check
     JSON file whose measured rates replace the assumed utilisation."""
     from featureinterp.explain.conditions import get_condition
-    from featureinterp.plan import paper_grid, plan_preset
+    from featureinterp.figures.grids import paper_grid
+    from featureinterp.plan import plan_preset
 
     cal = None
     if calibration is not None:

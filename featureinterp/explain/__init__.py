@@ -10,7 +10,10 @@ One module per job of the explainer stage, so a newcomer finds each where its na
 - ``tree``: ``explain``, the one-shot run and the tree search over a per-call rule cache;
 - ``conditions``: the paper's experiment conditions (method x structured x holistic x train
   negatives x rule cap) and the records each condition's explainer sees;
-- ``complexity``: rating a rule's complexity 0..5 with an LLM (section 7).
+- ``complexity``: rating a rule's complexity 0..5 with an LLM (section 7);
+- ``generated``: counterexamples the explainer writes from an explanation (ours: the seventh
+  complementary source), measured on the subject model;
+- ``reseed``: the same slice explained again with other seeds, and the between-seed spread.
 
 Explanations and their parsers (child replies included) are in ``featureinterp.explanations``; the
 record types live in ``featureinterp.records.sources``. The public names are re-exported here:

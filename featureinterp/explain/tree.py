@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -65,7 +65,7 @@ from featureinterp.records.formatting import MAX_VALUE, quantize
 from featureinterp.records.sources import FeatureRecords
 from featureinterp.simulate.scoring import score
 
-__all__ = ["explain"]
+__all__ = ["explain", "paper_tree_tokens"]
 
 
 class _RuleCache:
@@ -377,3 +377,30 @@ def explain(
         simulations=run.cache.simulations,
         stop_reason=stop,
     )
+
+
+def paper_tree_tokens(
+    rule_tokens: Callable[[str], int],
+    record_tokens: Sequence[int],
+    n_train: int,
+    node_rules: Sequence[Sequence[str]],
+    batch_size: int,
+) -> int:
+    """Simulator forward tokens the paper code's tree loop spends scoring these nodes
+    (paper-method.md 4.6-4.7 and 5.5), for comparison with ours on the same explanations.
+
+    Each scored node simulates every rule of its explanation on the train records and then on the
+    valid records: the rule message is appended to a copy of the header cache, then the records run
+    in chunks of ``batch_size``, each chunk padded to its longest record and the last one filled up
+    with copies. Nothing is shared between nodes, so a rule kept by a child is simulated again.
+    ``record_tokens`` are the prompt lengths of the train records then the valid ones (the first
+    ``n_train``); ``node_rules`` the rule texts of each node.
+    """
+
+    def chunks(lengths: Sequence[int]) -> int:
+        return sum(
+            batch_size * max(lengths[lo : lo + batch_size]) for lo in range(0, len(lengths), batch_size)
+        )
+
+    per_records = chunks(record_tokens[:n_train]) + chunks(record_tokens[n_train:])
+    return sum(rule_tokens(rule) + per_records for rules in node_rules for rule in rules)

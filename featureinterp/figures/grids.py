@@ -32,6 +32,7 @@ __all__ = [
     "figure_conditions",
     "figure_grids",
     "paper_conditions",
+    "paper_grid",
     "paper_layers",
     "select_grid",
 ]
@@ -241,3 +242,15 @@ def secondary_conditions(preset: Preset) -> tuple[str, ...]:
             f"(its conditions: {', '.join(present)}); add them to conditions or drop them"
         )
     return tuple(chosen)
+
+
+def paper_grid(preset: Preset) -> Preset:
+    """The grid the paper's Figure 4 and 5 scripts ran (paper-method.md 9.2-9.3): the 8 layers
+    ``round(linspace(0, L-1, 8))`` of the model and features 0..29, without synthetic features."""
+    import dataclasses
+
+    return preset.replace(
+        layers=paper_layers(max(preset.layers) + 1),
+        features=tuple(range(30)),
+        explain=dataclasses.replace(preset.explain, synthetic=False),
+    )

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from featureinterp.figures import common as F
 from featureinterp.storage import atomic_write
 
-__all__ = ["cap_heatmap", "fig3_panels", "fig5_layer_table", "fig5_panels", "rules_for_share"]
+__all__ = ["cap_heatmap", "fig3_panels", "fig5_layer_table", "fig5_panels", "monotone_scores", "rules_for_share"]
 
 CI_LEVEL = 0.8
 """The paper's band around mean complexity and rule counts (80% Student-t)."""
@@ -224,3 +224,31 @@ def fig3_panels(summary: pl.DataFrame, out_dir: Path, caption: str, incomplete: 
     path = Path(out_dir) / "fig3_panels.png"
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=F.DPI, bbox_inches="tight"))
     return path
+
+
+def monotone_scores(frame: pl.DataFrame, caps: Sequence[int], layers: Sequence[str]) -> pl.DataFrame:
+    """Per feature and cap: score, score / best, monotone score (best over caps <= cap) and share."""
+    rank = {layer: i for i, layer in enumerate(layers)}
+    feats = sorted(frame.select("layer", "feature").unique().iter_rows(), key=lambda r: (rank[r[0]], r[1]))
+    index = {f: i for i, f in enumerate(feats)}
+    scores = np.full((len(feats), len(caps)), np.nan)
+    for layer, feature, cap, value in frame.select("layer", "feature", "rule_cap", "score").iter_rows():
+        scores[index[(layer, feature)], cap - 1] = value
+    mono = np.fmax.accumulate(scores, axis=1)  # fmax skips NaN: the best defined score so far
+    best = mono[:, -1]
+    kept = ~np.isnan(scores[:, 0]) & (best > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(kept, 1.0, np.nan)[:, None] / best[:, None]
+    n_caps = len(caps)
+    return pl.DataFrame(
+        {
+            "layer": np.repeat([f[0] for f in feats], n_caps),
+            "feature": np.repeat(np.array([f[1] for f in feats], dtype=np.int64), n_caps),
+            "rule_cap": np.tile(np.asarray(caps, dtype=np.int64), len(feats)),
+            "score": scores.ravel(),
+            "kept": np.repeat(kept, n_caps),
+            "score_prop": (scores * share).ravel(),
+            "mono_score": np.where(kept[:, None], mono, np.nan).ravel(),
+            "mono_prop": (mono * share).ravel(),
+        }
+    )

@@ -23,7 +23,6 @@ long-lived worker neither leak figures nor need a display.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
@@ -63,6 +62,8 @@ from featureinterp.figures.common import (
     prepare,
     t_quantile,
 )
+from featureinterp.figures.comparisons import comparisons_caption, fig4_comparisons
+from featureinterp.figures.panels import monotone_scores
 from featureinterp.names import GENERATED_SOURCE, PRIMARY_SOURCE
 
 __all__ = [
@@ -255,7 +256,7 @@ def fig4(
     summary = summary.with_columns(
         null_score=pl.col("layer").replace_strict(null, default=math.nan, return_dtype=pl.Float64)
     )
-    comparisons = _fig4_comparisons(summary)
+    comparisons = fig4_comparisons(summary)
     caption, incomplete = _coverage(per_layer, expected, "method x condition x layer")
     caption += f"; {int(per_layer['n_nan'].sum())} undefined scores counted as 0" + (
         f"; {grid}" if grid else ""
@@ -265,13 +266,7 @@ def fig4(
         caption += (
             f"; dashed: empty explanation (simulator prior), {null.get(ALL_LAYERS, math.nan):.2f} pooled"
         )
-    judged = comparisons.filter(pl.col("overlap").is_not_null())
-    if judged.height:
-        caption += (
-            f"; grey: 95% test-record bootstrap of each mean; {int(judged['overlap'].sum())} of {judged.height} "
-            "comparisons (tree vs one-shot per condition; each condition vs structured) lie within "
-            "those intervals (marked ≈ for tree vs one-shot): not separable on these test records"
-        )
+    caption += comparisons_caption(comparisons)
 
     sns = _seaborn()
     groups = [*layers, ALL_LAYERS]
@@ -352,39 +347,6 @@ def fig4(
     return _write(name, fig, summary, {"comparisons": comparisons}, out_dir, caption, incomplete)
 
 
-def _fig4_comparisons(summary: pl.DataFrame) -> pl.DataFrame:
-    """Figure 4's comparisons per layer (and pooled): tree vs one-shot under each condition, and
-    each condition vs structured under each method, with the difference of means and whether the
-    two means' test-record intervals overlap (|difference| <= the sum of half-widths; null when
-    either half-width is unknown). An overlap says the comparison is not separable on these test
-    records; no overlap is necessary, not sufficient, for a real difference (features vary too:
-    ``ci_halfwidth``)."""
-    cells = {(r["method"], r["condition"], r["layer"]): r for r in summary.iter_rows(named=True) if r["n"]}
-    pairs = [("tree vs one-shot", ("one_shot", c), ("tree", c)) for c in CONDITIONS]
-    pairs += [(f"{c} vs structured", (m, "structured"), (m, c)) for m in METHODS for c in CONDITIONS if c != "structured"]
-    rows = []
-    for layer in dict.fromkeys(summary["layer"].to_list()):
-        for kind, a, b in pairs:
-            ra, rb = cells.get((*a, layer)), cells.get((*b, layer))
-            if ra is None or rb is None:
-                continue
-            diff = rb["mean_score"] - ra["mean_score"]
-            reach = ra["record_halfwidth"] + rb["record_halfwidth"]
-            rows.append(
-                {
-                    "layer": layer, "kind": kind, "a_method": a[0], "a_condition": a[1], "b_method": b[0],
-                    "b_condition": b[1], "difference": diff, "reach": reach,
-                    "overlap": bool(abs(diff) <= reach) if math.isfinite(reach) else None,
-                }
-            )  # fmt: skip
-    schema = {
-        "layer": pl.String, "kind": pl.String, "a_method": pl.String, "a_condition": pl.String,
-        "b_method": pl.String, "b_condition": pl.String, "difference": pl.Float64, "reach": pl.Float64,
-        "overlap": pl.Boolean,
-    }  # fmt: skip
-    return pl.DataFrame(rows, schema=schema)
-
-
 def fig5(
     df: pl.DataFrame,
     out_dir: Path | str,
@@ -417,7 +379,7 @@ def fig5(
 
     caps = list(range(1, high + 1))
     layers = _layers(frame["layer"])
-    features = _monotone(frame, caps, layers)
+    features = monotone_scores(frame, caps, layers)
     stats = frame.group_by(("layer", "rule_cap")).agg(
         pl.len().alias("n"),
         pl.col("score").is_nan().sum().alias("n_nan"),
@@ -476,31 +438,3 @@ def fig5(
         name, fig, summary, {"features": features, "layers": per_layer}, out_dir, caption, incomplete
     )
     return _with_panels(result, fig5_panels(summary, per_layer, Path(out_dir), caption, incomplete))
-
-
-def _monotone(frame: pl.DataFrame, caps: Sequence[int], layers: Sequence[str]) -> pl.DataFrame:
-    """Per feature and cap: score, score / best, monotone score (best over caps <= cap) and share."""
-    rank = {layer: i for i, layer in enumerate(layers)}
-    feats = sorted(frame.select("layer", "feature").unique().iter_rows(), key=lambda r: (rank[r[0]], r[1]))
-    index = {f: i for i, f in enumerate(feats)}
-    scores = np.full((len(feats), len(caps)), np.nan)
-    for layer, feature, cap, value in frame.select("layer", "feature", "rule_cap", "score").iter_rows():
-        scores[index[(layer, feature)], cap - 1] = value
-    mono = np.fmax.accumulate(scores, axis=1)  # fmax skips NaN: the best defined score so far
-    best = mono[:, -1]
-    kept = ~np.isnan(scores[:, 0]) & (best > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(kept, 1.0, np.nan)[:, None] / best[:, None]
-    n_caps = len(caps)
-    return pl.DataFrame(
-        {
-            "layer": np.repeat([f[0] for f in feats], n_caps),
-            "feature": np.repeat(np.array([f[1] for f in feats], dtype=np.int64), n_caps),
-            "rule_cap": np.tile(np.asarray(caps, dtype=np.int64), len(feats)),
-            "score": scores.ravel(),
-            "kept": np.repeat(kept, n_caps),
-            "score_prop": (scores * share).ravel(),
-            "mono_score": np.where(kept[:, None], mono, np.nan).ravel(),
-            "mono_prop": (mono * share).ravel(),
-        }
-    )

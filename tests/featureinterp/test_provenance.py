@@ -28,7 +28,7 @@ def test_a_changed_field_reaches_exactly_the_stages_downstream_of_it():
     # the test intervals never reach the explanations (an upgrade that adds them keeps every one)
     intervals = dataclasses.replace(preset.scores, interval_resamples=200)
     assert _changed(preset, preset.replace(scores=intervals)) == {"scores", "generated", "summaries"}
-    generated = dataclasses.replace(preset.generated, condition="one_shot", n_fire=2)
+    generated = dataclasses.replace(preset.generated, n_fire=preset.generated.n_fire + 1)
     assert _changed(preset, preset.replace(generated=generated)) == {"generated", "summaries"}
     holistic = dataclasses.replace(preset.explain, holistic_scale="corpus")
     assert _changed(preset, preset.replace(explain=holistic)) == {"holistic_activations", "summaries"}

@@ -77,7 +77,13 @@ def test_backfill_schedule_requests_missing_and_stale_partitions_per_layer(tmp_p
             return start, end, sorted(k.to_user_string() for k in request.asset_selection)
 
         fresh = sorted(span(r) for r in tick().run_requests)
-        assert fresh == [(f"F0000|{x}", f"F0001|{x}", sorted(per_feature)) for x in ("L03", "L06", "SYN")]
+        # the generated source runs on its slice (the first feature of each layer): F0000 is a block
+        # of its own, never a request for a partition outside the slice
+        assert fresh == sorted(
+            [(f"F0000|{x}", f"F0000|{x}", sorted([*per_feature, "generated"])) for x in ("L03", "L06", "SYN")]
+            + [(f"F0001|{x}", f"F0001|{x}", sorted(per_feature)) for x in ("L03", "L06", "SYN")]
+        )
+        keys["generated"] = dg.AssetKey("generated")
 
         def built(asset, part, version=None):
             version = version or graph.get(keys[asset]).code_version
@@ -92,6 +98,8 @@ def test_backfill_schedule_requests_missing_and_stale_partitions_per_layer(tmp_p
             for x in ("L06", "SYN"):
                 for f in ("F0000", "F0001"):
                     built(asset, f"{f}|{x}")
+        for x in ("L03", "L06", "SYN"):
+            built("generated", f"F0000|{x}")
         assert [span(r) for r in tick().run_requests] == [("F0001|L03", "F0001|L03", ["records"])]
         built("records", "F0001|L03")
         result = tick()
