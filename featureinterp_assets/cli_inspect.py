@@ -199,7 +199,7 @@ def reseed(
     from featureinterp.explanations.rules import Explanation
     from featureinterp.presets.files import preset_to_json
     from featureinterp.storage import atomic_write
-    from featureinterp_assets.assets.explanations import score_seed
+    from featureinterp_assets.assets.explanations import holistic_lookup, score_seed
     from featureinterp_assets.resources import LLMResource
 
     if seeds < 2:
@@ -230,10 +230,7 @@ def reseed(
                 runs.append(stored_seed_score(stored, str(Explanation.from_record(expl["explanation"]))))
                 hol = None
                 if cond.holistic:
-                    value = storage.stored(dg.AssetKey("holistic_activations"), key)
-                    rows = np.asarray(value["rows"])
-                    values = np.asarray(value["holistic"], dtype=np.float32)
-                    hol = ({int(r): values[i, 1:] for i, r in enumerate(rows)}, float(value.meta["max_holistic"]))
+                    hol = holistic_lookup(storage.stored(dg.AssetKey("holistic_activations"), key))
                 lay, feat = parse_layer_key(layer), parse_feature_key(feature)
                 simulator = llm.simulator()
                 runs += reseed_one(

@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 
 from featureinterp.config import GeneratedSettings
+from featureinterp.data.corpus import decode_tokens
 from featureinterp.explanations.replies import ReplyError, json_candidates, split_reasoning
 from featureinterp.explanations.rules import Explanation
 from featureinterp.llm.backend import (
@@ -311,14 +312,15 @@ def build_generated(
     """Write candidates from ``explanation`` and measure them: ``activate`` maps token rows
     [N, (1 +) seq_len] to the feature's true activations [N, (1 +) seq_len] (the subject model and
     SAE, by ``sae_activations``' code; or the synthetic rule). Token strings are decoded one id at
-    a time, as records show them."""
+    a time, as records show them (``decode_tokens``)."""
     candidates, completions = write_candidates(backend, explanation, top, settings, seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows, lengths = candidate_rows(tokenizer, [c.text for c in candidates], seq_len, bos_id, int(pad or 0))
     acts = np.asarray(activate(rows), dtype=np.float32)  # [N, T]
     if acts.shape != rows.shape:
         raise ValueError(f"activations of shape {acts.shape} for token rows of shape {rows.shape}")
-    tokens = [tokenizer.batch_decode([[int(t)] for t in row[:n]]) for row, n in zip(rows, lengths, strict=True)]
+    strings = decode_tokens(tokenizer, rows)  # [N][T] token strings, each distinct id decoded once
+    tokens = [row[:n] for row, n in zip(strings, lengths, strict=True)]
     cut = [acts[i, :n] for i, n in enumerate(lengths)]
     frame = generated_frame(candidates, tokens, cut, max_act, settings, skip_first=bos_id is not None)
     return Generated(frame, completions)

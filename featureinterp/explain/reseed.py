@@ -29,6 +29,7 @@ from featureinterp.explain.tree import explain
 from featureinterp.explanations.rules import Explanation
 from featureinterp.llm.backend import ChatBackend
 from featureinterp.simulate.evaluate import evaluate
+from featureinterp.simulate.scoring import mean_halfwidth
 
 __all__ = ["SeedScore", "reseed", "reseed_seed", "seed_spread"]
 
@@ -105,7 +106,7 @@ def seed_spread(scores: Sequence[SeedScore]) -> dict[str, dict[str, Any]]:
             means[index] = statistics.fmean(v.score for v in values.values())
             half = [(v.ci_high - v.ci_low) / 2 for v in values.values()]
             if all(math.isfinite(h) for h in half):
-                widths.append(math.sqrt(sum(h * h for h in half)) / len(half))
+                widths.append(mean_halfwidth(half))
         out[cond] = {
             "features": len(keys),
             "means": means,

@@ -28,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["METRICS", "Metrics", "Score", "bootstrap_interval", "score"]
+__all__ = ["METRICS", "Metrics", "Score", "bootstrap_interval", "mean_halfwidth", "score"]
 
 _EPS = 1e-10
 
@@ -131,3 +131,12 @@ def bootstrap_interval(
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(np.clip(defined, -1.0, 1.0), [tail, 100 - tail])
     return float(low), float(high), 1.0 - defined.size / n_resamples
+
+
+def mean_halfwidth(half_widths: Sequence[float]) -> float:
+    """Half-width of the interval of a mean of independent scores with these half-widths:
+    sqrt(sum of squares) / n (NaN for none). How much a condition's mean moves with its features'
+    test records alone."""
+    if not half_widths:
+        return float("nan")
+    return float(np.sqrt(sum(h * h for h in half_widths))) / len(half_widths)

@@ -14,6 +14,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from featureinterp.simulate.scoring import mean_halfwidth
+
 __all__ = ["ConditionSummary", "results_table", "summarize"]
 
 
@@ -44,9 +46,7 @@ class ConditionSummary:
         """Half-width of the mean's interval from test-record sampling alone: the features'
         intervals are independent, so sqrt(sum of squared half-widths) / n (NaN when none are
         stored). ``spread`` is the other uncertainty: which features were drawn."""
-        if not self.half_widths:
-            return math.nan
-        return math.sqrt(sum(h * h for h in self.half_widths)) / len(self.half_widths)
+        return mean_halfwidth(self.half_widths)
 
     @property
     def mean(self) -> float:

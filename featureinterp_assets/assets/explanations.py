@@ -48,7 +48,9 @@ def _max_act(records_value: TableBundle) -> float:
     return float(records_value.meta.get("max_act", 0.0))
 
 
-def _holistic(holistic_value: ArrayBundle) -> tuple[dict[int, np.ndarray], float]:
+def holistic_lookup(holistic_value: ArrayBundle) -> tuple[dict[int, np.ndarray], float]:
+    """row -> holistic values (first column dropped) and the 0..5 scale of a stored
+    ``holistic_activations`` value: what a holistic condition's explainer reads."""
     rows = np.asarray(holistic_value["rows"])
     values = np.asarray(holistic_value["holistic"], dtype=np.float32)
     return {int(r): values[i, 1:] for i, r in enumerate(rows)}, float(holistic_value.meta["max_holistic"])
@@ -205,7 +207,7 @@ def _explain(
     base["rule_cap"] = config.rule_cap  # the cap this explanation ran with (None: uncapped)
     if not max_act > 0:
         return Produced(base | {"skipped": "dead feature"}, {"skipped": "dead feature (never fires)"})
-    hol, max_h = _holistic(hol_value) if hol_value is not None else (None, 0.0)  # given iff cond.holistic
+    hol, max_h = holistic_lookup(hol_value) if hol_value is not None else (None, 0.0)  # given iff cond.holistic
     records = feature_records(rec.frame, max_act, cond, hol, max_h)
     backend, simulator = llm.explainer(cond.explainer_model), llm.simulator()
     seed = explain_seed(spec.seed, spec.name, cond.name, layer, feature)
