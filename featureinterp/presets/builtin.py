@@ -145,18 +145,21 @@ PRESETS: dict[str, Preset] = {
     # The embedded set-up before it was sized to the 15-minute budget: 3x the rows, 6 features
     # per layer, 32-token rows, a larger tree; one-shot and tree only (~83 min on 2 cores).
     "embedded-large": _EMBEDDED_LARGE,
-    # The embedded set-up shrunk for smoke tests and CI: same code paths, a minute of CPU.
+    # The embedded set-up shrunk for smoke tests and CI: same code paths, a few minutes of CPU.
+    # 16-token rows and 3 records per split, as the embedded default: the simulator's forward
+    # tokens (~4 per row token, per rule) are most of a CI run's CPU, and they scale with both.
     "embedded-tiny": _EMBEDDED_LARGE.replace(
         name="embedded-tiny",
         layers=(3, 6),
-        n_rows=2_000,
+        n_rows=2_500,
+        seq_len=16,
         features=tuple(range(2)),
         sae=SaeSpec(
             source="train",
             train=SaeTrainConfig(expansion=4, k=16, n_tokens=40_000, epochs=2, live_freq=(1e-3, 0.1)),
         ),
         corpus=CorpusSpec(source="debian", max_documents=4_000),
-        per_split=4,
+        per_split=3,
         explain=ExplainSettings(
             temperature=0.7,
             tree_temperature=0.8,

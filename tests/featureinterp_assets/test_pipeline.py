@@ -49,10 +49,10 @@ def built(tmp_path_factory, model_cache):
 def test_chain_writes_every_layer_in_one_run(built):
     defs, instance, storage, result = built
     tokens, meta = load_arrays(storage / "corpus_tokens" / "__all__")
-    assert tokens["tokens"].shape == (2000, 33) and len(meta["hash"]) == 16
+    assert tokens["tokens"].shape == (PRESET.n_rows, PRESET.row_len) and len(meta["hash"]) == 16
     for key in ("L03", "L06"):
         acts, _ = load_arrays(storage / "sae_activations" / key)
-        assert acts["acts"].shape == (2, 2000, 33) and acts["acts"].dtype == np.float16
+        assert acts["acts"].shape == (2, PRESET.n_rows, PRESET.row_len) and acts["acts"].dtype == np.float16
         assert (acts["max"] > 0).all()  # live features first: neither F0000 nor F0001 is dead
         assert np.isclose(
             acts["max"], acts["acts"][:, :, 1:].astype(np.float32).max(axis=(1, 2)), rtol=1e-2
@@ -149,7 +149,7 @@ def test_records_partition_has_every_source_and_passing_checks(recorded):
 
     holistic, meta = load_arrays(storage / "holistic_activations" / "F0001" / "L03")
     assert np.array_equal(holistic["rows"], np.unique(table.frame["row"].to_numpy()))
-    assert holistic["holistic"].shape == (len(holistic["rows"]), 33) and meta["max_holistic"] > 0
+    assert holistic["holistic"].shape == (len(holistic["rows"]), PRESET.row_len) and meta["max_holistic"] > 0
 
 
 def test_records_rerun_is_deterministic_and_reuses_the_embeddings(recorded):
@@ -186,7 +186,7 @@ def explained(recorded):
 def test_synthetic_layer_is_a_rule_not_an_sae(explained):
     _, _, storage, _ = explained
     acts, meta = load_arrays(storage / "sae_activations" / "SYN")
-    assert meta["features"] == [0, 1] and acts["acts"].shape == (2, 2000, 33)
+    assert meta["features"] == [0, 1] and acts["acts"].shape == (2, PRESET.n_rows, PRESET.row_len)
     ref = __import__("json").loads((storage / "sae" / "SYN" / "value.json").read_text())
     assert ref["synthetic"] is True
     from featureinterp.data.corpus import decode_tokens

@@ -28,7 +28,7 @@ def test_paper_presets_carry_their_sae_releases():
     assert get_preset("gpt2-small").sae.sae_id(3) == "blocks.3.hook_resid_post"
     for preset in PRESETS.values():
         synthetic = ["SYN"] if preset.explain.synthetic else []
-        assert preset.row_len == (17 if preset.name == "embedded" else 33)
+        assert preset.row_len == (17 if preset.name in ("embedded", "embedded-tiny") else 33)
         assert preset.layer_keys == [layer_key(x) for x in preset.layers] + synthetic
     assert parse_layer_key("SYN") == SYNTHETIC_LAYER and layer_key(SYNTHETIC_LAYER) == "SYN"
 
