@@ -9,9 +9,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (scripts/test runs 2 workers on 2 cores) each worker, and every process it
+# starts (`featureinterp run`, the Dagster daemon's runs), computes on one thread: two workers of
+# two threads each would oversubscribe the cores, and OpenMP threads that wait spin.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    os.environ["OMP_NUM_THREADS"] = "1"
 
-import pytest
-import torch
+import pytest  # noqa: E402 - after the environment above, which torch reads on import
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # Converted models survive between test runs here (inside the checkout, git-ignored), so only the
@@ -45,13 +51,42 @@ def embedded_rows(embedded_model):
     from featureinterp.data.corpus import build_tokens
     from featureinterp.presets import get_preset
 
-    preset = get_preset("embedded-tiny").replace(n_rows=400)
+    preset = get_preset("embedded-tiny").replace(n_rows=400, seq_len=32)
     return build_tokens(preset, embedded_model[1])
 
 
 @pytest.fixture(autouse=True)
 def _torch_threads():
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(1 if XDIST_WORKER else min(2, os.cpu_count() or 1))
+
+
+LONGEST_FIRST = (
+    "test_cli.py",
+    "test_automation.py",
+    "test_backfill.py",
+    "test_standin.py",
+    "test_pipeline.py",
+    "test_benchmarks.py",
+    "test_run_truth.py",
+    "test_api_llm_server.py",
+)
+"""The test files that take longest (pytest's --durations list of a CI run), longest first."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest files first, then the other files with a slow test, then the rest; each
+    file's tests kept together and in order. With 2 workers each taking whole files
+    (``--dist loadfile``), starting the longest first keeps one worker from running a 15-minute
+    file alone at the end while the other idles."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        if name in LONGEST_FIRST:
+            return LONGEST_FIRST.index(name)
+        return len(LONGEST_FIRST) + (item.path not in slow)
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")
